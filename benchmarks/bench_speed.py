@@ -1,0 +1,596 @@
+"""In-process decide + update speed: banditrec's LinUCB against numpy and MABWiser.
+
+One command, one table::
+
+    .venv/bin/python -m benchmarks.bench_speed            # ~1 minute
+    .venv/bin/python -m benchmarks.bench_speed --quick    # ~10 seconds, smoke test
+
+What is measured: *online rounds per second*. Every contender reads the same seeded stream of
+rows (a context ``x`` and a pre-drawn reward for every action) and, for each row, does one
+full online round: score all K actions, choose one (ε-greedy, or the library's own rule),
+then learn the chosen action's reward before the next row. No batching, no I/O, one process,
+one thread. The contenders:
+
+banditrec
+    ``LinUCB.distribution`` → ``sample_action`` → ``LinUCB.update`` (the public API the engine
+    uses; numba kernels, Sherman-Morrison updates, exact refresh every 1000 updates).
+numpy Sherman-Morrison
+    The reference a careful numpy user writes: ``A⁻¹`` of all actions stacked in one (K, d, d)
+    array, all scores from one matmul, a rank-one update of the chosen action. Same ε-greedy
+    rule and same inverse-CDF draw as banditrec, so with the same seed it serves the same
+    actions.
+numpy naive
+    Textbook LinUCB (Li et al. 2010, Algorithm 1): keeps ``A`` and calls ``np.linalg.inv(A_k)``
+    for every action at every decision.
+MABWiser
+    ``MAB(arms, LearningPolicy.LinUCB(alpha=1.0))``, used online the only way its public API
+    allows: ``fit`` once on no data (sets the prior), then ``predict`` + ``partial_fit`` of a
+    single row per round, with C-contiguous numpy arrays (faster than lists). Its rule is
+    its own: argmax of the upper confidence bound, no ε.
+
+The per-round cost of every contender is constant in the number of rounds (nothing grows with
+the history), so the slow ones are timed on fewer rounds and the rates stay comparable. Each
+contender is timed `--repeats` times on a fresh model (contenders interleaved, so machine noise
+hits them alike) with the garbage collector off during timing, as ``timeit`` does; the table
+shows the best and the median rate, and the ratio uses the best.
+
+A correctness cross-check runs first: one deterministic action sequence is learned by every
+contender, and their coefficients θ and scores must agree with banditrec's to 1e-8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec.exploration import EpsilonGreedy, sample_action
+from banditrec.policies import LinUCB
+
+Array = NDArray[np.float64]
+
+ALPHA = 1.0
+RIDGE = 1.0
+EPSILON = 0.05
+TIE_TOLERANCE = 1e-12  # banditrec's default
+CHECK_TOLERANCE = 1e-8
+
+#: (K, d, divisor): the rounds given on the command line are divided by `divisor` for the
+#: heavier setting, so each setting takes a similar wall time.
+SETTINGS: tuple[tuple[int, int, int], ...] = ((4, 20, 1), (50, 50, 5))
+
+TARGET_ROUNDS_PER_S = 100_000
+TARGET_RATIO_MABWISER = 30.0
+
+
+# -- the stream ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Contexts X (n, d) and a pre-drawn 0/1 reward for every action, R (n, K)."""
+
+    X: Array
+    R: Array
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.R.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+
+def make_stream(n: int, n_actions: int, n_features: int, seed: int) -> Stream:
+    """A seeded logistic-linear stream: an intercept plus d-1 Gaussian features."""
+    rng = np.random.default_rng(seed)
+    X = np.empty((n, n_features))
+    X[:, 0] = 1.0
+    X[:, 1:] = rng.normal(size=(n, n_features - 1)) / np.sqrt(n_features)
+    theta_true = rng.normal(size=(n_actions, n_features))
+    p = 1.0 / (1.0 + np.exp(-(X @ theta_true.T)))
+    R = (rng.random((n, n_actions)) < p).astype(np.float64)
+    return Stream(np.ascontiguousarray(X), R)
+
+
+# -- contenders ---------------------------------------------------------------------------
+# Each `run_*` function does the full online loop over the first `n` rows and writes the
+# served actions into `actions`. The loops are written alike so that the loop itself costs
+# every contender the same.
+
+
+def _numpy_epsilon_greedy(score: Array, eligible: NDArray[np.bool_], n_eligible: int) -> Array:
+    """banditrec's ε-greedy rule in numpy: ε spread evenly, 1-ε shared by the tied best."""
+    masked = np.where(eligible, score, -np.inf)
+    best = masked.max()
+    top = masked >= best - TIE_TOLERANCE * max(1.0, abs(best))
+    return eligible * (EPSILON / n_eligible) + top * ((1.0 - EPSILON) / top.sum())
+
+
+def _numpy_sample(probabilities: Array, u: float) -> int:
+    """Inverse-CDF draw: the first k with cumsum(p)[k] > u (what banditrec does)."""
+    k = int(np.searchsorted(np.cumsum(probabilities), u, side="right"))
+    return min(k, probabilities.shape[0] - 1)
+
+
+def new_banditrec(K: int, d: int) -> LinUCB:
+    return LinUCB(alpha=ALPHA, ridge=RIDGE, exploration=EpsilonGreedy(EPSILON)).reset(K, d)
+
+
+def run_banditrec(
+    policy: LinUCB, stream: Stream, n: int, rng: np.random.Generator, actions: NDArray[np.intp]
+) -> None:
+    X, R = stream.X, stream.R
+    eligible = np.ones(stream.n_actions, dtype=bool)
+    for i in range(n):
+        x = X[i]
+        _, probs = policy.distribution(x, eligible)
+        a = sample_action(probs, rng)
+        policy.update(x, a, R[i, a])
+        actions[i] = a
+
+
+class NumpyShermanMorrison:
+    """Vectorized numpy LinUCB: stacked A⁻¹ (K, d, d), one matmul, rank-one updates."""
+
+    def __init__(self, K: int, d: int) -> None:
+        self.A_inv = np.tile(np.eye(d) / RIDGE, (K, 1, 1))
+        self.b = np.zeros((K, d))
+        self.theta = np.zeros((K, d))
+
+    def scores(self, x: Array) -> tuple[Array, Array, Array]:
+        u = self.A_inv @ x  # (K, d): A_k⁻¹x for every action at once
+        mean = self.theta @ x
+        return mean + ALPHA * np.sqrt(np.maximum(u @ x, 0.0)), mean, u
+
+    def learn(
+        self, x: Array, a: int, r: float, u: Array | None = None, m: float | None = None
+    ) -> None:
+        ua = self.A_inv[a] @ x if u is None else u
+        m = float(self.theta[a] @ x) if m is None else m
+        c = 1.0 / (1.0 + ua @ x)
+        self.A_inv[a] -= c * np.outer(ua, ua)
+        self.theta[a] += (c * (r - m)) * ua  # θ ← θ + A⁻¹x (r - θᵀx) / (1 + xᵀA⁻¹x)
+        self.b[a] += r * x
+
+
+def run_numpy_sm(
+    model: NumpyShermanMorrison,
+    stream: Stream,
+    n: int,
+    rng: np.random.Generator,
+    actions: NDArray[np.intp],
+) -> None:
+    X, R = stream.X, stream.R
+    eligible = np.ones(stream.n_actions, dtype=bool)
+    n_eligible = int(eligible.sum())
+    for i in range(n):
+        x = X[i]
+        score, mean, u = model.scores(x)
+        probs = _numpy_epsilon_greedy(score, eligible, n_eligible)
+        a = _numpy_sample(probs, rng.random())
+        model.learn(x, a, R[i, a], u[a], mean[a])
+        actions[i] = a
+
+
+class NumpyNaive:
+    """Textbook LinUCB: keep A and b, invert every A_k at every decision."""
+
+    def __init__(self, K: int, d: int) -> None:
+        self.A = np.tile(np.eye(d) * RIDGE, (K, 1, 1))
+        self.b = np.zeros((K, d))
+
+    def scores(self, x: Array) -> Array:
+        score = np.empty(self.A.shape[0])
+        for k in range(self.A.shape[0]):
+            A_inv = np.linalg.inv(self.A[k])
+            theta = A_inv @ self.b[k]
+            score[k] = theta @ x + ALPHA * np.sqrt(x @ A_inv @ x)
+        return score
+
+    def learn(self, x: Array, a: int, r: float) -> None:
+        self.A[a] += np.outer(x, x)
+        self.b[a] += r * x
+
+    @property
+    def theta(self) -> Array:
+        return np.linalg.solve(self.A, self.b[:, :, None])[:, :, 0]
+
+
+def run_numpy_naive(
+    model: NumpyNaive, stream: Stream, n: int, rng: np.random.Generator, actions: NDArray[np.intp]
+) -> None:
+    X, R = stream.X, stream.R
+    eligible = np.ones(stream.n_actions, dtype=bool)
+    n_eligible = int(eligible.sum())
+    for i in range(n):
+        x = X[i]
+        probs = _numpy_epsilon_greedy(model.scores(x), eligible, n_eligible)
+        a = _numpy_sample(probs, rng.random())
+        model.learn(x, a, R[i, a])
+        actions[i] = a
+
+
+def new_mabwiser(K: int, d: int, seed: int) -> Any:
+    from mabwiser.mab import MAB, LearningPolicy
+
+    mab = MAB(list(range(K)), LearningPolicy.LinUCB(alpha=ALPHA, l2_lambda=RIDGE), seed=seed)
+    # Fitting on no rows sets every arm to the prior A = λI, b = 0, like the other contenders.
+    mab.fit(np.array([], dtype=np.int64), np.array([]), np.empty((0, d)))
+    return mab
+
+
+def run_mabwiser(
+    mab: Any, stream: Stream, n: int, rng: np.random.Generator, actions: NDArray[np.intp]
+) -> None:
+    X, R = stream.X, stream.R
+    for i in range(n):
+        c = X[i : i + 1]  # MABWiser takes a 2-D batch of contexts; a C-contiguous view
+        a = mab.predict(c)
+        mab.partial_fit(np.array([a]), np.array([R[i, a]]), c)
+        actions[i] = a
+
+
+def mabwiser_available() -> bool:
+    try:
+        import mabwiser  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    new: Callable[[int, int, int], Any]  # (K, d, seed) -> a fresh model, built outside the timing
+    run: Callable[[Any, Stream, int, np.random.Generator, NDArray[np.intp]], None]
+    slow: bool  # timed on `--slow-rounds` rather than `--rounds`
+    epsilon_greedy: bool  # same rule and draws as banditrec: must serve the same actions
+
+
+CONTENDERS = (
+    Contender(
+        "banditrec",
+        "banditrec LinUCB",
+        lambda K, d, seed: new_banditrec(K, d),
+        run_banditrec,
+        slow=False,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "numpy_sm",
+        "numpy Sherman-Morrison",
+        lambda K, d, seed: NumpyShermanMorrison(K, d),
+        run_numpy_sm,
+        slow=False,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "numpy_naive",
+        "numpy naive (inv per decision)",
+        lambda K, d, seed: NumpyNaive(K, d),
+        run_numpy_naive,
+        slow=True,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "mabwiser",
+        "MABWiser LinUCB",
+        new_mabwiser,
+        run_mabwiser,
+        slow=True,
+        epsilon_greedy=False,
+    ),
+)
+
+
+# -- correctness cross-check ----------------------------------------------------------------
+
+
+def cross_check(K: int, d: int, n: int, seed: int) -> dict[str, float]:
+    """Learn one fixed action sequence with every contender; max |Δ| to banditrec.
+
+    Compares θ (all actions) and the UCB scores of 100 probe contexts. `n` is large enough
+    that banditrec's exact refresh (every 1000 updates of an action) happens on the way.
+    """
+    stream = make_stream(n + 100, K, d, seed)
+    X, R, probes = stream.X[:n], stream.R[:n], stream.X[n:]
+    acts = np.random.default_rng(seed + 7).integers(K, size=n)
+    rewards = R[np.arange(n), acts]
+
+    policy = new_banditrec(K, d)
+    for i in range(n):
+        policy.update(X[i], int(acts[i]), float(rewards[i]))
+    theta = policy.theta_
+    score = np.array([policy.score(x).score for x in probes])
+
+    sm = NumpyShermanMorrison(K, d)
+    naive = NumpyNaive(K, d)
+    for i in range(n):
+        sm.learn(X[i], int(acts[i]), float(rewards[i]))
+        naive.learn(X[i], int(acts[i]), float(rewards[i]))
+    out = {
+        "numpy_sm": max(
+            np.abs(sm.theta - theta).max(),
+            np.abs(np.array([sm.scores(x)[0] for x in probes]) - score).max(),
+        ),
+        "numpy_naive": max(
+            np.abs(naive.theta - theta).max(),
+            np.abs(np.array([naive.scores(x) for x in probes]) - score).max(),
+        ),
+    }
+    if mabwiser_available():
+        mab = new_mabwiser(K, d, seed)
+        mab.partial_fit(acts, rewards, X)
+        beta = np.array([mab._imp.arm_to_model[k].beta for k in range(K)])
+        expectations = mab.predict_expectations(probes)
+        mab_score = np.array([[e[k] for k in range(K)] for e in expectations])
+        out["mabwiser"] = max(np.abs(beta - theta).max(), np.abs(mab_score - score).max())
+    return out
+
+
+# -- timing -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    K: int
+    d: int
+    contender: Contender
+    rounds: int
+    rates: list[float]
+    agreement: float | None = None  # share of actions equal to banditrec's
+
+    @property
+    def best(self) -> float:
+        return max(self.rates)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def time_once(c: Contender, stream: Stream, n: int, seed: int) -> tuple[float, NDArray[np.intp]]:
+    actions = np.empty(n, dtype=np.intp)
+    model = c.new(stream.n_actions, stream.n_features, seed)
+    rng = np.random.default_rng(seed)
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        c.run(model, stream, n, rng, actions)
+        elapsed = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    return n / elapsed, actions
+
+
+def bench_setting(
+    K: int,
+    d: int,
+    rounds: int,
+    slow_rounds: int,
+    repeats: int,
+    contenders: list[Contender],
+    seed: int,
+    log: Callable[[str], None],
+) -> list[Result]:
+    stream = make_stream(max(rounds, slow_rounds), K, d, seed)
+    results = {c.key: Result(K, d, c, slow_rounds if c.slow else rounds, []) for c in contenders}
+    chooser_seed = seed + 1  # every contender draws the same uniforms
+    for c in contenders:  # warm-up: numba (load the cache or compile), numpy, MABWiser imports
+        time_once(c, stream, min(200, results[c.key].rounds), chooser_seed)
+    served: dict[str, NDArray[np.intp]] = {}
+    for rep in range(repeats):
+        for c in contenders:
+            res = results[c.key]
+            rate, actions = time_once(c, stream, res.rounds, chooser_seed)
+            res.rates.append(rate)
+            served[c.key] = actions
+            log(f"  K={K:>2} d={d:>2}  repeat {rep + 1}/{repeats}  {c.label:<32} {rate:>12,.0f}/s")
+    if "banditrec" in served:
+        ref = served["banditrec"]
+        for c in contenders:
+            if c.epsilon_greedy and c.key != "banditrec":
+                n = min(len(ref), len(served[c.key]))
+                results[c.key].agreement = float(np.mean(ref[:n] == served[c.key][:n]))
+    return list(results.values())
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def machine_notes() -> list[str]:
+    import numba
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = f"numpy {np.__version__}, numba {numba.__version__}"
+    if mabwiser_available():
+        import mabwiser
+
+        versions += f", mabwiser {getattr(mabwiser, '__version__', '?')}"
+    return [
+        f"date: {dt.date.today().isoformat()}",
+        f"python {platform.python_version()} ({platform.python_implementation()}), {versions}",
+        f"cpu: {cpu}; cpu_count={os.cpu_count()}, usable={usable}; {platform.system()} "
+        f"{platform.release()}",
+    ]
+
+
+def table_rows(results: list[Result]) -> list[list[str]]:
+    rows = []
+    for res in results:
+        ref = next(r for r in results if r.K == res.K and r.d == res.d)  # banditrec comes first
+        is_ref = res.contender.key == "banditrec"
+        ratio = "1.0x (ref)" if is_ref else f"{ref.best / res.best:,.1f}x"
+        note = "" if res.agreement is None else f"same actions as banditrec: {res.agreement:.1%}"
+        if res.contender.key == "mabwiser":
+            note = "own rule (argmax UCB, no ε); fewer rounds"
+        elif res.contender.slow:
+            note = (note + "; fewer rounds").lstrip("; ")
+        rows.append(
+            [
+                f"K={res.K}, d={res.d}",
+                res.contender.label,
+                f"{res.rounds:,}",
+                f"{res.best:,.0f}",
+                f"{res.median:,.0f}",
+                ratio,
+                note,
+            ]
+        )
+    return rows
+
+
+HEADERS = [
+    "setting",
+    "contender",
+    "rounds timed",
+    "rounds/s (best)",
+    "rounds/s (median)",
+    "banditrec / contender",
+    "notes",
+]
+
+
+def print_table(results: list[Result], markdown: bool) -> None:
+    rows = table_rows(results)
+    if not markdown:
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            markdown = True
+        else:
+            table = Table(title="decide + update rounds per second, in process, one thread")
+            for i, h in enumerate(HEADERS):
+                table.add_column(h, justify="right" if 2 <= i <= 5 else "left")
+            for row in rows:
+                table.add_row(*row)
+            Console(width=160).print(table)
+            return
+    print("| " + " | ".join(HEADERS) + " |")
+    print("|" + "|".join("---:" if 2 <= i <= 5 else "---" for i in range(len(HEADERS))) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_speed",
+        description="In-process decide+update rounds/s: banditrec LinUCB vs numpy vs MABWiser.",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=100_000,
+        help="rounds for the fast contenders at K=4 (divided by 5 at K=50) [100000]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--slow-rounds", type=int, default=2_000,
+        help="rounds for numpy naive and MABWiser at K=4 (divided by 5 at K=50) [2000]",
+    )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per contender [3]")
+    parser.add_argument("--quick", action="store_true", help="10x fewer rounds, 2 repeats")
+    parser.add_argument("--seed", type=int, default=2024, help="stream seed [2024]")
+    parser.add_argument("--no-mabwiser", action="store_true", help="skip MABWiser")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-repeat progress")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.slow_rounds = args.rounds // 10, args.slow_rounds // 10
+        args.repeats = min(args.repeats, 2)
+    if args.rounds < 1 or args.slow_rounds < 1 or args.repeats < 1:
+        parser.error("--rounds, --slow-rounds and --repeats must be ≥ 1")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    contenders = [c for c in CONTENDERS if c.key != "mabwiser"]
+    if not args.no_mabwiser:
+        if mabwiser_available():
+            contenders = list(CONTENDERS)
+        else:
+            print("MABWiser is not installed (pip install mabwiser): skipped.", file=sys.stderr)
+
+    print("Machine")
+    for line in machine_notes():
+        print(f"  {line}")
+    print(
+        f"Setup: alpha={ALPHA}, ridge={RIDGE}, ε-greedy ε={EPSILON} (MABWiser: its own argmax), "
+        f"all actions eligible, seed={args.seed}, best/median of {args.repeats} runs, GC off "
+        "while timing."
+    )
+
+    print("\nCross-check: one fixed action sequence, max |Δ| of θ and scores vs banditrec")
+    ok = True
+    for K, d, _ in SETTINGS:
+        diffs = cross_check(K, d, n=5_000, seed=args.seed)
+        verdicts = []
+        for key, diff in diffs.items():
+            passed = diff <= CHECK_TOLERANCE
+            ok &= passed
+            verdicts.append(f"{key} {diff:.1e} {'ok' if passed else 'FAIL'}")
+        print(f"  K={K}, d={d}: " + ", ".join(verdicts) + f"  (tolerance {CHECK_TOLERANCE:g})")
+
+    results: list[Result] = []
+    t_start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pandas/sklearn chatter inside MABWiser
+        for K, d, divisor in SETTINGS:
+            results += bench_setting(
+                K,
+                d,
+                rounds=max(1, args.rounds // divisor),
+                slow_rounds=max(1, args.slow_rounds // divisor),
+                repeats=args.repeats,
+                contenders=contenders,
+                seed=args.seed,
+                log=log,
+            )
+    print()
+    print_table(results, args.markdown)
+    print(f"(timing took {time.perf_counter() - t_start:.0f} s)")
+
+    small = [r for r in results if (r.K, r.d) == SETTINGS[0][:2]]
+    ours = next(r for r in small if r.contender.key == "banditrec")
+    print("\nTargets at K=4, d=20")
+    met = ours.best >= TARGET_ROUNDS_PER_S
+    print(
+        f"  banditrec ≥ {TARGET_ROUNDS_PER_S:,} rounds/s: {'met' if met else 'NOT met'} "
+        f"({ours.best:,.0f} best, {ours.median:,.0f} median)"
+    )
+    mab = next((r for r in small if r.contender.key == "mabwiser"), None)
+    if mab is not None:
+        ratio = ours.best / mab.best
+        print(
+            f"  banditrec ≥ {TARGET_RATIO_MABWISER:g}x MABWiser: "
+            f"{'met' if ratio >= TARGET_RATIO_MABWISER else 'NOT met'} ({ratio:,.0f}x)"
+        )
+    if not ok:
+        print("\nCROSS-CHECK FAILED: the contenders do not compute the same model.")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

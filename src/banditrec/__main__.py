@@ -1,0 +1,3 @@
+from banditrec.cli import main
+
+main()

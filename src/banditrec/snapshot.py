@@ -1,0 +1,175 @@
+"""Model files: a policy's learned arrays ⇄ ``.npz`` with JSON metadata, never pickle.
+
+A model file holds plain float/int arrays plus one JSON document (stored as a 0-d unicode
+array) with the schema and its hash, the policy and exploration parameters, the actions and
+the counts. Loading uses ``allow_pickle=False``, so a model file can never execute code, and
+a model is refused when its schema hash differs from the schema the server runs with.
+
+Writes are atomic: a temporary file in the same directory, fsync, then rename, so a reader or
+a crash never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from banditrec.exploration import exploration_from_params
+from banditrec.features import FeatureSchema
+from banditrec.policies import POLICIES, Policy
+
+__all__ = ["FORMAT_VERSION", "Model", "ModelFileError", "load_model", "save_model"]
+
+FORMAT_VERSION = 1
+_METADATA_KEY = "__metadata__"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, corrupt, or made for another schema."""
+
+
+@dataclass
+class Model:
+    """A policy together with the schema it was trained under and its provenance."""
+
+    policy: Policy
+    schema: FeatureSchema
+    created_at: str
+    version: str
+    log_offset: int = 0
+
+    @property
+    def n_updates(self) -> int:
+        return int(self.policy.n_updates_.sum())
+
+
+def new_version(schema: FeatureSchema, n_updates: int) -> str:
+    """A short, sortable model version: UTC time, update count and schema hash prefix."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{n_updates}-{schema.hash[:8]}"
+
+
+def save_model(model: Model, path: str | Path) -> None:
+    """Write `model` to `path` atomically (temp file in the same directory + rename).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from banditrec.features import load_default_schema
+    >>> from banditrec.policies import LinUCB
+    >>> schema = load_default_schema()
+    >>> policy = LinUCB().reset(schema.n_actions, schema.n_features)
+    >>> model = Model(policy, schema, created_at="2026-01-01T00:00:00+00:00", version="v1")
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.npz"
+    >>> save_model(model, path)
+    >>> load_model(path, schema).version
+    'v1'
+    """
+    path = Path(path)
+    policy = model.policy
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "version": model.version,
+        "created_at": model.created_at,
+        "log_offset": model.log_offset,
+        "schema": model.schema.to_dict(),
+        "schema_hash": model.schema.hash,
+        "actions": list(model.schema.actions),
+        "policy": policy.name,
+        "policy_params": policy.get_params(),
+        "exploration": policy.exploration.name,
+        "exploration_params": policy.exploration.get_params(),
+        "n_updates": int(policy.n_updates_.sum()),
+        "n_updates_by_action": policy.n_updates_.tolist(),
+    }
+    arrays: dict[str, Any] = dict(policy.get_state())
+    arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes (workers) read the model
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a model file, without building the policy."""
+    metadata, _ = _read(Path(path))
+    return metadata
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise ModelFileError(f"The model file {path} does not exist.") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"The model file {path} is corrupt or truncated: {exc}.") from None
+    try:
+        metadata = json.loads(str(arrays.pop(_METADATA_KEY)))
+    except (KeyError, ValueError):
+        raise ModelFileError(f"The model file {path} has no valid metadata.") from None
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"The model file {path} has format version {metadata.get('format_version')!r}; "
+            f"this banditrec reads version {FORMAT_VERSION}."
+        )
+    return metadata, arrays
+
+
+def load_model(path: str | Path, schema: FeatureSchema) -> Model:
+    """Load a model written by `save_model`, refusing one trained under another schema."""
+    path = Path(path)
+    metadata, arrays = _read(path)
+    if metadata["schema_hash"] != schema.hash:
+        raise ModelFileError(
+            f"The model file {path} was trained with schema {metadata['schema_hash'][:12]}… "
+            f"but the server is configured with schema {schema.hash[:12]}…; retrain the model "
+            "with this schema or configure the schema it was trained with."
+        )
+    try:
+        policy_cls = POLICIES[metadata["policy"]]
+        exploration = exploration_from_params(
+            metadata["exploration"], metadata["exploration_params"]
+        )
+        policy = policy_cls(**metadata["policy_params"], exploration=exploration)
+        policy.set_state(arrays)
+    except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as exc:
+        raise ModelFileError(f"The model file {path} does not hold a valid policy: {exc}") from None
+    if policy.n_actions_ != schema.n_actions or policy.n_features_ != schema.n_features:
+        raise ModelFileError(f"The model file {path} does not match the schema's shapes.")
+    for name, value in policy.get_state().items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ModelFileError(f"The model file {path} holds NaN or infinity in {name}.")
+    return Model(
+        policy=policy,
+        schema=schema,
+        created_at=metadata["created_at"],
+        version=metadata["version"],
+        log_offset=int(metadata.get("log_offset", 0)),
+    )
