@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from numpy.typing import NDArray
 
 from banditrec.features import load_default_schema
 from banditrec.ope import (
@@ -73,7 +75,7 @@ def test_snips_by_hand() -> None:
 def test_replay_deterministic_by_hand() -> None:
     # The evaluated policy picks [0, 0, 1, 1]; it matches the log in rounds 0 and 2.
     est = Replay(**QUIET)
-    kwargs = {"reward": REWARD, "action": ACTION, "evaluation_action": [0, 0, 1, 1]}
+    kwargs: dict[str, Any] = {"reward": REWARD, "action": ACTION, "evaluation_action": [0, 0, 1, 1]}
     result = est.estimate(**kwargs, rng=0)
     assert result.value == pytest.approx((1.0 + 0.25) / 2)
     assert result.effective_sample_size == pytest.approx(2.0)  # the number of matches
@@ -88,9 +90,7 @@ def test_replay_deterministic_by_hand() -> None:
 def test_replay_stochastic_by_hand() -> None:
     # Match weight = probability that the evaluated policy picks the logged action.
     m = [0.8, 0.5, 0.9, 1.0]
-    result = Replay(**QUIET).estimate(
-        reward=REWARD, action=ACTION, action_dist=ACTION_DIST, rng=0
-    )
+    result = Replay(**QUIET).estimate(reward=REWARD, action=ACTION, action_dist=ACTION_DIST, rng=0)
     expected = (0.8 * 1.0 + 0.5 * 0.0 + 0.9 * 0.25 + 1.0 * 0.5) / (0.8 + 0.5 + 0.9 + 1.0)
     assert result.value == pytest.approx(expected)  # 1.525 / 3.2
     assert result.effective_sample_size == pytest.approx(sum(m) ** 2 / sum(v * v for v in m))
@@ -212,7 +212,7 @@ INVALID = [
 @pytest.mark.parametrize("estimator", [IPS(), SNIPS()], ids=["ips", "snips"])
 @pytest.mark.parametrize(("kwargs", "message"), INVALID)
 def test_invalid_inputs_name_the_argument(
-    estimator: IPS, kwargs: dict[str, Any], message: str
+    estimator: IPS | SNIPS, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         estimator.estimate(**kwargs, rng=0)
@@ -236,7 +236,7 @@ def test_doubly_robust_rejects_the_same_inputs(kwargs: dict[str, Any], message: 
         (ESTIMATED[:, 0], "estimated_rewards must be a 2-D array"),
     ],
 )
-def test_invalid_estimated_rewards(estimated: np.ndarray, message: str) -> None:
+def test_invalid_estimated_rewards(estimated: NDArray[Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DirectMethod().estimate(action_dist=ACTION_DIST, estimated_rewards=estimated)
     with pytest.raises(ValueError, match=message):
@@ -278,7 +278,9 @@ def test_zero_overlap_is_an_error_for_self_normalized_estimators() -> None:
     ],
 )
 @pytest.mark.parametrize("cls", [Replay, IPS, SNIPS, DirectMethod, DoublyRobust])
-def test_invalid_hyperparameters(cls: type[IPS], hyper: dict[str, Any], message: str) -> None:
+def test_invalid_hyperparameters(
+    cls: Callable[..., object], hyper: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         cls(**hyper)
 
@@ -294,7 +296,8 @@ def test_invalid_hyperparameters(cls: type[IPS], hyper: dict[str, Any], message:
         ({"n_folds": 1}, "n_folds must be between 2 and n = 4"),
         ({"n_folds": 5}, "n_folds must be between 2 and n = 4"),
         ({"ridge": 0.0}, "ridge must be positive"),
-        ({"reward": [0.0, 1.0]}, "action has 4 rounds but reward has 2"),
+        ({"reward": [0.0, 1.0]}, "x has 4 rounds but reward has 2"),
+        ({"reward": [0.0, 1.0], "x": np.ones((2, 2))}, "action has 4 rounds but reward has 2"),
     ],
 )
 def test_invalid_cross_fit_inputs(changes: dict[str, Any], message: str) -> None:
@@ -324,14 +327,14 @@ def test_cross_fit_clips_and_falls_back_to_the_mean_for_unseen_actions() -> None
     q = cross_fit_reward_model(x, np.zeros(6, dtype=int), reward, 3, n_folds=3, rng=0)
     assert q.shape == (6, 3)
     assert ((q >= 0.0) & (q <= 1.0)).all()
-    # Actions 1 and 2 are never logged: each round gets the mean reward of the other folds.
-    for i in range(6):
-        assert q[i, 1] == q[i, 2]
-        assert 0.0 <= q[i, 1] <= 1.0
+    # Actions 1 and 2 are never logged: every round gets the mean reward of the other folds.
+    for test in np.array_split(np.random.default_rng(0).permutation(6), 3):
+        train_mean = np.delete(reward, test).mean()
+        np.testing.assert_allclose(q[test, 1:], train_mean)
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), i=st.integers(0, 29), new=st.floats(0.0, 1.0))
+@given(seed=st.integers(0, 2**32 - 1), i=st.integers(2, 29), new=st.floats(0.0, 1.0))
 def test_cross_fit_prediction_of_a_round_ignores_its_own_reward(
     seed: int, i: int, new: float
 ) -> None:
@@ -339,7 +342,6 @@ def test_cross_fit_prediction_of_a_round_ignores_its_own_reward(
     x, action = rng.normal(size=(30, 2)), rng.integers(0, 3, size=30)
     reward = rng.random(30)
     reward[[0, 1]] = [0.0, 1.0]  # pin the clipping range so that changing round i cannot move it
-    i = max(i, 2)
     changed = reward.copy()
     changed[i] = new
     q = cross_fit_reward_model(x, action, reward, 3, n_folds=3, rng=seed)
@@ -386,13 +388,17 @@ def test_confidence_intervals_cover_the_true_value() -> None:
             "propensity": logging[rows, action],
             "action_dist": target,
         }
+        # The ESS is about 100-190 here, near the warning threshold; the warning is not the
+        # point of this test, so it is switched off.
+        hyper: dict[str, Any] = {"n_bootstrap": 200, "min_effective_sample_size": 0.0}
         results = [
-            IPS(n_bootstrap=200).estimate(**logged, rng=rng),
-            SNIPS(n_bootstrap=200).estimate(**logged, rng=rng),
-            DoublyRobust(n_bootstrap=200).estimate(**logged, estimated_rewards=q, rng=rng),
+            IPS(**hyper).estimate(**logged, rng=rng),
+            SNIPS(**hyper).estimate(**logged, rng=rng),
+            DoublyRobust(**hyper).estimate(**logged, estimated_rewards=q, rng=rng),
         ]
         for result in results:
             covered[result.estimator] += result.ci_low <= truth <= result.ci_high
+    print(f"coverage over {n_trials} trials: {covered}")
     assert all(count >= 0.9 * n_trials for count in covered.values()), covered
 
 
@@ -400,7 +406,7 @@ def test_confidence_intervals_cover_the_true_value() -> None:
 
 
 @st.composite
-def logs(draw: st.DrawFn) -> dict[str, np.ndarray]:
+def logs(draw: st.DrawFn) -> dict[str, NDArray[Any]]:
     """A random log whose logging policy is a random full-support distribution."""
     n, k = draw(st.integers(1, 25)), draw(st.integers(2, 5))
     logits = draw(hnp.arrays(np.float64, (n, k), elements=st.floats(-3.0, 3.0)))
@@ -413,7 +419,7 @@ def logs(draw: st.DrawFn) -> dict[str, np.ndarray]:
 @settings(max_examples=60, deadline=None)
 @given(log=logs())
 def test_ips_terms_are_the_rewards_when_evaluating_the_logging_policy(
-    log: dict[str, np.ndarray],
+    log: dict[str, NDArray[Any]],
 ) -> None:
     propensity = log["dist"][np.arange(len(log["action"])), log["action"]]
     terms = IPS().round_rewards(
@@ -425,7 +431,7 @@ def test_ips_terms_are_the_rewards_when_evaluating_the_logging_policy(
 @settings(max_examples=60, deadline=None)
 @given(log=logs(), target=st.data(), scale=st.floats(0.01, 1.0))
 def test_snips_is_invariant_to_rescaling_all_propensities(
-    log: dict[str, np.ndarray], target: st.DataObject, scale: float
+    log: dict[str, NDArray[Any]], target: st.DataObject, scale: float
 ) -> None:
     n, k = log["dist"].shape
     logits = target.draw(hnp.arrays(np.float64, (n, k), elements=st.floats(-3.0, 3.0)))
@@ -444,7 +450,7 @@ def test_snips_is_invariant_to_rescaling_all_propensities(
 @settings(max_examples=60, deadline=None)
 @given(log=logs(), data=st.data())
 def test_doubly_robust_equals_direct_method_when_the_model_fits_the_log(
-    log: dict[str, np.ndarray], data: st.DataObject
+    log: dict[str, NDArray[Any]], data: st.DataObject
 ) -> None:
     n, k = log["dist"].shape
     q = data.draw(hnp.arrays(np.float64, (n, k), elements=st.floats(-1.0, 1.0)))

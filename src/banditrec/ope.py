@@ -17,6 +17,8 @@ Inputs, one entry per logged round: ``reward (n,)`` float; ``action (n,)`` int i
 in ``(0, 1]``; ``action_dist (n, n_actions)`` the evaluated policy's action probabilities (rows
 sum to 1); ``estimated_rewards (n, n_actions)`` reward-model predictions, best made out of fold
 by :func:`cross_fit_reward_model`. Invalid inputs raise ``ValueError`` naming the argument.
+Randomness (bootstrap resampling, folds) comes only from the ``rng`` argument: a
+``numpy.random.Generator`` or an int seed (``None`` draws fresh OS entropy, not reproducible).
 
 Every result reports the effective sample size ``ESS = (sum w)^2 / sum w^2`` of its weights:
 importance weights for IPS, SNIPS and DR; match weights for replay (so, the number of matched
@@ -109,9 +111,10 @@ def _action(name: str, value: ArrayLike, n: int, n_actions: int | None) -> NDArr
     bad = (arr < 0) | (arr >= high)
     if bad.any():
         i = int(np.argmax(bad))
+        allowed = "at least 0" if n_actions is None else f"in [0, n_actions) = [0, {n_actions})"
         raise ValueError(
-            f"{name} is out of range: round {i} has action {arr[i]:g}, but actions are "
-            f"numbered 0 to n_actions - 1 = {high - 1:g}."
+            f"{name} is out of range: round {i} has action {arr[i]:g}, but action indices "
+            f"must be {allowed}."
         )
     return arr.astype(np.intp)
 
@@ -174,14 +177,14 @@ def _generator(rng: Seed) -> np.random.Generator:
 # terms) re-normalizes every resample, which is what SNIPS and replay need to be honest.
 
 
-def _ratio(num: FloatArray, den: FloatArray, estimator: str) -> float:
+def _total(den: FloatArray, estimator: str) -> float:
     total = float(den.sum())
     if total <= 0.0:
         raise ValueError(
             f"{estimator} is undefined: the evaluation policy gives zero weight to every logged "
             "round, so the log says nothing about it."
         )
-    return float(num.sum()) / total
+    return total
 
 
 def _bootstrap_ratio(
@@ -226,12 +229,13 @@ class _Estimator:
             )
 
     def _terms(self, num: FloatArray, den: FloatArray) -> FloatArray:
-        return num / _ratio(den, np.ones_like(den), self.name)
+        terms: FloatArray = num * (den.shape[0] / _total(den, self.name))
+        return terms
 
     def _summarize(
         self, num: FloatArray, den: FloatArray, weight: FloatArray, rng: Seed
     ) -> PolicyValueEstimate:
-        value = _ratio(num, den, self.name)
+        value = float(num.sum()) / _total(den, self.name)
         square = float(np.square(weight).sum())
         ess = float(weight.sum()) ** 2 / square if square > 0.0 else 0.0
         low, high = _bootstrap_ratio(num, den, self.n_bootstrap, self.alpha, rng)
