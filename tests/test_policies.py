@@ -229,3 +229,29 @@ def test_linucb_learns_the_simulated_app() -> None:
     oracle, uniform = mu[last].max(axis=1).mean(), mu[last].mean()
     assert earned[last].mean() >= 0.90 * oracle
     assert earned[last].mean() >= uniform + 0.5 * (oracle - uniform)
+
+
+def test_corrections_move_b_only_and_batch_agrees() -> None:
+    """A summed reward: learning (x, 0.2) then correcting by +0.5 equals learning (x, 0.7)."""
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(60, 4))
+    actions = rng.integers(0, 2, size=60)
+    summed, direct = LinUCB().reset(2, 4), LinUCB().reset(2, 4)
+    for i in range(60):
+        summed.update(X[i], int(actions[i]), 0.2)
+        summed.correct(X[i], int(actions[i]), 0.5)
+        direct.update(X[i], int(actions[i]), 0.7)
+    for name in ("A_", "b_", "A_inv_", "theta_"):
+        np.testing.assert_allclose(getattr(summed, name), getattr(direct, name), atol=1e-10)
+    np.testing.assert_array_equal(summed.n_updates_, direct.n_updates_)
+
+    batch = LinUCB().reset(2, 4)
+    batch.update_batch(
+        np.repeat(X, 2, axis=0),
+        np.repeat(actions, 2),
+        np.tile([0.2, 0.5], 60),
+        corrections=np.tile([False, True], 60),
+    )
+    for name in ("A_", "b_", "theta_"):
+        np.testing.assert_allclose(getattr(batch, name), getattr(direct, name), atol=1e-10)
+    np.testing.assert_array_equal(batch.n_updates_, direct.n_updates_)

@@ -44,14 +44,18 @@ def linear_scores(A_inv, theta, x, alpha, score, mean, width):  # type: ignore[n
 
 
 @njit(cache=True, nogil=True)
-def rank_one_update(A, A_inv, b, theta, x, a, reward, weight, gamma):  # type: ignore[no-untyped-def]
-    """Learn (x, reward) with `weight` for action `a`, in place, in O(d²).
+def rank_one_update(A, A_inv, b, theta, x, a, weight, weighted_reward, gamma):  # type: ignore[no-untyped-def]
+    """A ← A + w·x xᵀ and b ← b + s·x for action `a` (s = w·r), in place, in O(d²).
+
+    An observed reward r with weight w is (w, s = w·r). A correction of an already learned
+    reward by δ (aggregation "sum") is (w = 0, s = δ): b moves, A does not, because the
+    context was already counted once.
 
     With a forgetting factor γ < 1 the action's statistics are first discounted, A ← γA and
     b ← γb (so A⁻¹ ← A⁻¹/γ and θ is unchanged): old evidence fades, new evidence weighs more.
-    Then A ← A + w·x xᵀ, b ← b + w·r·x, and by Sherman–Morrison
-    A⁻¹ ← A⁻¹ − w (A⁻¹x)(A⁻¹x)ᵀ / (1 + w·xᵀA⁻¹x) and θ ← θ + w·A⁻¹x·(r − θᵀx) / (1 + w·xᵀA⁻¹x),
-    which equals A⁻¹b without the d² product.
+    Then, by Sherman–Morrison with u = A⁻¹x and q = xᵀu,
+    A⁻¹ ← A⁻¹ − w·u uᵀ / (1 + w·q) and θ ← θ + u·(s − w·θᵀx) / (1 + w·q),
+    which equals the new A⁻¹b without the d² product.
 
     Returns False, touching nothing, if `x` holds a NaN or an infinity.
     """
@@ -76,16 +80,18 @@ def rank_one_update(A, A_inv, b, theta, x, a, reward, weight, gamma):  # type: i
         u[i] = s
         q += s * x[i]
         m += theta[a, i] * x[i]
-    c = weight / (1.0 + weight * q)
-    step = c * (reward - m)
+    denominator = 1.0 + weight * q
+    c = weight / denominator
+    step = (weighted_reward - weight * m) / denominator
     for i in range(n_features):
-        ui = u[i] * c
-        wxi = weight * x[i]
-        for j in range(n_features):
-            A_inv[a, i, j] -= ui * u[j]
-            A[a, i, j] += wxi * x[j]
+        if weight != 0.0:
+            ui = u[i] * c
+            wxi = weight * x[i]
+            for j in range(n_features):
+                A_inv[a, i, j] -= ui * u[j]
+                A[a, i, j] += wxi * x[j]
         theta[a, i] += u[i] * step
-        b[a, i] += wxi * reward
+        b[a, i] += weighted_reward * x[i]
     return True
 
 

@@ -104,17 +104,32 @@ class Policy(ABC):
     def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
         """Learn one observed reward for `action` in context `x`."""
 
+    @abstractmethod
+    def correct(self, x: Array, action: int, reward_delta: float) -> None:
+        """Change an already learned reward of (x, action) by `reward_delta`.
+
+        Used when rewards of one event are summed: the context was counted once, only the
+        reward moves.
+        """
+
     def update_batch(
         self,
         X: Array,
         actions: NDArray[np.integer[Any]],
         rewards: Array,
         weights: Array | None = None,
+        corrections: NDArray[np.bool_] | None = None,
     ) -> None:
-        """Learn many rounds at once; equals calling `update` row by row (to rounding)."""
+        """Learn many rounds at once; equals calling `update` row by row (to rounding).
+
+        Rows flagged in `corrections` are applied with `correct` (`rewards` is the delta).
+        """
         X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
         for i in range(X.shape[0]):
-            self.update(X[i], int(actions[i]), float(rewards[i]), float(weights[i]))
+            if corrections is not None and corrections[i]:
+                self.correct(X[i], int(actions[i]), float(rewards[i]))
+            else:
+                self.update(X[i], int(actions[i]), float(rewards[i]), float(weights[i]))
 
     def _check_batch(
         self,
@@ -251,14 +266,23 @@ class LinUCB(Policy):
 
     def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
         self._check_one(x, action, reward, weight)
-        if not _kernels.rank_one_update(
-            self.A_, self.A_inv_, self.b_, self.theta_, x, action, reward, weight, self.gamma
-        ):
-            raise ValueError("x contains NaN or infinity; nothing was learned.")
+        self._rank_one(x, action, weight, weight * reward, self.gamma)
         self.n_updates_[action] += 1
         self._since_refresh[action] += 1
         if self._since_refresh[action] >= self.refresh_every:
             self.refresh([action])
+
+    def correct(self, x: Array, action: int, reward_delta: float) -> None:
+        self._check_one(x, action, reward_delta, 1.0)
+        self._rank_one(x, action, 0.0, reward_delta, 1.0)
+
+    def _rank_one(
+        self, x: Array, action: int, weight: float, weighted_reward: float, gamma: float
+    ) -> None:
+        if not _kernels.rank_one_update(
+            self.A_, self.A_inv_, self.b_, self.theta_, x, action, weight, weighted_reward, gamma
+        ):
+            raise ValueError("x contains NaN or infinity; nothing was learned.")
 
     def update_batch(
         self,
@@ -266,18 +290,22 @@ class LinUCB(Policy):
         actions: NDArray[np.integer[Any]],
         rewards: Array,
         weights: Array | None = None,
+        corrections: NDArray[np.bool_] | None = None,
     ) -> None:
         if self.gamma != 1.0:  # discounting depends on the order: replay it round by round
-            super().update_batch(X, actions, rewards, weights)
+            super().update_batch(X, actions, rewards, weights, corrections)
             return
         X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
         # Sufficient statistics add up (DESIGN principle 3): one matrix product per action.
+        # A correction moves b only: its context was already counted in A.
+        observed = np.ones(len(actions), dtype=bool) if corrections is None else ~corrections
+        b_weights = np.where(observed, weights, 1.0)
         for a in range(self.n_actions_):
             rows = actions == a
-            Xa, wa = X[rows], weights[rows]
+            Xa, wa = X[rows], weights[rows] * observed[rows]
             self.A_[a] += (Xa * wa[:, None]).T @ Xa
-            self.b_[a] += (wa * rewards[rows]) @ Xa
-            self.n_updates_[a] += int(rows.sum())
+            self.b_[a] += (b_weights[rows] * rewards[rows]) @ Xa
+            self.n_updates_[a] += int(observed[rows].sum())
         self.refresh()
 
 
