@@ -302,5 +302,5 @@ def load_schema(path: str | Path) -> FeatureSchema:
 
 def load_default_schema() -> FeatureSchema:
     """The seed's rewarded-app schema shipped with banditrec."""
-    text = resources.files("banditrec").joinpath("schemas/default.toml").read_text("utf-8")
+    text = resources.files("banditrec").joinpath("default_schema.toml").read_text("utf-8")
     return FeatureSchema.from_dict(tomllib.loads(text))
