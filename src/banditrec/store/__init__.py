@@ -1,0 +1,146 @@
+"""The event log: decisions, rewards and learn events, behind one interface.
+
+The log is the source of truth (DESIGN principle 2): a model is a snapshot plus the learn
+events after the snapshot's log offset. Every backend keeps three things:
+
+- decisions, written before the response is sent, with everything needed to learn from them
+  and to evaluate other policies on them later (context, vector, probabilities);
+- rewards, every one received, including duplicates, late and unknown ones, with the outcome;
+- learn events, a totally ordered stream (``seq``) that every replica applies in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "DecisionRecord",
+    "EventStore",
+    "LearnEvent",
+    "RewardOutcome",
+    "RewardResult",
+    "RewardRules",
+    "StoreError",
+]
+
+
+class StoreError(RuntimeError):
+    """The event log cannot be opened or used."""
+
+
+class RewardOutcome(StrEnum):
+    """What happened to a posted reward."""
+
+    learned = "learned"  # first reward of a decision in its window: learned at once
+    duplicate = "duplicate"  # another reward under aggregation "earliest": recorded only
+    summed = "summed"  # another reward under aggregation "sum": the total was corrected
+    late = "late"  # the reward window had closed: recorded, not learned
+    unknown = "unknown"  # no such decision: recorded, not learned
+    not_activated = "not_activated"  # a deferred decision that was never activated
+
+
+@dataclass(frozen=True)
+class RewardRules:
+    """How rewards are joined and learned (from settings)."""
+
+    window_seconds: float = 3600.0
+    default_reward: float = 0.0
+    aggregation: Literal["earliest", "sum"] = "earliest"
+    min_reward: float = 0.0
+    max_reward: float = 1.0
+
+    def clip(self, value: float) -> float:
+        return min(max(value, self.min_reward), self.max_reward)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One served decision as logged.
+
+    ``probabilities`` and ``scores`` are aligned with ``actions`` (the schema's actions at the
+    time of the decision), so a decision stays evaluable after actions change.
+    """
+
+    event_id: str
+    created_at: float
+    model_version: str
+    context: dict[str, Any]
+    x: NDArray[np.float64]
+    actions: tuple[str, ...]
+    eligible: tuple[str, ...]
+    action_index: int
+    probability: float
+    probabilities: NDArray[np.float64]
+    scores: NDArray[np.float64]
+    deferred: bool = False
+
+    @property
+    def action(self) -> str:
+        return self.actions[self.action_index]
+
+
+@dataclass(frozen=True)
+class LearnEvent:
+    """One entry of the learn stream: A += weight·x xᵀ (unless a correction), b += w·r·x."""
+
+    seq: int
+    event_id: str
+    action_index: int
+    x: NDArray[np.float64]
+    reward: float
+    weight: float
+    correction: bool
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """The outcome of posting a reward; `total` is the reward now learned for the event."""
+
+    event_id: str
+    outcome: RewardOutcome
+    value: float
+    total: float | None = None
+    action: str | None = None
+
+
+class EventStore(Protocol):
+    """What the engine needs from a log backend; every backend passes the same contract."""
+
+    def log_decisions(
+        self, records: Sequence[DecisionRecord], rules: RewardRules
+    ) -> list[DecisionRecord]:
+        """Durably log decisions; for an event id already logged, return the logged one."""
+        ...
+
+    def record_reward(
+        self, event_id: str, value: float, now: float, rules: RewardRules
+    ) -> RewardResult:
+        """Join a reward to its decision, and append a learn event when it is learned."""
+        ...
+
+    def activate(self, event_id: str, now: float, rules: RewardRules) -> bool | None:
+        """Activate a deferred decision: True if activated now, False if already, None if
+        unknown."""
+        ...
+
+    def apply_default_rewards(self, now: float, rules: RewardRules, limit: int = 1000) -> int:
+        """Learn the default reward for pending decisions whose window closed; return count."""
+        ...
+
+    def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:
+        """Learn events with ``seq > offset``, in order."""
+        ...
+
+    def last_offset(self) -> int:
+        """The highest learn event seq (0 for an empty stream)."""
+        ...
+
+    def get_decision(self, event_id: str) -> DecisionRecord | None: ...
+
+    def close(self) -> None: ...

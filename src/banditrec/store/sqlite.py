@@ -1,0 +1,414 @@
+"""The embedded event log: one SQLite file in WAL mode, shared by the workers of one host.
+
+Durability: every write is a committed transaction before the caller returns. With
+``journal_mode=WAL`` and ``synchronous=NORMAL`` a commit is in the WAL file (the OS page
+cache) when it returns, so it survives a crash of the process (``kill -9``) but not a power
+loss or a kernel crash, which can lose the transactions since the last WAL checkpoint (the
+database itself stays consistent). ``synchronous="FULL"`` (setting
+``BANDITREC_SQLITE_SYNCHRONOUS``) fsyncs every commit and survives power loss too, at the
+price of one fsync per group commit.
+
+Concurrency: SQLite allows one writer at a time across processes; each write is a short
+``BEGIN IMMEDIATE`` transaction and waits up to `busy_timeout` for the lock. Readers never
+block (WAL). Several processes on one host learn together by reading the learn stream
+(``learn_events``, ordered by ``seq``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from banditrec.store import (
+    DecisionRecord,
+    LearnEvent,
+    RewardOutcome,
+    RewardResult,
+    RewardRules,
+    StoreError,
+)
+
+__all__ = ["SQLiteEventStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    context TEXT NOT NULL,            -- JSON object, as received
+    x BLOB NOT NULL,                  -- float64 feature vector
+    actions TEXT NOT NULL,            -- JSON list: the order of probabilities and scores
+    eligible TEXT NOT NULL,           -- JSON list of the actions that could be served
+    action_index INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    probability REAL NOT NULL,
+    probabilities BLOB NOT NULL,      -- float64, aligned with actions
+    scores BLOB NOT NULL,             -- float64, aligned with actions
+    state TEXT NOT NULL,              -- inactive | pending | rewarded | defaulted
+    deadline REAL,                    -- end of the reward window (NULL while inactive)
+    reward_total REAL
+);
+CREATE INDEX IF NOT EXISTS decisions_expiring ON decisions (deadline) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS rewards (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    value REAL NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS learn_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: offsets stay meaningful
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                     -- reward | default | correction
+    action_index INTEGER NOT NULL,
+    x BLOB NOT NULL,
+    reward REAL NOT NULL,
+    weight REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    base_version TEXT PRIMARY KEY,          -- a base model (trained offline) ...
+    base_offset INTEGER NOT NULL            -- ... and the log offset it starts from
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
+);
+"""
+
+_DECISION_COLUMNS = (
+    "event_id, created_at, model_version, context, x, actions, eligible, action_index, "
+    "action, probability, probabilities, scores, state, deadline"
+)
+
+
+class SQLiteEventStore:
+    """The event log in one SQLite file; safe to share between processes and threads.
+
+    Parameters
+    ----------
+    path
+        Database file; created with its tables when missing.
+    schema_hash
+        Hash of the feature schema. A database belongs to one schema: its vectors have that
+        schema's length, so opening it with another schema is refused.
+    synchronous
+        SQLite's ``synchronous`` pragma: "NORMAL" (crash-safe) or "FULL" (power-loss-safe).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> store = SQLiteEventStore(pathlib.Path(tempfile.mkdtemp()) / "events.db", "abc")
+    >>> store.last_offset()
+    0
+    >>> store.close()
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        schema_hash: str,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        # One connection for writes and one for reads, each behind a lock: the API writes
+        # from a single writer thread and reads from the event loop, tests from anywhere.
+        self._write = self._connect()
+        self._read = self._connect()
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_hash', ?)", (schema_hash,))
+            stored = db.execute("SELECT value FROM meta WHERE key = 'schema_hash'").fetchone()[0]
+        if stored != schema_hash:
+            self.close()
+            raise StoreError(
+                f"The event log {self.path} belongs to schema {stored[:12]}…, not to the "
+                f"configured schema {schema_hash[:12]}…; use another database file."
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the event log {self.path}: {exc}.") from None
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            db = self._write
+            db.execute("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        for db in (self._write, self._read):
+            db.close()
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def log_decisions(
+        self, records: Sequence[DecisionRecord], rules: RewardRules
+    ) -> list[DecisionRecord]:
+        rows = [_decision_row(r, rules.window_seconds) for r in records]
+        results: list[DecisionRecord] = []
+        with self._transaction() as db:
+            for record, row in zip(records, rows, strict=True):
+                cursor = db.execute(
+                    f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (event_id) DO NOTHING",
+                    row,
+                )
+                if cursor.rowcount == 1:
+                    results.append(record)
+                else:  # a client repeated its event id: the first decision stands
+                    existing = self._select_decision(db, record.event_id)
+                    assert existing is not None
+                    results.append(existing)
+        return results
+
+    def get_decision(self, event_id: str) -> DecisionRecord | None:
+        with self._read_lock:
+            return self._select_decision(self._read, event_id)
+
+    @staticmethod
+    def _select_decision(db: sqlite3.Connection, event_id: str) -> DecisionRecord | None:
+        row = db.execute(
+            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else _decision_from_row(row)
+
+    def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
+        """Every decision in log order with its learned reward total (None if none yet)."""
+        last = 0
+        while True:
+            with self._read_lock:
+                rows = self._read.execute(
+                    f"SELECT seq, {_DECISION_COLUMNS}, reward_total FROM decisions "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _decision_from_row(row[1:-1]), row[-1]
+            last = rows[-1][0]
+
+    # -- rewards -----------------------------------------------------------------------
+
+    def record_reward(
+        self, event_id: str, value: float, now: float, rules: RewardRules
+    ) -> RewardResult:
+        with self._transaction() as db:
+            outcome, total, action = self._join(db, event_id, value, now, rules)
+            db.execute(
+                "INSERT INTO rewards (event_id, received_at, value, outcome) VALUES (?, ?, ?, ?)",
+                (event_id, now, value, outcome.value),
+            )
+        return RewardResult(event_id, outcome, value, total, action)
+
+    def _join(
+        self, db: sqlite3.Connection, event_id: str, value: float, now: float, rules: RewardRules
+    ) -> tuple[RewardOutcome, float | None, str | None]:
+        row = db.execute(
+            "SELECT state, deadline, action_index, action, x, reward_total "
+            "FROM decisions WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
+        if row is None:
+            return RewardOutcome.unknown, None, None
+        state, deadline, action_index, action, x, total = row
+        if state == "inactive":
+            return RewardOutcome.not_activated, None, action
+        if state == "defaulted" or now > deadline:
+            return RewardOutcome.late, total, action
+        if state == "pending":
+            total = rules.clip(value)
+            self._append_learn_event(db, event_id, "reward", action_index, x, total, now)
+            db.execute(
+                "UPDATE decisions SET state = 'rewarded', reward_total = ? WHERE event_id = ?",
+                (total, event_id),
+            )
+            return RewardOutcome.learned, total, action
+        if rules.aggregation == "earliest":
+            return RewardOutcome.duplicate, total, action
+        new_total = rules.clip(total + value)
+        if new_total != total:  # the correction moves b only (see LinUCB.correct)
+            self._append_learn_event(
+                db, event_id, "correction", action_index, x, new_total - total, now
+            )
+            db.execute(
+                "UPDATE decisions SET reward_total = ? WHERE event_id = ?", (new_total, event_id)
+            )
+        return RewardOutcome.summed, new_total, action
+
+    @staticmethod
+    def _append_learn_event(
+        db: sqlite3.Connection,
+        event_id: str,
+        kind: str,
+        action_index: int,
+        x: bytes,
+        reward: float,
+        now: float,
+    ) -> None:
+        db.execute(
+            "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
+            "created_at) VALUES (?, ?, ?, ?, ?, 1.0, ?)",
+            (event_id, kind, action_index, x, reward, now),
+        )
+
+    def activate(self, event_id: str, now: float, rules: RewardRules) -> bool | None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT state FROM decisions WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] != "inactive":
+                return False
+            db.execute(
+                "UPDATE decisions SET state = 'pending', deadline = ? WHERE event_id = ?",
+                (now + rules.window_seconds, event_id),
+            )
+            return True
+
+    def apply_default_rewards(self, now: float, rules: RewardRules, limit: int = 1000) -> int:
+        with self._transaction() as db:
+            expired = db.execute(
+                "SELECT event_id, action_index, x FROM decisions "
+                "WHERE state = 'pending' AND deadline < ? ORDER BY deadline LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            for event_id, action_index, x in expired:
+                self._append_learn_event(
+                    db, event_id, "default", action_index, x, rules.default_reward, now
+                )
+                db.execute(
+                    "UPDATE decisions SET state = 'defaulted', reward_total = ? WHERE event_id = ?",
+                    (rules.default_reward, event_id),
+                )
+        return len(expired)
+
+    # -- the learn stream --------------------------------------------------------------
+
+    def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:
+        with self._read_lock:
+            rows = self._read.execute(
+                "SELECT seq, event_id, kind, action_index, x, reward, weight FROM learn_events "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (offset, limit),
+            ).fetchall()
+        return [
+            LearnEvent(
+                seq=seq,
+                event_id=event_id,
+                action_index=action_index,
+                x=np.frombuffer(x, dtype=np.float64),
+                reward=reward,
+                weight=weight,
+                correction=kind == "correction",
+            )
+            for seq, event_id, kind, action_index, x, reward, weight in rows
+        ]
+
+    def last_offset(self) -> int:
+        with self._read_lock:
+            row = self._read.execute("SELECT max(seq) FROM learn_events").fetchone()
+        return int(row[0] or 0)
+
+    def epoch_offset(self, base_version: str) -> int:
+        """The log offset a base model starts from, registered on first sight.
+
+        A newly trained base model starts a new epoch at the current end of the log: the
+        learn events before it were (or could have been) in its training data.
+        """
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO epochs SELECT ?, coalesce(max(seq), 0) FROM learn_events",
+                (base_version,),
+            )
+            row = db.execute(
+                "SELECT base_offset FROM epochs WHERE base_version = ?", (base_version,)
+            ).fetchone()
+        return int(row[0])
+
+    def acquire_lease(self, name: str, owner: str, now: float, ttl_seconds: float) -> bool:
+        """Hold the lease `name` for `ttl_seconds` if it is free, expired or already ours."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE leases.owner = excluded.owner OR leases.expires_at < ?",
+                (name, owner, now + ttl_seconds, now),
+            )
+            row = db.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()
+        return bool(row[0] == owner)
+
+    def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:
+        with self._read_lock:
+            return int(self._read.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
+    return (
+        r.event_id,
+        r.created_at,
+        r.model_version,
+        orjson.dumps(r.context).decode(),
+        np.ascontiguousarray(r.x, dtype=np.float64).tobytes(),
+        orjson.dumps(r.actions).decode(),
+        orjson.dumps(r.eligible).decode(),
+        r.action_index,
+        r.action,
+        r.probability,
+        np.ascontiguousarray(r.probabilities, dtype=np.float64).tobytes(),
+        np.ascontiguousarray(r.scores, dtype=np.float64).tobytes(),
+        "inactive" if r.deferred else "pending",
+        None if r.deferred else r.created_at + window_seconds,
+    )
+
+
+def _decision_from_row(row: Sequence[Any]) -> DecisionRecord:
+    (event_id, created_at, version, context, x, actions, eligible, index, _action, p, ps, scores,
+     state, _deadline) = row  # fmt: skip
+    return DecisionRecord(
+        event_id=event_id,
+        created_at=created_at,
+        model_version=version,
+        context=orjson.loads(context),
+        x=np.frombuffer(x, dtype=np.float64),
+        actions=tuple(orjson.loads(actions)),
+        eligible=tuple(orjson.loads(eligible)),
+        action_index=index,
+        probability=p,
+        probabilities=np.frombuffer(ps, dtype=np.float64),
+        scores=np.frombuffer(scores, dtype=np.float64),
+        deferred=state == "inactive",
+    )
