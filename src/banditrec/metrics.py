@@ -1,0 +1,369 @@
+"""Prometheus metrics: what was decided, what was rewarded, how fast requests were served.
+
+A `Metrics` object owns the metric families and offers one cheap method per event;
+`MetricsMiddleware` times every HTTP request by route template; `metrics_response` renders
+``GET /metrics`` in the Prometheus text format.
+
+Single process (the default): each `Metrics` has its own `CollectorRegistry`, so several
+apps in one process (tests) never collide, and ``/metrics`` also shows the process's CPU,
+memory and garbage-collector metrics.
+
+Several worker processes (``uvicorn --workers N``): set ``PROMETHEUS_MULTIPROC_DIR`` to an
+empty directory *before the server starts* (prometheus-client picks its storage when it is
+first imported), and empty it on every server start. Each process then writes its values
+to memory-mapped files in that directory, and ``/metrics``, whichever worker answers it,
+adds up the counters and histograms of all of them. Per-process metrics (CPU, memory) are
+not available in this mode; that is a limitation of prometheus-client.
+
+Examples
+--------
+>>> metrics = Metrics(actions=["a", "b"])
+>>> metrics.decision("a")
+>>> b'banditrec_decisions_total{action="a"} 1.0' in metrics_response(metrics).body
+True
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Literal, get_args
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE", "Metrics", "MetricsMiddleware", "RewardOutcome", "metrics_response"]
+
+RewardOutcome = Literal["learned", "duplicate", "summed", "late", "unknown", "not_activated"]
+"""What became of a reported reward: learned (first reward), a duplicate (ignored), summed
+into an earlier one, too late (window closed), for an unknown event, or for a decision that
+was never activated."""
+
+#: `generate_latest` writes the text format 0.0.4; Prometheus 3 refuses a scrape whose
+#: content type does not name its format. (prometheus-client's CONTENT_TYPE_LATEST names
+#: format 1.0.0 in recent releases, which is not what `generate_latest` writes by default.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Request latency buckets (seconds) for a service answering in about a millisecond.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+_OUTCOMES: frozenset[str] = frozenset(get_args(RewardOutcome))
+# Any other method is labelled "other": a client must not be able to mint new series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _Families:
+    """The metric families themselves, on `registry` (None: not registered anywhere)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.decisions = Counter(
+            "banditrec_decisions",
+            "Decisions served, by the action served.",
+            ["action"],
+            registry=registry,
+        )
+        self.rewards = Counter(
+            "banditrec_rewards",
+            "Rewards reported, by the decision's action and what became of the reward.",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        self.joins = Counter(
+            "banditrec_reward_joins",
+            "Rewards joined to their decision.",
+            registry=registry,
+        )
+        self.default_rewards = Counter(
+            "banditrec_default_rewards",
+            "Decisions learned with the default reward because their window closed unrewarded.",
+            ["action"],
+            registry=registry,
+        )
+        # A gauge, not a counter: every worker applies every learn event, so adding up the
+        # workers' counts would multiply them. "mostrecent": the last value any worker set.
+        self.model_updates = Gauge(
+            "banditrec_model_updates",
+            "Learn events applied to the served model since it was created.",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.request_seconds = Histogram(
+            "banditrec_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template, method and status code.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+# In multiprocess mode a value lives in a per-process file keyed by metric name and labels;
+# two objects for the same series in one process would overwrite each other's counts, so
+# every `Metrics` of the process shares one set of families.
+_shared_families: _Families | None = None
+_shared_lock = threading.Lock()
+
+
+def _process_families() -> _Families:
+    global _shared_families
+    with _shared_lock:
+        if _shared_families is None:
+            _shared_families = _Families(registry=None)
+        return _shared_families
+
+
+class _ModelInfo(Collector):
+    """``banditrec_model_info{version="..."} 1``, computed when scraped.
+
+    Collected, not stored: the version changes with every learn event, and a stored label
+    per version would grow without end (in multiprocess mode labels cannot be removed).
+    """
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "banditrec_model_info",
+            "The served model's version (in multiprocess mode, as seen by the scraped worker).",
+            labels=["version"],
+        )
+        if self.version is not None:
+            family.add_metric([self.version], 1.0)
+        yield family
+
+
+class Metrics:
+    """banditrec's Prometheus metrics, with one cheap method per event.
+
+    Parameters
+    ----------
+    actions
+        The schema's actions: their labelled series are created up front, so they show up
+        as 0 before the first decision and the hot path skips the label lookup.
+    registry
+        Where the metrics are registered in single-process mode (default: a new registry
+        with the process, platform and GC collectors). Ignored in multiprocess mode.
+
+    Raises
+    ------
+    RuntimeError
+        If ``PROMETHEUS_MULTIPROC_DIR`` is set but prometheus-client was imported before it
+        was, or if it does not name a directory.
+    """
+
+    def __init__(
+        self, actions: Iterable[str] = (), *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.multiprocess = _multiprocess_mode()
+        self.registry: CollectorRegistry | None
+        if self.multiprocess:
+            self.registry = None
+            families = _process_families()
+        else:
+            self.registry = registry if registry is not None else _default_registry()
+            families = _Families(self.registry)
+        self._families = families
+        self._model_info = _ModelInfo()
+        if self.registry is not None:
+            self.registry.register(self._model_info)
+
+        # Children cached by label values: `Counter.labels` validates and locks on every call.
+        self._decisions: dict[str, Counter] = {}
+        self._rewards: dict[tuple[str, str], Counter] = {}
+        self._default_rewards: dict[str, Counter] = {}
+        self._requests: dict[tuple[str, str, int], Histogram] = {}
+        self._joins = families.joins
+        self._model_updates = families.model_updates
+        for action in actions:
+            self._decision_child(action)
+            self._default_reward_child(action)
+            for outcome in get_args(RewardOutcome):
+                if outcome != "unknown":  # an unknown event has no action
+                    self._reward_child(action, outcome)
+        self._reward_child("", "unknown")
+
+    def decision(self, action: str) -> None:
+        """Count a decision that served `action`."""
+        try:
+            child = self._decisions[action]
+        except KeyError:
+            child = self._decision_child(action)
+        child.inc()
+
+    def reward(self, action: str | None, outcome: RewardOutcome) -> None:
+        """Count a reported reward by its decision's action and what became of it.
+
+        `action` is None when the reward's event is unknown (the series then has
+        ``action=""``).
+        """
+        key = (action or "", outcome)
+        try:
+            child = self._rewards[key]
+        except KeyError:
+            child = self._reward_child(*key)
+        child.inc()
+
+    def join(self) -> None:
+        """Count a reward joined to its decision."""
+        self._joins.inc()
+
+    def default_reward(self, action: str, n: int = 1) -> None:
+        """Count `n` decisions of `action` learned with the default reward."""
+        try:
+            child = self._default_rewards[action]
+        except KeyError:
+            child = self._default_reward_child(action)
+        child.inc(n)
+
+    def model(self, version: str, n_updates: int) -> None:
+        """Record the served model's version and its number of learn events."""
+        self._model_info.version = version
+        self._model_updates.set(n_updates)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record an HTTP request's duration by route template, method and status code."""
+        key = (route, method, status)
+        try:
+            child = self._requests[key]
+        except KeyError:
+            label_method = method if method in _METHODS else "other"
+            child = self._families.request_seconds.labels(route, label_method, str(status))
+            # Only well-known methods are cached, so odd ones cannot grow the cache either.
+            if label_method == method:
+                self._requests[key] = child
+        child.observe(seconds)
+
+    def collector(self) -> Collector:
+        """What ``/metrics`` shows: this registry, or the sum over all worker processes."""
+        if self.registry is not None:
+            return self.registry
+        # A fresh registry per scrape, as prometheus-client's multiprocess docs require: the
+        # collector reads every process's files afresh each time.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
+        registry.register(self._model_info)
+        return registry
+
+    def _decision_child(self, action: str) -> Counter:
+        child = self._decisions[action] = self._families.decisions.labels(action)
+        return child
+
+    def _reward_child(self, action: str, outcome: str) -> Counter:
+        if outcome not in _OUTCOMES:
+            raise ValueError(
+                f"Unknown reward outcome {outcome!r}; known outcomes: {sorted(_OUTCOMES)}."
+            )
+        child = self._rewards[action, outcome] = self._families.rewards.labels(action, outcome)
+        return child
+
+    def _default_reward_child(self, action: str) -> Counter:
+        child = self._default_rewards[action] = self._families.default_rewards.labels(action)
+        return child
+
+
+def _multiprocess_mode() -> bool:
+    path = os.environ.get(_MULTIPROC_ENV)
+    storage_is_shared = getattr(values.ValueClass, "_multiprocess", False)
+    if path is None and not storage_is_shared:
+        return False
+    if not storage_is_shared:
+        raise RuntimeError(
+            f"{_MULTIPROC_ENV} was set after prometheus_client was imported, so this process "
+            "keeps its metrics to itself; set it before the server starts."
+        )
+    if path is None or not os.path.isdir(path):
+        raise RuntimeError(
+            f"{_MULTIPROC_ENV} must name an existing directory for multiprocess metrics; "
+            f"it is {path!r}."
+        )
+    return True
+
+
+def _default_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    # The process, platform and GC collectors prometheus-client's global registry has.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def metrics_response(metrics: Metrics) -> Response:
+    """``GET /metrics``: every metric in the Prometheus text format."""
+    return Response(generate_latest(metrics.collector()), media_type=CONTENT_TYPE)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware timing every HTTP request into `Metrics.observe_request`.
+
+    Requests are labelled by route template (``/v1/events/{event_id}/reward``), never by
+    raw path, so the number of series stays bounded; requests no route matches are
+    labelled ``unmatched``. Add it last (outermost) so it also times requests that other
+    middleware rejects before routing.
+
+    Parameters
+    ----------
+    app
+        The ASGI app to wrap.
+    metrics
+        Where the timings go.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        # 500 unless a response starts: an exception escaping the app becomes a 500 upstream.
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(_route_template(scope), scope["method"], status, seconds)
+
+
+def _route_template(scope: Scope) -> str:
+    # The router records the matched route in the (shared) scope as it dispatches.
+    route = scope.get("route")
+    if route is None:
+        # Not routed: rejected by a middleware before the router ran, or no route matched.
+        # Match the routes ourselves; this costs only on such requests.
+        for candidate in getattr(scope.get("app"), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                route = candidate
+                break
+        else:
+            return "unmatched"
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return str(template) if template else "unmatched"
