@@ -1,0 +1,277 @@
+"""Training and model files: what is learned, what is written, and what is refused.
+
+A bad CSV never writes a model (nor touches an existing one); a model file is arrays plus JSON
+metadata, loads with `allow_pickle=False`, scores exactly like the model that was saved, and
+is refused when corrupt or trained under another schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from banditrec.exploration import EpsilonGreedy
+from banditrec.features import load_default_schema, load_schema
+from banditrec.logged_data import LoggedDataError, read_logged_csv
+from banditrec.policies import LinUCB
+from banditrec.snapshot import ModelFileError, load_model
+from banditrec.training import train_from_csv
+from conftest import other_schema_toml, write_schema_toml
+
+SCHEMA = load_default_schema()
+
+
+def rewrite(source: Path, target: Path, column: str, row: int, value: str) -> Path:
+    with source.open(newline="") as f:
+        header, *rows = csv.reader(f)
+    rows[row - 1][header.index(column)] = value
+    with target.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+    return target
+
+
+def drop_column(source: Path, target: Path, column: str) -> Path:
+    with source.open(newline="") as f:
+        header, *rows = csv.reader(f)
+    keep = [i for i, name in enumerate(header) if name != column]
+    with target.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(
+            [[r[i] for i in keep] for r in [header, *rows]]
+        )
+    return target
+
+
+# -- what training learns and writes -----------------------------------------------------------
+
+
+def test_training_fits_ridge_statistics_per_action(data_file: Path, tmp_path: Path) -> None:
+    model_path = tmp_path / "out" / "model.npz"
+    model = train_from_csv(data_file, model_path, SCHEMA, LinUCB(ridge=2.0))
+    data = read_logged_csv(data_file, SCHEMA)
+    assert model_path.exists()
+    assert model.n_updates == data.n_rounds == 2000
+    assert model.version.endswith(f"-2000-{SCHEMA.hash[:8]}")
+    policy = model.policy
+    for a in range(SCHEMA.n_actions):
+        Xa, ra = data.X[data.action == a], data.reward[data.action == a]
+        assert policy.n_updates_[a] == len(Xa)
+        A = 2.0 * np.eye(SCHEMA.n_features) + Xa.T @ Xa
+        np.testing.assert_allclose(policy.A_[a], A, rtol=1e-12)
+        np.testing.assert_allclose(policy.b_[a], Xa.T @ ra, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(policy.theta_[a], np.linalg.solve(A, Xa.T @ ra), atol=1e-10)
+
+
+def test_model_file_round_trip_scores_identically(data_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    policy = LinUCB(alpha=0.7, ridge=1.5, exploration=EpsilonGreedy(0.1))
+    trained = train_from_csv(data_file, path, SCHEMA, policy)
+    loaded = load_model(path, SCHEMA)
+    assert loaded.version == trained.version
+    assert loaded.created_at == trained.created_at
+    assert loaded.policy.get_params() == trained.policy.get_params()
+    assert loaded.policy.exploration == EpsilonGreedy(0.1)
+    for name, value in trained.policy.get_state().items():
+        np.testing.assert_array_equal(loaded.policy.get_state()[name], value, err_msg=name)
+    X = read_logged_csv(data_file, SCHEMA).X[:300]
+    for x in X:
+        a, b = trained.policy.score(x), loaded.policy.score(x)
+        np.testing.assert_array_equal(a.score, b.score)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.width, b.width)
+
+
+def test_model_file_holds_only_arrays_and_json_metadata(model_file: Path) -> None:
+    with np.load(model_file, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    assert all(a.dtype.kind != "O" for a in arrays.values())
+    assert {"A_", "b_", "n_updates_", "__metadata__"} <= set(arrays)
+    metadata = json.loads(str(arrays["__metadata__"]))
+    assert {"schema", "schema_hash", "actions", "n_updates", "created_at"} <= set(metadata)
+    assert metadata["schema_hash"] == SCHEMA.hash
+    assert metadata["schema"] == SCHEMA.to_dict()
+    assert metadata["actions"] == list(SCHEMA.actions)
+    assert metadata["n_updates"] == 2000 == int(arrays["n_updates_"].sum())
+    assert metadata["policy"] == "linucb"
+    assert metadata["policy_params"]["alpha"] == 1.0
+    assert metadata["policy_params"]["ridge"] == 1.0
+    assert metadata["exploration_params"]["epsilon"] == 0.05
+    assert arrays["A_"].shape == (4, SCHEMA.n_features, SCHEMA.n_features)
+
+
+# -- model files that are refused ---------------------------------------------------------
+
+
+def test_load_refuses_a_model_trained_under_another_schema(
+    model_file: Path, tmp_path: Path
+) -> None:
+    other = load_schema(other_schema_toml(tmp_path / "other.toml"))
+    assert other.hash != SCHEMA.hash
+    with pytest.raises(ModelFileError, match="trained with schema") as info:
+        load_model(model_file, other)
+    assert SCHEMA.hash[:12] in str(info.value) and other.hash[:12] in str(info.value)
+
+
+def test_the_same_schema_from_another_file_loads_the_model(
+    model_file: Path, tmp_path: Path
+) -> None:
+    # Rewritten from its dict form: other formatting, no comments, the same encoding.
+    same = write_schema_toml(tmp_path / "same.toml", SCHEMA.to_dict())
+    assert "#" not in same.read_text()
+    assert load_model(model_file, load_schema(same)).n_updates == 2000
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    out = bytearray(data)
+    out[offset] ^= 0xFF
+    return bytes(out)
+
+
+CORRUPTIONS = {
+    "empty": lambda d: b"",
+    "truncated-half": lambda d: d[: len(d) // 2],
+    "truncated-last-byte": lambda d: d[:-1],
+    "garbage": lambda d: b"\x00" * 200,
+    "text": lambda d: b"not a model at all\n",
+    "flipped-array-byte": lambda d: _flip(d, 1000),
+    "flipped-metadata-byte": lambda d: _flip(d, len(d) - 300),
+}
+
+
+@pytest.mark.parametrize("damage", list(CORRUPTIONS))
+def test_corrupt_model_file_is_refused(model_file: Path, damage: str) -> None:
+    model_file.write_bytes(CORRUPTIONS[damage](model_file.read_bytes()))
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(model_file, SCHEMA)
+
+
+def test_missing_model_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "absent.npz", SCHEMA)
+
+
+def _arrays(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def test_model_without_metadata_is_refused(model_file: Path) -> None:
+    arrays = _arrays(model_file)
+    del arrays["__metadata__"]
+    np.savez(model_file, **arrays)
+    with pytest.raises(ModelFileError, match="no valid metadata"):
+        load_model(model_file, SCHEMA)
+
+
+def test_model_of_another_format_version_is_refused(model_file: Path) -> None:
+    arrays = _arrays(model_file)
+    metadata = json.loads(str(arrays["__metadata__"]))
+    arrays["__metadata__"] = np.array(json.dumps({**metadata, "format_version": 99}))
+    np.savez(model_file, **arrays)
+    with pytest.raises(ModelFileError, match="format version 99"):
+        load_model(model_file, SCHEMA)
+
+
+def test_model_holding_nan_is_refused(model_file: Path) -> None:
+    arrays = _arrays(model_file)
+    arrays["b_"][2, 5] = np.nan
+    np.savez(model_file, **arrays)
+    with pytest.raises(ModelFileError, match="NaN or infinity"):
+        load_model(model_file, SCHEMA)
+
+
+class _Payload:
+    """Pickles to a call that creates a marker file: proof of code execution on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickled_objects_in_a_model_file_are_never_executed(
+    model_file: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    arrays = _arrays(model_file)
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Payload(marker)
+    arrays["b_"] = evil
+    np.savez(model_file, **arrays)  # numpy pickles the object array
+    with zipfile.ZipFile(model_file) as z:
+        assert b"mkdir" in z.read("b_.npy")
+    with pytest.raises(ModelFileError):
+        load_model(model_file, SCHEMA)
+    assert not marker.exists()
+
+
+# -- a bad CSV writes nothing ---------------------------------------------------------------
+
+BAD_FILES = {
+    "missing-column": lambda src, dst: drop_column(src, dst, "avg_session_length"),
+    "non-numeric": lambda src, dst: rewrite(src, dst, "n_sessions", 5, "ten"),
+    "nan-text": lambda src, dst: rewrite(src, dst, "recent_engagement", 5, "nan"),
+    "empty-cell": lambda src, dst: rewrite(src, dst, "avg_session_length", 5, ""),
+    "out-of-range": lambda src, dst: rewrite(src, dst, "days_since_install", 5, "99999"),
+    "unknown-action": lambda src, dst: rewrite(src, dst, "action", 5, "buy_a_pony"),
+    "propensity-0": lambda src, dst: rewrite(src, dst, "propensity", 5, "0"),
+    "propensity-over-1": lambda src, dst: rewrite(src, dst, "propensity", 5, "1.01"),
+    "nan-reward": lambda src, dst: rewrite(src, dst, "reward", 5, "NaN"),
+}
+EXPECTED = {
+    "missing-column": "has no column avg_session_length",
+    "non-numeric": "column 'n_sessions', row 5",
+    "nan-text": "column 'recent_engagement', row 5",
+    "empty-cell": "column 'avg_session_length', row 5",
+    "out-of-range": "column 'days_since_install', row 5",
+    "unknown-action": "column 'action', row 5",
+    "propensity-0": "column 'propensity', row 5",
+    "propensity-over-1": "column 'propensity', row 5",
+    "nan-reward": "column 'reward', row 5",
+}
+
+
+def _bad_file(kind: str, data_file: Path, directory: Path) -> Path:
+    target = directory / "bad.csv"
+    if kind == "empty-file":
+        target.write_text("")
+    elif kind == "header-only":
+        target.write_text(data_file.read_text().splitlines()[0] + "\n")
+    else:
+        BAD_FILES[kind](data_file, target)
+    return target
+
+
+ALL_BAD = [*BAD_FILES, "empty-file", "header-only"]
+EXPECTED |= {"empty-file": "is empty", "header-only": "has a header but no rows"}
+
+
+@pytest.mark.parametrize("kind", ALL_BAD)
+def test_bad_csv_writes_no_model(data_file: Path, tmp_path: Path, kind: str) -> None:
+    bad = _bad_file(kind, data_file, tmp_path)
+    out = tmp_path / "models"
+    with pytest.raises(LoggedDataError, match=EXPECTED[kind]):
+        train_from_csv(bad, out / "model.npz", SCHEMA, LinUCB())
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ALL_BAD)
+def test_bad_csv_leaves_an_existing_model_byte_identical(
+    data_file: Path, model_file: Path, tmp_path: Path, kind: str
+) -> None:
+    bad = _bad_file(kind, data_file, tmp_path)
+    before, stat = model_file.read_bytes(), model_file.stat()
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(LoggedDataError, match=EXPECTED[kind]):
+        train_from_csv(bad, model_file, SCHEMA, LinUCB())
+    assert model_file.read_bytes() == before
+    assert model_file.stat().st_mtime_ns == stat.st_mtime_ns
+    assert model_file.stat().st_ino == stat.st_ino  # not even replaced by an identical copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no temp file left behind
