@@ -1,0 +1,432 @@
+"""Simulated traffic: drive a running server with the seed's app users and watch it learn.
+
+`run_traffic` plays the app's side of the loop over HTTP: it draws a user from `AppSimulator`,
+asks ``POST /v1/rank`` for an action, draws the click from the simulator's ground truth for
+the action actually served, and reports it with ``POST /v1/events/{event_id}/reward``. The
+truth is known, so the display shows how good the served actions are (their true expected
+reward μ, a low-variance measure of the policy) next to the oracle (the best action's μ) and
+uniform random (the mean μ), live.
+
+For a given seed, round i always gets the same user and the same uniform number uᵢ (reward =
+uᵢ < μ[served]), whatever the concurrency: two runs differ only by what the server chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from banditrec.sim import CONTEXT_FIELDS, AppSimulator
+
+__all__ = ["Display", "TrafficError", "TrafficReport", "WindowStats", "run_traffic"]
+
+Display = Literal["auto", "live", "lines", "none"]
+User = tuple[dict[str, Any], list[float], float]  # rank context, μ of every action, uᵢ
+_RANK_FIELDS = tuple(f for f in CONTEXT_FIELDS if f != "user_id")  # user_id is no feature
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Means over some rounds: the served action's μ, the observed reward, oracle, uniform."""
+
+    n: int
+    served: float
+    reward: float
+    oracle: float
+    uniform: float
+
+    @property
+    def pct_of_oracle(self) -> float:
+        """The policy's value as a fraction of the oracle's (1.0: always the best action)."""
+        return self.served / self.oracle if self.oracle > 0 else float("nan")
+
+    @property
+    def gap_closed(self) -> float:
+        """Where the policy sits between uniform random (0.0) and the oracle (1.0)."""
+        gap = self.oracle - self.uniform
+        return (self.served - self.uniform) / gap if gap > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class TrafficReport:
+    """What a run did. `first`/`last`: the first/last `window` served rounds; `total`: all.
+
+    `updates_start`/`updates_end` are the model's ``n_updates`` before and after the run
+    (None when ``GET /v1/model`` did not answer).
+    """
+
+    n_rounds: int
+    n_rewarded: int
+    errors: dict[str, int]
+    elapsed: float
+    first: WindowStats
+    last: WindowStats
+    total: WindowStats
+    model_version: str | None
+    updates_start: int | None
+    updates_end: int | None
+
+    @property
+    def n_errors(self) -> int:
+        """Failed requests, of every kind (`errors` counts them by kind)."""
+        return sum(self.errors.values())
+
+
+class TrafficError(RuntimeError):
+    """The run could not start, or was stopped; `report` holds what was done until then."""
+
+    def __init__(self, message: str, report: TrafficReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def run_traffic(
+    url: str,
+    *,
+    n_requests: int | None = None,
+    duration: float | None = None,
+    concurrency: int = 4,
+    seed: int = 0,
+    api_key: str | None = None,
+    reward_delay: float = 0.0,
+    window: int = 2000,
+    display: Display = "auto",
+    console: Console | None = None,
+    max_consecutive_errors: int = 20,
+    timeout: float = 10.0,
+    wait_for_server: float = 0.0,
+) -> TrafficReport:
+    """Drive the server at `url` with simulated users until `n_requests` or `duration`.
+
+    Parameters
+    ----------
+    url
+        Base URL of a running banditrec server, e.g. ``http://127.0.0.1:8020``.
+    n_requests, duration
+        Stop after this many rank requests and/or seconds; at least one is required.
+    concurrency
+        Users in flight at once, each worker on a reused keep-alive connection.
+    seed
+        Seeds the users and the reward draws.
+    api_key
+        Sent as ``Authorization: Bearer <api_key>`` when given.
+    reward_delay
+        Seconds between serving an action and reporting its reward (delayed feedback); the
+        run ends once the last reward is reported.
+    window
+        How many of the most recent rounds the "last" statistics cover.
+    display
+        ``"live"``: a table redrawn 4×/s; ``"lines"``: a line every 5 s and the table at the
+        end (logs, CI); ``"none"``; ``"auto"``: live on a terminal, else lines.
+    console
+        Where to draw (default: standard error).
+    max_consecutive_errors
+        Stop with `TrafficError` after this many failed requests in a row.
+    timeout
+        Seconds per request.
+    wait_for_server
+        Seconds to keep retrying ``GET /health`` before giving up (0: one try).
+
+    Returns
+    -------
+    TrafficReport
+        Counts, timing and the first/last/overall learning statistics.
+
+    Raises
+    ------
+    TrafficError
+        The server is not reachable, served an unknown action, or failed too often in a row.
+    """
+    if n_requests is None and duration is None:
+        raise ValueError("Give n_requests or duration: traffic must stop by itself.")
+    if min(concurrency, window, max_consecutive_errors) < 1:
+        raise ValueError("concurrency, window and max_consecutive_errors must be >= 1.")
+    if httpx.URL(url).scheme not in ("http", "https"):
+        raise ValueError(f"url must look like http://host:port, got {url!r}.")
+    console = console or Console(stderr=True)
+    if display == "auto":
+        display = "live" if console.is_terminal else "lines"
+    tally = _Tally(AppSimulator(), window)
+    driver = _Driver(
+        tally,
+        _users(tally.sim, seed),
+        n_requests,
+        duration,
+        concurrency,
+        reward_delay,
+        max_consecutive_errors,
+        display,
+        console,
+    )
+    # trust_env=False: no proxy from the environment; requests go to `url` and nowhere else.
+    client = httpx.AsyncClient(
+        base_url=url.rstrip("/"),
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        timeout=httpx.Timeout(timeout, pool=None),  # waiting for a free connection is normal
+        limits=httpx.Limits(max_connections=2 * concurrency + 1),  # + poller, delayed rewards
+        trust_env=False,
+    )
+    report = asyncio.run(driver.run(client, wait_for_server))
+    if driver.fatal:
+        raise TrafficError(driver.fatal, report)
+    return report
+
+
+def _users(sim: AppSimulator, seed: int, batch: int = 1024) -> Iterator[User]:
+    """Simulated users in round order, drawn `batch` at a time (vectorized, bounded memory)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        cols = sim.sample_contexts(batch, rng)
+        mu, u = sim.expected_rewards(cols), rng.random(batch)
+        for i in range(batch):
+            yield {f: cols[f][i].item() for f in _RANK_FIELDS}, mu[i].tolist(), float(u[i])
+
+
+class _Tally:
+    """Running statistics of the served rounds, and their rendering."""
+
+    def __init__(self, sim: AppSimulator, window: int) -> None:
+        self.sim, self.window, self.start = sim, window, time.monotonic()
+        self.recent: deque[tuple[float, ...]] = deque(maxlen=window)
+        self.sums, self.n = [0.0] * 4, 0
+        self.first: WindowStats | None = None
+        self.errors: Counter[str] = Counter()
+        self.last_error = ""
+        self.model: dict[str, Any] = {}
+        self.spark: deque[float] = deque(maxlen=60)
+
+    def add(self, mu: list[float], action: int, reward: float) -> None:
+        row = (mu[action], reward, max(mu), sum(mu) / len(mu))
+        self.recent.append(row)
+        self.sums = [s + v for s, v in zip(self.sums, row, strict=True)]
+        self.n += 1
+        if self.n == self.window:
+            self.first = self.last()
+
+    def last(self) -> WindowStats:
+        means = np.mean(self.recent, axis=0) if self.recent else [float("nan")] * 4
+        return WindowStats(len(self.recent), *map(float, means))
+
+    def total(self) -> WindowStats:
+        return WindowStats(self.n, *(s / self.n if self.n else float("nan") for s in self.sums))
+
+    def report(self, n_rewarded: int, updates_start: int | None) -> TrafficReport:
+        last = self.last()
+        return TrafficReport(
+            self.n,
+            n_rewarded,
+            dict(self.errors),
+            time.monotonic() - self.start,
+            self.first or last,
+            last,
+            self.total(),
+            self.model.get("version"),
+            updates_start,
+            self.model.get("n_updates"),
+        )
+
+    def status(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        return (
+            f"{elapsed:.0f} s, {self.n:,} rounds ({self.n / elapsed:,.0f}/s), "
+            f"{sum(self.errors.values())} errors, model {self.model.get('version', '?')} "
+            f"({self.model.get('n_updates', '?')} updates)"
+        )
+
+    def line(self) -> str:
+        """One log line, for logs and CI where redrawing a table would only add noise."""
+        w = self.last()
+        return (
+            f"{self.status()}; last {w.n}: served μ {w.served:.4f} = {w.pct_of_oracle:.1%} "
+            f"of oracle {w.oracle:.4f} (random {w.uniform:.4f})"
+        )
+
+    def render(self) -> Group:
+        """The live view: status, the learning table, % of oracle over time, errors."""
+        last, total = self.last(), self.total()
+        table = Table("mean true expected reward", box=box.SIMPLE_HEAD)
+        table.add_column(f"last {last.n:,}", justify="right")
+        table.add_column(f"all {total.n:,}", justify="right")
+        for label, name, style in (
+            ("served by the model", "served", "bold cyan"),
+            ("oracle (best action)", "oracle", ""),
+            ("uniform random", "uniform", ""),
+            ("observed reward rate", "reward", "dim"),
+        ):
+            table.add_row(label, *(f"{getattr(w, name):.4f}" for w in (last, total)), style=style)
+        table.add_row("model, % of oracle", *(f"{w.pct_of_oracle:.1%}" for w in (last, total)))
+        table.add_row(
+            "gap closed (random 0%, oracle 100%)",
+            *(f"{w.gap_closed:.1%}" for w in (last, total)),
+            style="bold",
+        )
+        parts: list[Text | Table] = [Text(self.status()), table]
+        if self.spark and total.oracle > 0:
+            floor = total.uniform / total.oracle
+            levels = np.nan_to_num((np.asarray(self.spark) - floor) / max(1 - floor, 1e-9))
+            bars = "".join(_SPARK[round(v * 7)] for v in np.clip(levels, 0, 1))
+            parts.append(Text(f"% of oracle over time (▁ random, █ oracle): {bars}"))
+        if self.errors:
+            kinds = ", ".join(f"{kind} ×{count}" for kind, count in self.errors.items())
+            parts.append(Text(f"errors: {kinds}; last: {self.last_error}", style="red"))
+        return Group(*parts)
+
+
+@dataclass
+class _Driver:
+    """The workers: rank, draw the reward from the truth, report it; count what fails."""
+
+    tally: _Tally
+    users: Iterator[User]
+    n_requests: int | None
+    duration: float | None
+    concurrency: int
+    reward_delay: float
+    max_consecutive: int
+    display: Display
+    console: Console
+    n_started: int = 0
+    n_rewarded: int = 0
+    fatal: str = ""
+    # Failures in a row per request kind: a server that ranks but rejects every reward must
+    # stop the run too.
+    consecutive: Counter[str] = field(default_factory=Counter)
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def run(self, client: httpx.AsyncClient, wait: float) -> TrafficReport:
+        tally, live = (
+            self.tally,
+            Live(self.tally.render(), console=self.console, auto_refresh=False),
+        )
+        async with client:
+            await self._wait_healthy(client, wait)
+            await self._poll_model(client)
+            updates_start = tally.model.get("n_updates")
+            tally.start = time.monotonic()
+            deadline = None if self.duration is None else tally.start + self.duration
+
+            async def worker() -> None:
+                while not self.fatal and self.n_started != self.n_requests:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
+                    self.n_started += 1
+                    await self._round(client, next(self.users))
+
+            async def refresh() -> None:
+                for tick in itertools.count(1):
+                    await asyncio.sleep(0.25)
+                    if tick % 2 == 0 and tally.recent:
+                        tally.spark.append(tally.last().pct_of_oracle)
+                    if tick % 8 == 0:
+                        await self._poll_model(client)
+                    if self.display == "live":
+                        live.update(tally.render(), refresh=True)
+                    elif self.display == "lines" and tick % 20 == 0:
+                        self.console.print(tally.line(), soft_wrap=True, highlight=False)
+
+            # Redrawn from the event loop rather than rich's refresh thread: the tallies only
+            # change between awaits, so every frame is consistent.
+            with live if self.display == "live" else contextlib.nullcontext():
+                background = asyncio.create_task(refresh())
+                try:
+                    await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+                    await asyncio.gather(*self.pending)
+                finally:
+                    background.cancel()
+                await self._poll_model(client)
+                live.update(tally.render(), refresh=self.display == "live")
+            if self.display == "lines":
+                self.console.print(tally.render())
+        return tally.report(self.n_rewarded, updates_start)
+
+    async def _wait_healthy(self, client: httpx.AsyncClient, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                response = await client.get("/health")
+                if response.status_code == 200:
+                    return
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                health = client.build_request("GET", "/health").url
+                raise TrafficError(f"No server answers at {health} ({problem}).")
+            await asyncio.sleep(0.2)
+
+    async def _poll_model(self, client: httpx.AsyncClient) -> None:
+        # For the display only: a server without GET /v1/model still gets its traffic.
+        try:
+            response = await client.get("/v1/model")
+            self.tally.model = response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            self.tally.model = {}
+
+    async def _round(self, client: httpx.AsyncClient, user: User) -> None:
+        context, mu, u = user
+        answer = await self._post(client, "rank", "/v1/rank", {"context": context})
+        if answer is None:
+            return
+        actions = self.tally.sim.actions
+        if answer.get("action_id") not in actions:
+            self.fatal = (
+                f"The server served {answer.get('action_id')!r}, not one of the "
+                f"simulated app's actions {list(actions)}."
+            )
+            return
+        action = actions.index(answer["action_id"])
+        reward = 1.0 if u < mu[action] else 0.0
+        self.tally.add(mu, action, reward)
+        path = f"/v1/events/{answer.get('event_id')}/reward"
+        if self.reward_delay > 0:  # reported later by a task, so this worker moves on
+            task = asyncio.create_task(self._reward(client, path, reward, self.reward_delay))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+        else:
+            await self._reward(client, path, reward)
+
+    async def _reward(
+        self, client: httpx.AsyncClient, path: str, value: float, delay: float = 0.0
+    ) -> None:
+        await asyncio.sleep(delay)
+        if await self._post(client, "reward", path, {"value": value}) is not None:
+            self.n_rewarded += 1
+
+    async def _post(
+        self, client: httpx.AsyncClient, what: str, path: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The JSON answer, or None once the failure is counted (and the run stopped if due)."""
+        try:
+            response = await client.post(path, json=body)
+            if response.status_code == 200:
+                answer = response.json()
+                if isinstance(answer, dict):
+                    self.consecutive[what] = 0
+                    return answer
+            kind, detail = f"{what} HTTP {response.status_code}", response.text[:200]
+        except (httpx.HTTPError, ValueError) as exc:
+            kind, detail = f"{what} {type(exc).__name__}", str(exc)[:200]
+        self.tally.errors[kind] += 1
+        self.tally.last_error = f"{kind}: {detail}"
+        self.consecutive[what] += 1
+        if self.consecutive[what] >= self.max_consecutive and not self.fatal:
+            self.fatal = (
+                f"Stopped after {self.consecutive[what]} failed {what} requests in a row; "
+                f"last: {self.tally.last_error}"
+            )
+        return None
