@@ -1,11 +1,13 @@
 # The two commands of the README:
 #   make run   create the environment, simulate data, train, serve on http://127.0.0.1:8020
+#              and show simulated traffic learning live
 #   make test  install what the tests need and run lint, types and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ROWS ?= 100000
 PORT ?= 8020
+TRAFFIC_SECONDS ?= 60
 
 .PHONY: run test install install-dev simulate train serve lint bench clean
 
@@ -28,8 +30,14 @@ train: simulate
 serve:
 	$(BIN)/banditrec serve --model data/linucb_model.npz --port $(PORT)
 
+# Serve in the background, show simulated traffic learning live for a minute, then keep
+# serving in the foreground until Ctrl-C.
 run: train
-	$(MAKE) serve
+	@$(BIN)/banditrec serve --model data/linucb_model.npz --port $(PORT) & \
+	server=$$!; \
+	$(BIN)/banditrec traffic --url http://127.0.0.1:$(PORT) --duration $(TRAFFIC_SECONDS) --wait 120; \
+	echo "The server is still running on http://127.0.0.1:$(PORT) (docs: /docs). Ctrl-C stops it."; \
+	wait $$server
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

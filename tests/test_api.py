@@ -397,11 +397,6 @@ def test_small_streamed_body_is_served(served: Served) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: RequestGuard raises inside receive(); FastAPI turns that into a 400 "
-    "'There was an error parsing the body' instead of 413",
-)
 def test_body_over_64_kib_streamed_without_content_length_is_413(served: Served) -> None:
     with learns_nothing(served):
         response = post_raw(served, _chunks(_padded(4 * LIMIT)))

@@ -293,10 +293,6 @@ def test_end_to_end_bad_requests_over_http(server: str) -> None:
     assert httpx.post(url, json=SEED_REQUEST, timeout=5).status_code == 200  # still serving
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a streamed (chunked) body over the limit gets 400 from FastAPI, not 413",
-)
 def test_end_to_end_streamed_body_over_the_limit_is_413(server: str) -> None:
     big = json.dumps({**SEED_REQUEST, "pad": "x" * 200_000}).encode()
 

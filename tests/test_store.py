@@ -105,9 +105,9 @@ def test_expired_decisions_get_the_default_reward_once(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "e.db", "h1")
     store.log_decisions([decision("old", 1000.0), decision("new", 1005.0)], rules)
     store.record_reward("new", 1.0, 1006.0, rules)
-    assert store.apply_default_rewards(now=1009.0, rules=rules) == 0  # not expired yet
-    assert store.apply_default_rewards(now=1020.0, rules=rules) == 1  # "new" was rewarded
-    assert store.apply_default_rewards(now=1030.0, rules=rules) == 0  # never twice
+    assert store.apply_default_rewards(now=1009.0, rules=rules) == {}  # not expired yet
+    assert store.apply_default_rewards(now=1020.0, rules=rules) == {"c": 1}  # "new" was rewarded
+    assert store.apply_default_rewards(now=1030.0, rules=rules) == {}  # never twice
     kinds = [(e.event_id, e.reward) for e in store.learn_events_after(0)]
     assert kinds == [("new", 1.0), ("old", 0.25)]
     assert store.record_reward("old", 1.0, 1031.0, rules).outcome is RewardOutcome.late
@@ -117,7 +117,7 @@ def test_expired_decisions_get_the_default_reward_once(tmp_path: Path) -> None:
 def test_deferred_decisions_learn_only_after_activation(store: SQLiteEventStore) -> None:
     store.log_decisions([decision("d1", deferred=True)], RULES)
     assert store.record_reward("d1", 1.0, 1001.0, RULES).outcome is RewardOutcome.not_activated
-    assert store.apply_default_rewards(now=10**9, rules=RULES) == 0  # never defaulted
+    assert store.apply_default_rewards(now=10**9, rules=RULES) == {}  # never defaulted
     assert store.activate("d1", now=5000.0, rules=RULES) is True
     assert store.activate("d1", now=5001.0, rules=RULES) is False
     assert store.activate("missing", now=5001.0, rules=RULES) is None

@@ -1,65 +1,104 @@
-"""The HTTP service: the seed's contract (`GET /health`, `POST /recommend_action`) and more.
+"""The HTTP service: the seed's contract, the Personalizer-shaped v1 API, health and metrics.
 
-`create_app(settings)` builds an app; the lifespan loads the model (or starts from the prior
-when there is no model file yet) and handlers only translate HTTP to `Engine` calls.
-`uvicorn banditrec.api:app` serves an app configured from ``BANDITREC_*`` variables.
+`create_app(settings)` builds an app; the lifespan opens the event log, recovers the model
+(newest valid snapshot + the log tail, or the base model, or the prior) and starts the
+learner. Handlers only translate HTTP to `Engine` calls; domain errors map to statuses in
+one place (`ERROR_STATUS`). `uvicorn banditrec.api:app` serves an app configured from
+``BANDITREC_*`` variables.
 """
 
-# No `from __future__ import annotations`: FastAPI must see the schema-built request model.
+# No `from __future__ import annotations`: FastAPI must see the schema-built request models.
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from banditrec.auth import Admin, AuthError, Reader, Writer, auth_error_handler, log_auth_mode
 from banditrec.config import Settings
-from banditrec.engine import Engine, UnknownActionError
+from banditrec.engine import Engine, UnknownActionError, prior_model
 from banditrec.exploration import EpsilonGreedy, NoEligibleActionError
 from banditrec.features import SchemaError
+from banditrec.learner import Learner, SnapshotDirectory, recover_model
+from banditrec.metrics import Metrics, MetricsMiddleware, metrics_response
 from banditrec.policies import LinUCB
-from banditrec.schemas import HealthResponse, RecommendResponse, recommend_request_model
-from banditrec.snapshot import load_model
+from banditrec.schemas import (
+    ActivateResponse,
+    HealthResponse,
+    ModelResponse,
+    RankResponse,
+    RecommendResponse,
+    RewardResponse,
+    rank_request_model,
+    recommend_request_model,
+    reward_request_model,
+)
+from banditrec.snapshot import Model, load_model, model_bytes
+from banditrec.store import DecisionRecord, RewardOutcome
+from banditrec.store.sqlite import SQLiteEventStore
 
 __all__ = ["app", "create_app"]
 
 logger = logging.getLogger("banditrec")
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: several times faster than `json.dumps` on these bodies."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class EventNotFoundError(LookupError):
+    """No decision has this event id."""
+
+
+class RewardRejectedError(Exception):
+    """A reward that is recorded but not learned: late, or for a deferred event."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error = status, error
+
 
 #: Domain errors and the HTTP status each maps to; the message is the error's own sentence.
 ERROR_STATUS: dict[type[Exception], int] = {
     SchemaError: 422,
     UnknownActionError: 422,
     NoEligibleActionError: 422,
+    EventNotFoundError: 404,
 }
 
 
-def load_engine(settings: Settings) -> tuple[Engine, bool]:
-    """The engine for `settings`: from the model file if there is one, else from the prior.
+def base_model(settings: Settings) -> tuple[Model, bool]:
+    """The model file if there is one, else the prior; and whether a file was loaded.
 
     A model file that exists but cannot be used (corrupt, other schema) is an error: serving
     from the prior instead would silently throw away everything the model learned.
     """
-    rng = np.random.default_rng(settings.seed)
     if settings.model_path.exists():
-        model = load_model(settings.model_path, settings.feature_schema)
-        return Engine(model, rng), True
+        return load_model(settings.model_path, settings.feature_schema), True
     logger.warning("No model file at %s: serving from the prior.", settings.model_path)
     policy = LinUCB(
         alpha=settings.alpha, ridge=settings.ridge, exploration=EpsilonGreedy(settings.epsilon)
     )
-    return Engine.from_prior(settings.feature_schema, rng, policy), False
+    return prior_model(settings.feature_schema, policy), False
 
 
 class RequestGuard:
     """Pure ASGI middleware: 413 for bodies over the limit, 415 for non-JSON bodies.
 
     Pure ASGI (not `BaseHTTPMiddleware`) so the body is counted as it streams in, also when
-    the client sends no Content-Length, and so nothing is buffered twice.
+    the client sends no Content-Length, and reading stops at the limit.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -76,49 +115,53 @@ class RequestGuard:
             await _error(send, 413, "payload_too_large", self._too_large)
             return
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json" and not content_type.endswith(b"+json"):
-            message = "The request body must be JSON (Content-Type: application/json)."
-            await _error(send, 415, "unsupported_media_type", message)
+        if (length is None or length != b"0") and not (
+            content_type == b"application/json" or content_type.endswith(b"+json")
+        ):
+            reason = "The request body must be JSON (Content-Type: application/json)."
+            await _error(send, 415, "unsupported_media_type", reason)
             return
 
+        # Read the body here, up to the limit, then hand it to the app: an error raised from
+        # inside the app's `receive` would become FastAPI's 400, not a 413.
+        chunks: list[bytes] = []
         received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
             if received > self.max_body_bytes:
-                raise _BodyTooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLargeError:
-            if not started:
                 await _error(send, 413, "payload_too_large", self._too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     @property
     def _too_large(self) -> str:
         return f"The request body is larger than {self.max_body_bytes} bytes."
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 async def _error(send: Send, status: int, error: str, message: str) -> None:
-    response = JSONResponse({"error": error, "message": message, "detail": []}, status)
+    response = FastJSONResponse({"error": error, "message": message, "detail": []}, status)
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
 
 
-def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _validation_error(_: Request, exc: Exception) -> FastJSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = []
     for error in exc.errors():
@@ -129,35 +172,71 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         field = ".".join(loc) or "body"
         detail.append({"field": field, "message": f"{field}: {error['msg']}."})
     message = "; ".join(d["message"] for d in detail)
-    return JSONResponse({"error": "validation_error", "message": message, "detail": detail}, 422)
+    return FastJSONResponse(
+        {"error": "validation_error", "message": message, "detail": detail}, 422
+    )
 
 
-def _domain_error(_: Request, exc: Exception) -> JSONResponse:
-    status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
-    return JSONResponse({"error": type(exc).__name__, "message": str(exc), "detail": []}, status)
+def _domain_error(_: Request, exc: Exception) -> FastJSONResponse:
+    if isinstance(exc, RewardRejectedError):
+        status, error = exc.status, exc.error
+    else:
+        status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
+        error = type(exc).__name__
+    return FastJSONResponse({"error": error, "message": str(exc), "detail": []}, status)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the banditrec app for `settings` (default: from the environment)."""
     settings = settings or Settings()
-    schema = settings.feature_schema  # read now: the request model and the docs depend on it
+    schema = settings.feature_schema  # read now: the request models and docs depend on it
+    metrics = Metrics(actions=schema.actions)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine, loaded = load_engine(settings)
-        app.state.engine, app.state.model_loaded = engine, loaded
-        logger.info("Serving model %s (loaded from file: %s).", engine.model.version, loaded)
-        yield
+        log_auth_mode(settings.api_keys, logger)
+        store = SQLiteEventStore(settings.db_path, schema.hash, settings.sqlite_synchronous)
+        base, loaded = base_model(settings)
+        snapshots = SnapshotDirectory(settings.snapshot_dir)
+        model, origin = recover_model(base, store, snapshots)
+        engine = Engine(model, np.random.default_rng(settings.seed), store, settings.reward_rules)
+        replayed = engine.catch_up()
+        logger.info("Model from %s, %d learn events replayed.", origin, replayed)
+        learner = Learner(
+            engine,
+            store,
+            snapshots,
+            poll_interval=settings.poll_interval_seconds,
+            snapshot_every_events=settings.snapshot_every_events,
+            snapshot_every_seconds=settings.snapshot_every_seconds,
+            metrics=metrics,
+        )
+        app.state.engine, app.state.learner, app.state.model_loaded = engine, learner, loaded
+        metrics.model(engine.model_version, engine.model.n_updates)
+        task = asyncio.create_task(learner.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            engine.close()
+            store.close()
 
     app = FastAPI(
         title="banditrec",
         summary="Real-time contextual-bandit decisions that learn online.",
         version="0.1.0",
         lifespan=lifespan,
+        default_response_class=FastJSONResponse,
     )
+    app.state.api_keys = settings.api_keys
+    app.state.metrics = metrics
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: 413/415 are timed too
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for error_type in ERROR_STATUS:
+    app.add_exception_handler(AuthError, auth_error_handler)
+    for error_type in (*ERROR_STATUS, RewardRejectedError):
         app.add_exception_handler(error_type, _domain_error)
 
     def get_engine(request: Request) -> Engine:
@@ -166,40 +245,194 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     EngineDep = Annotated[Engine, Depends(get_engine)]
     RecommendRequest = recommend_request_model(schema)
+    RankRequest = rank_request_model(schema)
+    RewardRequest = reward_request_model(settings.reward_min, settings.reward_max)
+    alpha = float(settings.alpha)
 
-    @app.get("/health")
-    async def health(request: Request, engine: EngineDep) -> HealthResponse:
+    def policy_alpha(engine: Engine) -> float:
+        return float(getattr(engine.policy, "alpha", alpha))
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health(request: Request, engine: EngineDep) -> FastJSONResponse:
         """Liveness and what is being served."""
-        policy = engine.policy
-        return HealthResponse(
-            model_loaded=request.app.state.model_loaded,
-            n_actions=schema.n_actions,
-            alpha=float(getattr(policy, "alpha", 0.0)),
-            model_version=engine.model.version,
-            schema_hash=schema.hash,
+        return FastJSONResponse(
+            {
+                "status": "ok",
+                "model_loaded": request.app.state.model_loaded,
+                "n_actions": schema.n_actions,
+                "alpha": policy_alpha(engine),
+                "model_version": engine.model_version,
+                "schema_hash": schema.hash,
+            }
         )
 
-    @app.post("/recommend_action", responses={413: {}, 415: {}})
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(engine: EngineDep) -> Any:
+        metrics.model(engine.model_version, engine.model.n_updates)
+        return metrics_response(metrics)
+
+    @app.get("/ping", include_in_schema=False)
+    async def ping() -> FastJSONResponse:
+        # A constant answer through the same app and middleware: the ceiling the decision
+        # endpoints are benchmarked against.
+        return FastJSONResponse({"status": "ok"})
+
+    @app.post("/recommend_action", response_model=RecommendResponse, responses={413: {}, 415: {}})
     async def recommend_action(
         body: RecommendRequest,  # type: ignore[valid-type]
         engine: EngineDep,
-    ) -> RecommendResponse:
-        """The next best action for a user, sampled with an explicit, logged probability."""
+        _: Writer,
+    ) -> FastJSONResponse:
+        """The seed's endpoint: the next best action for a user, logged with its probability."""
         context: dict[str, Any] = body.model_dump()  # type: ignore[attr-defined]
-        decision = engine.decide(context)
-        return RecommendResponse(
-            user_id=context["user_id"],
-            recommended_action=decision.action,
-            ucb_score=float(decision.scores[decision.action_index]),
-            scores=decision.score_by_action(schema.actions),
-            alpha=float(getattr(engine.policy, "alpha", 0.0)),
-            event_id=decision.event_id,
-            probability=decision.probability,
-            probabilities=decision.probability_by_action(schema.actions),
-            model_version=decision.model_version,
+        user_id = context.pop("user_id")
+        record = await engine.rank(context)
+        metrics.decision(record.action)
+        scores = dict(zip(record.actions, record.scores.tolist(), strict=True))
+        return FastJSONResponse(
+            {
+                "user_id": user_id,
+                "recommended_action": record.action,
+                "ucb_score": scores[record.action],
+                "scores": scores,
+                "alpha": policy_alpha(engine),
+                "event_id": record.event_id,
+                "probability": record.probability,
+                "probabilities": dict(
+                    zip(record.actions, record.probabilities.tolist(), strict=True)
+                ),
+                "model_version": record.model_version,
+            }
         )
 
+    @app.post("/v1/rank", response_model=RankResponse, responses={413: {}, 415: {}})
+    async def rank(
+        body: RankRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        _: Writer,
+    ) -> FastJSONResponse:
+        """Rank the actions for a context and choose one; log the decision durably."""
+        eligible = engine.eligible_mask(body.actions, body.excluded_actions)  # type: ignore[attr-defined]
+        record = await engine.rank(
+            body.context.model_dump(),  # type: ignore[attr-defined]
+            eligible,
+            event_id=body.event_id,  # type: ignore[attr-defined]
+            deferred=body.defer_activation,  # type: ignore[attr-defined]
+        )
+        metrics.decision(record.action)
+        return FastJSONResponse(_rank_body(record))
+
+    @app.post(
+        "/v1/events/{event_id}/reward",
+        response_model=RewardResponse,
+        responses={404: {}, 409: {}, 410: {}},
+    )
+    async def reward(
+        event_id: str,
+        body: RewardRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        _: Writer,
+    ) -> FastJSONResponse:
+        """Report the reward of a decision; the first one in its window is learned at once."""
+        result = await engine.reward(event_id, body.value)  # type: ignore[attr-defined]
+        metrics.reward(result.action, result.outcome.value)
+        if result.outcome is RewardOutcome.unknown:
+            raise EventNotFoundError(f"No decision has the event id {event_id!r}.")
+        if result.outcome is RewardOutcome.late:
+            raise RewardRejectedError(
+                410,
+                "reward_window_closed",
+                f"The reward window of event {event_id!r} has closed "
+                f"({settings.reward_window_seconds:g} s); the reward was recorded, not learned.",
+            )
+        if result.outcome is RewardOutcome.not_activated:
+            raise RewardRejectedError(
+                409,
+                "event_not_activated",
+                f"Event {event_id!r} was deferred and has not been activated; activate it "
+                "first. The reward was recorded, not learned.",
+            )
+        metrics.join()
+        return FastJSONResponse(
+            {
+                "event_id": event_id,
+                "status": result.outcome.value,
+                "learned": result.outcome is not RewardOutcome.duplicate,
+                "duplicate": result.outcome is RewardOutcome.duplicate,
+                "value": result.value,
+                "total": result.total,
+            }
+        )
+
+    @app.post(
+        "/v1/events/{event_id}/activate", response_model=ActivateResponse, responses={404: {}}
+    )
+    async def activate(event_id: str, engine: EngineDep, _: Writer) -> FastJSONResponse:
+        """Activate a deferred event: from now on it is learned from (its window starts)."""
+        activated = await engine.activate(event_id)
+        if activated is None:
+            raise EventNotFoundError(f"No decision has the event id {event_id!r}.")
+        return FastJSONResponse({"event_id": event_id, "activated": activated})
+
+    @app.get("/v1/model", response_model=ModelResponse)
+    async def model_info(engine: EngineDep, _: Reader) -> FastJSONResponse:
+        """The model being served: version, updates, log offset, schema hash, parameters."""
+        policy = engine.policy
+        return FastJSONResponse(
+            {
+                "pid": os.getpid(),  # which worker answered (several may serve one port)
+                "version": engine.model_version,
+                "n_updates": int(policy.n_updates_.sum()),
+                "n_updates_by_action": dict(
+                    zip(schema.actions, policy.n_updates_.tolist(), strict=True)
+                ),
+                "log_offset": engine.applied_offset,
+                "schema_hash": schema.hash,
+                "policy": policy.name,
+                "policy_params": policy.get_params(),
+                "exploration": policy.exploration.name,
+                "exploration_params": policy.exploration.get_params(),
+            }
+        )
+
+    @app.get(
+        "/v1/admin/model",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def export_model(engine: EngineDep, _: Admin) -> Response:
+        """The live model of the worker that answers, as a model file (.npz, no pickle)."""
+        data = model_bytes(engine.snapshot_model())
+        headers = {
+            "Content-Disposition": 'attachment; filename="model.npz"',
+            "X-Banditrec-Pid": str(os.getpid()),
+        }
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    @app.post("/v1/admin/snapshot")
+    async def snapshot(request: Request, _: Admin) -> FastJSONResponse:
+        """Write a snapshot of the live model now."""
+        learner: Learner = request.app.state.learner
+        path = await asyncio.get_running_loop().run_in_executor(None, learner.snapshot)
+        return FastJSONResponse({"path": str(path), "log_offset": learner.engine.applied_offset})
+
     return app
+
+
+def _rank_body(record: DecisionRecord) -> dict[str, Any]:
+    probabilities, scores = record.probabilities.tolist(), record.scores.tolist()
+    order = sorted(range(len(record.actions)), key=lambda k: (-probabilities[k], -scores[k]))
+    return {
+        "event_id": record.event_id,
+        "action_id": record.action,
+        "probability": record.probability,
+        "ranking": [
+            {"action_id": record.actions[k], "probability": probabilities[k], "score": scores[k]}
+            for k in order
+        ],
+        "model_version": record.model_version,
+        "deferred": record.deferred,
+    }
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -93,19 +95,79 @@ def serve(
 
     # Settings travel through the environment so that every worker process sees them.
     os.environ["BANDITREC_MODEL_PATH"] = str(model)
+    if workers > 1:
+        # Worker processes add up their metrics through files in one fresh directory, which
+        # prometheus-client must see in the environment before it is first imported.
+        metrics_dir = Path(tempfile.mkdtemp(prefix="banditrec-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if schema is not None:
         os.environ["BANDITREC_SCHEMA_PATH"] = str(schema)
     try:
         Settings().feature_schema  # noqa: B018 - fail here, with a clear message, not in a worker
     except SchemaError as exc:
         raise _fail(str(exc)) from None
-    uvicorn.run(
-        "banditrec.api:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
+    try:
+        uvicorn.run(
+            "banditrec.api:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+        )
+    finally:
+        if workers > 1:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@app.command()
+def traffic(
+    url: Annotated[str, typer.Option(help="Base URL of a running banditrec server.")] = (
+        "http://127.0.0.1:8020"
+    ),
+    requests: Annotated[
+        int | None,
+        typer.Option("--requests", "-n", min=1, help="Stop after this many users."),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many seconds (default 60).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Users in flight at once.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated users and rewards.")] = 0,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="BANDITREC_API_KEY", help="Bearer API key.")
+    ] = None,
+    reward_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds before each reward is reported.")
+    ] = 0.0,
+    window: Annotated[int, typer.Option(min=1, help="Rounds in the 'last' window.")] = 2000,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the server.")] = 30.0,
+) -> None:
+    """Drive a running server with simulated users and show it learning, live."""
+    from banditrec.traffic import TrafficError, run_traffic
+
+    if requests is None and duration is None:
+        duration = 60.0
+    try:
+        report = run_traffic(
+            url,
+            n_requests=requests,
+            duration=duration,
+            concurrency=concurrency,
+            seed=seed,
+            api_key=api_key,
+            reward_delay=reward_delay,
+            window=window,
+            console=console,
+            wait_for_server=wait,
+        )
+    except TrafficError as exc:
+        raise _fail(str(exc)) from None
+    last = report.last
+    console.print(
+        f"{report.n_rounds:,} rounds in {report.elapsed:.0f} s, {report.n_errors} errors; "
+        f"last {last.n:,}: {last.pct_of_oracle:.1%} of the oracle "
+        f"(uniform random: {last.uniform / last.oracle:.1%})."
     )
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from banditrec.auth import ApiKeys
 from banditrec.features import FeatureSchema, load_default_schema, load_schema
+from banditrec.store import RewardRules
 
 __all__ = ["Settings"]
 
@@ -27,7 +30,10 @@ class Settings(BaseSettings):
     9000
     """
 
-    model_config = SettingsConfigDict(env_prefix="BANDITREC_", frozen=True)
+    # hide_input_in_errors: a validation error must not echo the API key table.
+    model_config = SettingsConfigDict(
+        env_prefix="BANDITREC_", frozen=True, hide_input_in_errors=True
+    )
 
     model_path: Path = Field(Path("data/linucb_model.npz"), description="Model file to serve.")
     schema_path: Path | None = Field(
@@ -40,6 +46,49 @@ class Settings(BaseSettings):
     epsilon: float = Field(0.05, ge=0, le=1, description="ε-greedy exploration floor.")
     seed: int | None = Field(None, description="Seed of the decision sampler (None: random).")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
+
+    api_keys: ApiKeys = Field(
+        default_factory=dict,
+        repr=False,  # printing the settings must not print the keys
+        description='API key -> role, as JSON: {"<key>": "writer"}. Empty: every route is open.',
+    )
+
+    # The event log and snapshots.
+    db_path: Path = Field(Path("data/events.db"), description="SQLite event log.")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL", description="NORMAL survives a process crash; FULL also a power loss."
+    )
+    snapshot_dir: Path = Field(Path("data/snapshots"), description="Model snapshots.")
+    snapshot_every_events: int = Field(10_000, ge=1)
+    snapshot_every_seconds: float = Field(300.0, gt=0)
+    poll_interval_seconds: float = Field(
+        0.05, gt=0, le=1, description="How often a worker applies other workers' learn events."
+    )
+
+    # Rewards.
+    reward_window_seconds: float = Field(3600.0, gt=0)
+    default_reward: float = 0.0
+    reward_aggregation: Literal["earliest", "sum"] = "earliest"
+    reward_min: float = 0.0
+    reward_max: float = 1.0
+
+    @model_validator(mode="after")
+    def _check_reward_range(self) -> Settings:
+        if not self.reward_min < self.reward_max:
+            raise ValueError("reward_min must be below reward_max.")
+        if not self.reward_min <= self.default_reward <= self.reward_max:
+            raise ValueError("default_reward must lie in [reward_min, reward_max].")
+        return self
+
+    @property
+    def reward_rules(self) -> RewardRules:
+        return RewardRules(
+            window_seconds=self.reward_window_seconds,
+            default_reward=self.default_reward,
+            aggregation=self.reward_aggregation,
+            min_reward=self.reward_min,
+            max_reward=self.reward_max,
+        )
 
     @cached_property
     def feature_schema(self) -> FeatureSchema:

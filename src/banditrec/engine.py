@@ -1,63 +1,59 @@
-"""The one orchestrator: context ─► features ─► policy ─► probabilities ─► served action.
+"""The one orchestrator: decide → log → respond; reward → join → learn.
 
 The API, the CLI and the simulator all decide through `Engine.decide`, so what is served,
 what is logged and what is evaluated offline are the same thing (DESIGN principle 1).
+
+Serving adds the event log: `Engine.rank` logs every decision (group commit) before it
+returns, `Engine.reward` joins a reward to its decision and learns it at once, and
+`Engine.catch_up` applies the learn events other processes appended, in log order, so every
+replica holds the same model (DESIGN principle 3).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.exploration import sample_action
 from banditrec.features import FeatureSchema
-from banditrec.policies import Policy
-from banditrec.snapshot import Model, new_version
+from banditrec.policies import LinUCB, Policy
+from banditrec.snapshot import Model
+from banditrec.store import DecisionRecord, EventStore, LearnEvent, RewardResult, RewardRules
 
-__all__ = ["Decision", "Engine", "UnknownActionError"]
+__all__ = ["Engine", "UnknownActionError"]
+
+T = TypeVar("T")
 
 
 class UnknownActionError(ValueError):
     """A request named an action the schema does not know."""
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One served decision: everything needed to log it and to evaluate it later."""
-
-    event_id: str
-    action_index: int
-    action: str
-    probability: float
-    probabilities: NDArray[np.float64]
-    scores: NDArray[np.float64]
-    means: NDArray[np.float64]
-    x: NDArray[np.float64]
-    model_version: str
-
-    def score_by_action(self, actions: tuple[str, ...]) -> dict[str, float]:
-        return {a: float(s) for a, s in zip(actions, self.scores, strict=True)}
-
-    def probability_by_action(self, actions: tuple[str, ...]) -> dict[str, float]:
-        return {a: float(p) for a, p in zip(actions, self.probabilities, strict=True)}
-
-
 class Engine:
-    """Decide and learn with one model, safely from several threads.
+    """Decide and learn with one model; log through `store` when serving.
 
     Parameters
     ----------
     model
-        The policy and the schema it runs under.
+        The policy and the schema it runs under; ``model.log_offset`` is the last learn event
+        it includes.
     rng
         The only source of randomness of the served decisions.
+    store
+        The event log, or None to decide without logging (simulations, scripts).
+    rules
+        Reward window, default reward, aggregation and range.
+    clock
+        Wall-clock seconds; the reward windows are measured with it.
 
     Examples
     --------
@@ -71,25 +67,34 @@ class Engine:
     (True, True)
     """
 
-    def __init__(self, model: Model, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        model: Model,
+        rng: np.random.Generator,
+        store: EventStore | None = None,
+        rules: RewardRules | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.model = model
         self.rng = rng
-        # Decisions read A⁻¹ and θ while learning writes them; numba kernels release no
-        # Python-level atomicity, so one lock keeps every decision on a consistent model.
+        self.store = store
+        self.rules = rules or RewardRules()
+        self.clock = clock
+        self.applied_offset = model.log_offset
+        self._version = f"{model.version}@{model.log_offset}"
+        # Learning writes A⁻¹ and θ while deciding reads them. In the server both happen on
+        # the event loop thread, but scripts may share an engine between threads.
         self._lock = threading.Lock()
         self._all_eligible = np.ones(model.schema.n_actions, dtype=np.bool_)
+        self._all_names = model.schema.actions
+        self._log = _GroupCommitLog(store, self.rules) if store is not None else None
 
     @classmethod
     def from_prior(
         cls, schema: FeatureSchema, rng: np.random.Generator, policy: Policy | None = None
     ) -> Engine:
-        """An engine that knows nothing yet: every action at its prior."""
-        from banditrec.policies import LinUCB
-
-        policy = (policy or LinUCB()).reset(schema.n_actions, schema.n_features)
-        created = datetime.now(UTC).isoformat(timespec="seconds")
-        model = Model(policy, schema, created_at=created, version=f"prior-{schema.hash[:8]}")
-        return cls(model, rng)
+        """An engine that knows nothing yet: every action at its prior, no log."""
+        return cls(prior_model(schema, policy), rng)
 
     @property
     def schema(self) -> FeatureSchema:
@@ -98,6 +103,13 @@ class Engine:
     @property
     def policy(self) -> Policy:
         return self.model.policy
+
+    @property
+    def model_version(self) -> str:
+        """The base model's version and the last learn event applied to it."""
+        return self._version
+
+    # -- deciding ----------------------------------------------------------------------
 
     def eligible_mask(
         self, actions: Collection[str] | None = None, excluded: Collection[str] = ()
@@ -117,28 +129,175 @@ class Engine:
         context: Mapping[str, Any],
         eligible: NDArray[np.bool_] | None = None,
         event_id: str | None = None,
-    ) -> Decision:
-        """Choose an action for `context` (validated upstream) by sampling the distribution."""
+        deferred: bool = False,
+    ) -> DecisionRecord:
+        """Choose an action for a validated `context` by sampling the policy's distribution."""
         x = self.schema.vectorize(context)
         mask = self._all_eligible if eligible is None else eligible
         with self._lock:
             scores, probabilities = self.policy.distribution(x, mask)
             index = sample_action(probabilities, self.rng)
-            version = self.model.version
-        return Decision(
+            version = self._version
+        names = self._all_names
+        return DecisionRecord(
             event_id=event_id or uuid.uuid4().hex,
+            created_at=self.clock(),
+            model_version=version,
+            context=dict(context),
+            x=x,
+            actions=names,
+            eligible=names if mask is self._all_eligible else _masked(names, mask),
             action_index=index,
-            action=self.schema.actions[index],
             probability=float(probabilities[index]),
             probabilities=probabilities,
             scores=scores.score,
-            means=scores.mean,
-            x=x,
-            model_version=version,
+            deferred=deferred,
         )
 
-    def learn(self, x: NDArray[np.float64], action_index: int, reward: float) -> None:
-        """Apply one learn event to the live model."""
+    async def rank(
+        self,
+        context: Mapping[str, Any],
+        eligible: NDArray[np.bool_] | None = None,
+        event_id: str | None = None,
+        deferred: bool = False,
+    ) -> DecisionRecord:
+        """Decide and durably log the decision before returning it.
+
+        A repeated client `event_id` returns the decision logged the first time.
+        """
+        record = self.decide(context, eligible, event_id, deferred)
+        if self._log is None:
+            return record
+        return await self._log.log_decision(record)
+
+    # -- rewards and learning ----------------------------------------------------------
+
+    async def reward(self, event_id: str, value: float) -> RewardResult:
+        """Join a reward to its decision and learn it at once in this process."""
+        store, log = self._require_log()
+        result = await log.call(store.record_reward, event_id, value, self.clock(), self.rules)
+        self.catch_up()
+        return result
+
+    async def activate(self, event_id: str) -> bool | None:
+        """Activate a deferred decision: True now, False if it already was, None if unknown."""
+        store, log = self._require_log()
+        return await log.call(store.activate, event_id, self.clock(), self.rules)
+
+    async def apply_default_rewards(self) -> dict[str, int]:
+        """Learn the default reward of decisions whose window closed without a reward.
+
+        Returns the number of decisions defaulted, by action.
+        """
+        store, log = self._require_log()
+        by_action = await log.call(store.apply_default_rewards, self.clock(), self.rules)
+        if by_action:
+            self.catch_up()
+        return by_action
+
+    def catch_up(self) -> int:
+        """Apply the learn events appended since the last one applied; return how many."""
+        if self.store is None:
+            return 0
+        applied = 0
+        while events := self.store.learn_events_after(self.applied_offset):
+            applied += self.apply(events)
+        return applied
+
+    def apply(self, events: Sequence[LearnEvent]) -> int:
+        """Apply learn events in order, skipping those already applied."""
+        n = 0
         with self._lock:
-            self.policy.update(x, action_index, reward)
-            self.model.version = new_version(self.schema, self.model.n_updates)
+            for event in events:
+                if event.seq <= self.applied_offset:
+                    continue
+                if event.correction:
+                    self.policy.correct(event.x, event.action_index, event.reward)
+                else:
+                    self.policy.update(event.x, event.action_index, event.reward, event.weight)
+                self.applied_offset = event.seq
+                n += 1
+            self.model.log_offset = self.applied_offset
+            self._version = f"{self.model.version}@{self.applied_offset}"
+        return n
+
+    def snapshot_model(self) -> Model:
+        """A consistent copy of the live model (for saving while serving goes on)."""
+        with self._lock:
+            policy = type(self.policy)(
+                **self.policy.get_params(), exploration=self.policy.exploration
+            )
+            policy.set_state(self.policy.get_state())
+            return Model(
+                policy, self.schema, self.model.created_at, self.model.version, self.applied_offset
+            )
+
+    def _require_log(self) -> tuple[EventStore, _GroupCommitLog]:
+        if self.store is None or self._log is None:
+            raise RuntimeError("This engine has no event log; rewards need one.")
+        return self.store, self._log
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+def prior_model(schema: FeatureSchema, policy: Policy | None = None) -> Model:
+    """A model that knows nothing: `policy` (default LinUCB) reset for `schema`."""
+    policy = (policy or LinUCB()).reset(schema.n_actions, schema.n_features)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    return Model(policy, schema, created_at=created, version=f"prior-{schema.hash[:8]}")
+
+
+def _masked(names: tuple[str, ...], mask: NDArray[np.bool_]) -> tuple[str, ...]:
+    return tuple(name for name, ok in zip(names, mask, strict=True) if ok)
+
+
+class _GroupCommitLog:
+    """Runs every write of this process on one thread, committing decisions in groups.
+
+    Decisions that arrive while a commit is in flight wait and go together in the next
+    transaction: one commit serves many requests under load, and each request still returns
+    only after its own decision is committed (durable against a process crash).
+    """
+
+    def __init__(self, store: EventStore, rules: RewardRules) -> None:
+        self.store = store
+        self.rules = rules
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banditrec-log")
+        self._pending: list[tuple[DecisionRecord, asyncio.Future[DecisionRecord]]] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None
+
+    async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[DecisionRecord] = loop.create_future()
+        self._pending.append((record, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                records = [record for record, _ in batch]
+                try:
+                    logged = await self.call(self.store.log_decisions, records, self.rules)
+                except Exception as exc:  # every waiting request learns of the failure
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), record in zip(batch, logged, strict=True):
+                    if not future.done():
+                        future.set_result(record)
+        finally:
+            self._flushing = False
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -90,3 +90,92 @@ class ErrorResponse(BaseModel):
     error: str
     message: str
     detail: list[ErrorDetail] = []
+
+
+EventId = Annotated[
+    str,
+    StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._:-]{1,128}$"),
+]
+
+
+def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
+    """The Personalizer-shaped body of `POST /v1/rank` for `schema`."""
+    action_list = Annotated[list[NonEmptyString], Field(max_length=1000)]
+    return create_model(
+        "RankRequest",
+        __config__=ConfigDict(extra="forbid"),
+        context=(context_model(schema), Field(description="The user's context.")),
+        actions=(
+            action_list | None,
+            Field(None, description="Only these actions may be served (default: all)."),
+        ),
+        excluded_actions=(
+            action_list,
+            Field([], description="These actions are not served (probability 0)."),
+        ),
+        event_id=(
+            EventId | None,
+            Field(None, description="Client id of the event; a repeat returns the same decision."),
+        ),
+        defer_activation=(
+            bool,
+            Field(False, description="Log now, learn only after /v1/events/{id}/activate."),
+        ),
+    )
+
+
+def reward_request_model(min_reward: float, max_reward: float) -> type[BaseModel]:
+    """`{"value": <float>}` with the configured reward range."""
+    return create_model(
+        "RewardRequest",
+        __config__=ConfigDict(extra="forbid"),
+        value=(
+            float,
+            Field(ge=min_reward, le=max_reward, strict=True, allow_inf_nan=False,
+                  description=f"The reward, in [{min_reward:g}, {max_reward:g}]."),
+        ),
+    )  # fmt: skip
+
+
+class RankedAction(BaseModel):
+    action_id: str
+    probability: float
+    score: float
+
+
+class RankResponse(BaseModel):
+    event_id: str
+    action_id: str = Field(description="The action to show: sampled from the ranking.")
+    probability: float = Field(description="Probability with which it was chosen.")
+    ranking: list[RankedAction] = Field(
+        description="Every action by probability (excluded actions with probability 0)."
+    )
+    model_version: str
+    deferred: bool = False
+
+
+class RewardResponse(BaseModel):
+    event_id: str
+    status: str = Field(description="learned, duplicate or summed.")
+    learned: bool = Field(description="Whether this reward changed the model.")
+    duplicate: bool = Field(description="True for a repeated reward under 'earliest'.")
+    value: float
+    total: float | None = Field(description="The reward now learned for the event.")
+
+
+class ActivateResponse(BaseModel):
+    event_id: str
+    activated: bool = Field(description="False if the event was already active.")
+
+
+class ModelResponse(BaseModel):
+    pid: int = Field(description="Process id of the worker that answered.")
+    version: str
+    n_updates: int
+    n_updates_by_action: dict[str, int]
+    log_offset: int
+    schema_hash: str
+    policy: str
+    policy_params: dict[str, float | int]
+    exploration: str
+    exploration_params: dict[str, float | int]

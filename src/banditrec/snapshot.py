@@ -11,6 +11,7 @@ a crash never sees half a model.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -26,7 +27,7 @@ from banditrec.exploration import exploration_from_params
 from banditrec.features import FeatureSchema
 from banditrec.policies import POLICIES, Policy
 
-__all__ = ["FORMAT_VERSION", "Model", "ModelFileError", "load_model", "save_model"]
+__all__ = ["FORMAT_VERSION", "Model", "ModelFileError", "load_model", "model_bytes", "save_model"]
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
@@ -73,7 +74,25 @@ def save_model(model: Model, path: str | Path) -> None:
     >>> load_model(path, schema).version
     'v1'
     """
+    data = model_bytes(model)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes (workers) read the model
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def model_bytes(model: Model) -> bytes:
+    """The model file's content: an ``.npz`` of the learned arrays plus JSON metadata."""
     policy = model.policy
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -92,19 +111,9 @@ def save_model(model: Model, path: str | Path) -> None:
     }
     arrays: dict[str, Any] = dict(policy.get_state())
     arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other processes (workers) read the model
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -11,7 +11,7 @@ events after the snapshot's log offset. Every backend keeps three things:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -129,8 +129,25 @@ class EventStore(Protocol):
         unknown."""
         ...
 
-    def apply_default_rewards(self, now: float, rules: RewardRules, limit: int = 1000) -> int:
-        """Learn the default reward for pending decisions whose window closed; return count."""
+    def apply_default_rewards(
+        self, now: float, rules: RewardRules, limit: int = 1000
+    ) -> dict[str, int]:
+        """Learn the default reward for pending decisions whose window closed.
+
+        Returns the number of decisions defaulted, by action.
+        """
+        ...
+
+    def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
+        """Every decision in log order with its learned reward total (None if none yet)."""
+        ...
+
+    def epoch_offset(self, base_version: str) -> int:
+        """The log offset a base model starts from, registered on first sight."""
+        ...
+
+    def acquire_lease(self, name: str, owner: str, now: float, ttl_seconds: float) -> bool:
+        """Hold the lease `name` for `ttl_seconds` if it is free, expired or already ours."""
         ...
 
     def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:

@@ -299,14 +299,18 @@ class SQLiteEventStore:
             )
             return True
 
-    def apply_default_rewards(self, now: float, rules: RewardRules, limit: int = 1000) -> int:
+    def apply_default_rewards(
+        self, now: float, rules: RewardRules, limit: int = 1000
+    ) -> dict[str, int]:
+        by_action: dict[str, int] = {}
         with self._transaction() as db:
             expired = db.execute(
-                "SELECT event_id, action_index, x FROM decisions "
+                "SELECT event_id, action_index, action, x FROM decisions "
                 "WHERE state = 'pending' AND deadline < ? ORDER BY deadline LIMIT ?",
                 (now, limit),
             ).fetchall()
-            for event_id, action_index, x in expired:
+            for event_id, action_index, action, x in expired:
+                by_action[action] = by_action.get(action, 0) + 1
                 self._append_learn_event(
                     db, event_id, "default", action_index, x, rules.default_reward, now
                 )
@@ -314,7 +318,7 @@ class SQLiteEventStore:
                     "UPDATE decisions SET state = 'defaulted', reward_total = ? WHERE event_id = ?",
                     (rules.default_reward, event_id),
                 )
-        return len(expired)
+        return by_action
 
     # -- the learn stream --------------------------------------------------------------
 
