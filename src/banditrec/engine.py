@@ -135,7 +135,7 @@ class Engine:
         x = self.schema.vectorize(context)
         mask = self._all_eligible if eligible is None else eligible
         with self._lock:
-            scores, probabilities = self.policy.distribution(x, mask)
+            scores, probabilities = self.policy.distribution(x, mask, self.rng)
             index = sample_action(probabilities, self.rng)
             version = self._version
         names = self._all_names

@@ -93,8 +93,14 @@ class Policy(ABC):
     def score(self, x: Array) -> Scores:
         """Score every action for the feature vector `x` of shape (n_features,)."""
 
-    def distribution(self, x: Array, eligible: NDArray[np.bool_]) -> tuple[Scores, Array]:
-        """Scores and the serving probabilities over actions (0 where not eligible)."""
+    def distribution(
+        self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        """Scores and the serving probabilities over actions (0 where not eligible).
+
+        `rng` is for policies whose distribution is itself random (Thompson sampling's
+        Monte Carlo estimate); deterministic rules ignore it.
+        """
         scores = self.score(x)
         return scores, self.exploration.probabilities(scores.score, eligible)
 
