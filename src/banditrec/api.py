@@ -239,7 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error_type in (*ERROR_STATUS, RewardRejectedError):
         app.add_exception_handler(error_type, _domain_error)
 
-    def get_engine(request: Request) -> Engine:
+    async def get_engine(request: Request) -> Engine:  # async: no thread-pool hop
         engine: Engine = request.app.state.engine
         return engine
 
@@ -387,6 +387,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     zip(schema.actions, policy.n_updates_.tolist(), strict=True)
                 ),
                 "log_offset": engine.applied_offset,
+                "applied_at": engine.applied_at,
                 "schema_hash": schema.hash,
                 "policy": policy.name,
                 "policy_params": policy.get_params(),

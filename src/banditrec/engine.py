@@ -81,6 +81,8 @@ class Engine:
         self.rules = rules or RewardRules()
         self.clock = clock
         self.applied_offset = model.log_offset
+        #: Wall-clock time at which `applied_offset` was reached (replication lag, for ops).
+        self.applied_at = time.time()
         self._version = f"{model.version}@{model.log_offset}"
         # Learning writes A⁻¹ and θ while deciding reads them. In the server both happen on
         # the event loop thread, but scripts may share an engine between threads.
@@ -217,6 +219,8 @@ class Engine:
                     self.policy.update(event.x, event.action_index, event.reward, event.weight)
                 self.applied_offset = event.seq
                 n += 1
+            if n:
+                self.applied_at = time.time()
             self.model.log_offset = self.applied_offset
             self._version = f"{self.model.version}@{self.applied_offset}"
         return n

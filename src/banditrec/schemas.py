@@ -174,6 +174,7 @@ class ModelResponse(BaseModel):
     n_updates: int
     n_updates_by_action: dict[str, int]
     log_offset: int
+    applied_at: float = Field(description="Unix time at which log_offset was reached.")
     schema_hash: str
     policy: str
     policy_params: dict[str, float | int]
