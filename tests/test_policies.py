@@ -255,3 +255,27 @@ def test_corrections_move_b_only_and_batch_agrees() -> None:
     for name in ("A_", "b_", "theta_"):
         np.testing.assert_allclose(getattr(batch, name), getattr(direct, name), atol=1e-10)
     np.testing.assert_array_equal(batch.n_updates_, direct.n_updates_)
+
+
+@pytest.mark.parametrize("policy_cls", list(POLICIES.values()))
+def test_an_added_action_starts_from_the_prior_and_the_others_keep_their_state(
+    policy_cls: type[Policy],
+) -> None:
+    rng = np.random.default_rng(12)
+    policy = policy_cls().reset(3, 4)
+    policy.update_batch(rng.normal(size=(50, 4)), rng.integers(0, 3, 50), rng.random(50))
+    before = policy.get_state()
+    x = rng.normal(size=4)
+    scores_before = policy.score(x)
+    policy.add_action()
+    assert policy.n_actions_ == 4
+    scores_after = policy.score(x)
+    np.testing.assert_allclose(scores_after.score[:3], scores_before.score, rtol=1e-12)
+    fresh = policy_cls().reset(4, 4)
+    if not policy.shared_arrays:
+        assert scores_after.score[3] == pytest.approx(fresh.score(x).score[3])
+    for name, value in before.items():
+        if name not in policy.shared_arrays:
+            np.testing.assert_array_equal(policy.get_state()[name][:3], value)
+    _, p = policy.distribution(x, np.ones(4, dtype=bool), rng)
+    assert p.shape == (4,) and p.sum() == pytest.approx(1.0)

@@ -42,6 +42,8 @@ class Policy(ABC):
     name: ClassVar[str]
     #: Names of the learned arrays written to and read from a model file.
     state_arrays: ClassVar[tuple[str, ...]]
+    #: The state arrays shared by all actions (the others have one row per action).
+    shared_arrays: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, exploration: Exploration | None = None) -> None:
         self.exploration = exploration if exploration is not None else EpsilonGreedy()
@@ -83,6 +85,22 @@ class Policy(ABC):
             setattr(self, name, value.copy())
         self._after_load()
         return self
+
+    def add_action(self) -> None:
+        """Add one action at the end, from the prior; what was learned is kept.
+
+        Policies with shared state (`shared_arrays`) keep it whole, so the new action starts
+        from what is shared instead of from zero.
+        """
+        state = self.get_state()
+        n_actions = self.n_actions_
+        self.reset(n_actions + 1, self.n_features_)
+        for name, value in state.items():
+            if name in self.shared_arrays:
+                setattr(self, name, value)
+            else:
+                getattr(self, name)[:n_actions] = value
+        self._after_load()
 
     def _after_load(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Hook to rebuild derived arrays after `set_state`."""
