@@ -40,7 +40,7 @@ class Clock:
 def open_engine(
     tmp_path: Path, seed: int = 0, rules: RewardRules | None = None, clock: Clock | None = None
 ) -> Engine:
-    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.hash)
+    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
     model = prior_model(SCHEMA)
     model.log_offset = store.epoch_offset(model.version)
     return Engine(model, np.random.default_rng(seed), store, rules, clock or Clock())
@@ -159,7 +159,7 @@ def test_recovery_from_a_snapshot_plus_the_tail_equals_a_full_replay(tmp_path: P
     _drive(engine, 150, seed=6)
     live = engine.policy.get_state()
 
-    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.hash)
+    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
     model, origin = recover_model(prior_model(SCHEMA), store, snapshots)
     assert origin == "snapshot at offset 150"
     restarted = Engine(model, np.random.default_rng(0), store)
@@ -187,7 +187,7 @@ def test_a_corrupt_snapshot_is_skipped_for_the_previous_one(
     newest = learner.snapshot()
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
 
-    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.hash)
+    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
     model, origin = recover_model(prior_model(SCHEMA), store, snapshots)
     assert origin == "snapshot at offset 40"
     assert "Skipping an unusable snapshot" in caplog.text

@@ -31,7 +31,7 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 def model_rebuilt_from_the_log(db_path: Path) -> dict[str, np.ndarray]:
     """The prior plus every learn event in the log, applied from scratch."""
-    store = SQLiteEventStore(db_path, SCHEMA.hash)
+    store = SQLiteEventStore(db_path, SCHEMA.encoding_hash)
     engine = Engine(prior_model(SCHEMA), np.random.default_rng(0), store)
     engine.catch_up()
     state = engine.policy.get_state()

@@ -36,7 +36,7 @@ def decision(event_id: str, created_at: float = 1000.0, deferred: bool = False) 
 
 @pytest.fixture
 def store(tmp_path: Path) -> SQLiteEventStore:
-    s = SQLiteEventStore(tmp_path / "events.db", schema_hash="h1")
+    s = SQLiteEventStore(tmp_path / "events.db", encoding_hash="h1")
     yield s  # type: ignore[misc]
     s.close()
 

@@ -12,27 +12,41 @@ one place (`ERROR_STATUS`). `uvicorn banditrec.api:app` serves an app configured
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from banditrec.auth import Admin, AuthError, Reader, Writer, auth_error_handler, log_auth_mode
+from banditrec.auth import (
+    Admin,
+    AuthError,
+    Reader,
+    Role,
+    Writer,
+    auth_error_handler,
+    authorize,
+    key_table,
+    log_auth_mode,
+)
 from banditrec.config import Settings
-from banditrec.engine import Engine, UnknownActionError, prior_model
+from banditrec.engine import ActionExistsError, Engine, UnknownActionError, prior_model
 from banditrec.exploration import EpsilonGreedy, NoEligibleActionError
 from banditrec.features import SchemaError
 from banditrec.learner import Learner, SnapshotDirectory, recover_model
 from banditrec.metrics import Metrics, MetricsMiddleware, metrics_response
 from banditrec.policies import LinUCB
 from banditrec.schemas import (
+    ActionInfo,
     ActivateResponse,
+    AddActionRequest,
     HealthResponse,
     ModelResponse,
     RankResponse,
@@ -43,7 +57,7 @@ from banditrec.schemas import (
     reward_request_model,
 )
 from banditrec.snapshot import Model, load_model, model_bytes
-from banditrec.store import DecisionRecord, RewardOutcome
+from banditrec.store import DecisionRecord, LearnKind, RewardOutcome
 from banditrec.store.sqlite import SQLiteEventStore
 
 __all__ = ["app", "create_app"]
@@ -62,6 +76,10 @@ class EventNotFoundError(LookupError):
     """No decision has this event id."""
 
 
+class ActionNotFoundError(LookupError):
+    """No action has this name."""
+
+
 class RewardRejectedError(Exception):
     """A reward that is recorded but not learned: late, or for a deferred event."""
 
@@ -76,7 +94,10 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnknownActionError: 422,
     NoEligibleActionError: 422,
     EventNotFoundError: 404,
+    ActionNotFoundError: 404,
+    ActionExistsError: 409,
 }
+_DOMAIN_ERRORS: tuple[type[Exception], ...] = (*ERROR_STATUS, RewardRejectedError)
 
 
 def base_model(settings: Settings) -> tuple[Model, bool]:
@@ -101,9 +122,12 @@ class RequestGuard:
     the client sends no Content-Length, and reading stops at the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, hot_routes: "HotRoutes | None" = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.hot_routes = hot_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -138,7 +162,9 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.hot_routes is not None and await self.hot_routes(scope, body, send):
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -161,6 +187,102 @@ async def _error(send: Send, status: int, error: str, message: str) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+#: What a hot route's handler gets: the app, the JSON body (parsed, not validated), the
+#: route's path parameter (or None) and the ASGI scope; it returns the response body and
+#: status, or None to hand the request on to FastAPI.
+HotHandler = Callable[[FastAPI, Any, str | None, Scope], Awaitable[tuple[Any, int] | None]]
+
+
+class HotRoutes:
+    """The decision and reward routes, answered without FastAPI's per-request machinery.
+
+    FastAPI spends more time per request (dependency resolution, request objects, several
+    layers of middleware) than deciding and logging take. A request to a hot route is
+    therefore answered here, by the same code the FastAPI route runs (`RequestGuard` calls
+    this with the body it has read), and only when everything is in order: the API key is
+    good, the body is JSON that validates, and no dependency is overridden. Anything else (a
+    missing key, a 422, another route) goes on to FastAPI unchanged, which answers it exactly
+    as before, so errors keep their status and message. Domain errors raised while deciding
+    (404 unknown event, 410 late reward, ...) are rendered by the app's own handler.
+
+    The matching FastAPI route object is put in the scope, as the router would, so metrics
+    label the request by its route template.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, tuple[HotHandler, APIRoute]] = {}
+        self._patterns: list[tuple[HotHandler, APIRoute]] = []
+
+    def add(self, route: APIRoute, handler: HotHandler) -> None:
+        """Serve POST requests to `route` (at most one path parameter) with `handler`."""
+        if len(route.param_convertors) > 1 or "POST" not in (route.methods or ()):
+            raise ValueError(f"{route.path}: only POST routes with one path parameter or none.")
+        if route.param_convertors:
+            self._patterns.append((handler, route))
+        else:
+            self._exact[route.path] = (handler, route)
+
+    async def __call__(self, scope: Scope, body: bytes, send: Send) -> bool:
+        """Answer the request if it is for a hot route and in order; return whether it was."""
+        if scope["method"] != "POST" or scope.get("root_path"):
+            return False
+        path: str = scope["path"]
+        param: str | None = None
+        found = self._exact.get(path)
+        if found is None:
+            for handler, route in self._patterns:
+                match = route.path_regex.match(path)
+                if match is not None:
+                    found, param = (handler, route), next(iter(match.groupdict().values()))
+                    break
+            else:
+                return False
+        app: FastAPI = scope["app"]
+        if app.dependency_overrides:
+            return False
+        # FastAPI reads the first Content-Type header (the guard checked the last one) and
+        # parses JSON for more types than this; the rest goes to FastAPI.
+        content_type = _first_header(scope, b"content-type").split(";", 1)[0]
+        if content_type.strip().lower() != "application/json":
+            return False
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False  # FastAPI reports it (and parses what orjson refuses, like NaN)
+        handler, route = found
+        scope["route"] = route
+        try:
+            answer = await handler(app, data, param, scope)
+        except _DOMAIN_ERRORS as exc:
+            error = _domain_error(None, exc)
+            await _send_json(send, error.status_code, bytes(error.body))
+            return True
+        if answer is None:
+            del scope["route"]
+            return False
+        content, status = answer
+        await _send_json(send, status, orjson.dumps(content))
+        return True
+
+
+async def _send_json(send: Send, status: int, payload: bytes) -> None:
+    # The headers FastJSONResponse sends, built without a Response object.
+    headers = [(b"content-length", str(len(payload)).encode()), _JSON_CONTENT_TYPE]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def _first_header(scope: Scope, name: bytes) -> str:
+    """The first value of header `name` (lower case), as Starlette's `Headers.get` reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
 def _validation_error(_: Request, exc: Exception) -> FastJSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = []
@@ -177,7 +299,7 @@ def _validation_error(_: Request, exc: Exception) -> FastJSONResponse:
     )
 
 
-def _domain_error(_: Request, exc: Exception) -> FastJSONResponse:
+def _domain_error(_: Request | None, exc: Exception) -> FastJSONResponse:
     if isinstance(exc, RewardRejectedError):
         status, error = exc.status, exc.error
     else:
@@ -195,7 +317,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_auth_mode(settings.api_keys, logger)
-        store = SQLiteEventStore(settings.db_path, schema.hash, settings.sqlite_synchronous)
+        store = SQLiteEventStore(
+            settings.db_path, schema.encoding_hash, settings.sqlite_synchronous
+        )
         base, loaded = base_model(settings)
         snapshots = SnapshotDirectory(settings.snapshot_dir)
         model, origin = recover_model(base, store, snapshots)
@@ -232,11 +356,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.api_keys = settings.api_keys
     app.state.metrics = metrics
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    hot_routes = HotRoutes()
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, hot_routes=hot_routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: 413/415 are timed too
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AuthError, auth_error_handler)
-    for error_type in (*ERROR_STATUS, RewardRejectedError):
+    for error_type in _DOMAIN_ERRORS:
         app.add_exception_handler(error_type, _domain_error)
 
     async def get_engine(request: Request) -> Engine:  # async: no thread-pool hop
@@ -259,7 +384,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {
                 "status": "ok",
                 "model_loaded": request.app.state.model_loaded,
-                "n_actions": schema.n_actions,
+                "n_actions": len(engine.actions),
                 "alpha": policy_alpha(engine),
                 "model_version": engine.model_version,
                 "schema_hash": schema.hash,
@@ -277,64 +402,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # endpoints are benchmarked against.
         return FastJSONResponse({"status": "ok"})
 
-    @app.post("/recommend_action", response_model=RecommendResponse, responses={413: {}, 415: {}})
-    async def recommend_action(
-        body: RecommendRequest,  # type: ignore[valid-type]
-        engine: EngineDep,
-        _: Writer,
-    ) -> FastJSONResponse:
-        """The seed's endpoint: the next best action for a user, logged with its probability."""
-        context: dict[str, Any] = body.model_dump()  # type: ignore[attr-defined]
+    # The decision and reward routes: each one's work is a function of validated input,
+    # called by the FastAPI route (documented, and answering every error) and by the hot
+    # path (`HotRoutes`), which answers requests in order without FastAPI's overhead.
+
+    async def recommend_content(engine: Engine, context: dict[str, Any]) -> dict[str, Any]:
         user_id = context.pop("user_id")
         record = await engine.rank(context)
         metrics.decision(record.action)
-        scores = dict(zip(record.actions, record.scores.tolist(), strict=True))
-        return FastJSONResponse(
-            {
-                "user_id": user_id,
-                "recommended_action": record.action,
-                "ucb_score": scores[record.action],
-                "scores": scores,
-                "alpha": policy_alpha(engine),
-                "event_id": record.event_id,
-                "probability": record.probability,
-                "probabilities": dict(
-                    zip(record.actions, record.probabilities.tolist(), strict=True)
-                ),
-                "model_version": record.model_version,
-            }
-        )
+        actions = record.actions
+        scores = dict(zip(actions, record.scores.tolist(), strict=True))
+        return {
+            "user_id": user_id,
+            "recommended_action": record.action,
+            "ucb_score": scores[record.action],
+            "scores": scores,
+            "alpha": policy_alpha(engine),
+            "event_id": record.event_id,
+            "probability": record.probability,
+            "probabilities": dict(zip(actions, record.probabilities.tolist(), strict=True)),
+            "model_version": record.model_version,
+        }
 
-    @app.post("/v1/rank", response_model=RankResponse, responses={413: {}, 415: {}})
-    async def rank(
-        body: RankRequest,  # type: ignore[valid-type]
-        engine: EngineDep,
-        _: Writer,
-    ) -> FastJSONResponse:
-        """Rank the actions for a context and choose one; log the decision durably."""
-        eligible = engine.eligible_mask(body.actions, body.excluded_actions)  # type: ignore[attr-defined]
+    async def rank_content(engine: Engine, body: Any) -> dict[str, Any]:
+        eligible = engine.eligible_mask(body.actions, body.excluded_actions)
         record = await engine.rank(
-            body.context.model_dump(),  # type: ignore[attr-defined]
+            body.context.model_dump(),
             eligible,
-            event_id=body.event_id,  # type: ignore[attr-defined]
-            deferred=body.defer_activation,  # type: ignore[attr-defined]
+            event_id=body.event_id,
+            deferred=body.defer_activation,
         )
         metrics.decision(record.action)
-        return FastJSONResponse(_rank_body(record))
+        return _rank_body(record)
 
-    @app.post(
-        "/v1/events/{event_id}/reward",
-        response_model=RewardResponse,
-        responses={404: {}, 409: {}, 410: {}},
-    )
-    async def reward(
-        event_id: str,
-        body: RewardRequest,  # type: ignore[valid-type]
-        engine: EngineDep,
-        _: Writer,
-    ) -> FastJSONResponse:
-        """Report the reward of a decision; the first one in its window is learned at once."""
-        result = await engine.reward(event_id, body.value)  # type: ignore[attr-defined]
+    async def reward_content(engine: Engine, event_id: str, value: float) -> dict[str, Any]:
+        result = await engine.reward(event_id, value)
         metrics.reward(result.action, result.outcome.value)
         if result.outcome is RewardOutcome.unknown:
             raise EventNotFoundError(f"No decision has the event id {event_id!r}.")
@@ -353,16 +455,107 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "first. The reward was recorded, not learned.",
             )
         metrics.join()
-        return FastJSONResponse(
-            {
-                "event_id": event_id,
-                "status": result.outcome.value,
-                "learned": result.outcome is not RewardOutcome.duplicate,
-                "duplicate": result.outcome is RewardOutcome.duplicate,
-                "value": result.value,
-                "total": result.total,
-            }
-        )
+        return {
+            "event_id": event_id,
+            "status": result.outcome.value,
+            "learned": result.outcome is not RewardOutcome.duplicate,
+            "duplicate": result.outcome is RewardOutcome.duplicate,
+            "value": result.value,
+            "total": result.total,
+        }
+
+    @app.post("/recommend_action", response_model=RecommendResponse, responses={413: {}, 415: {}})
+    async def recommend_action(
+        body: RecommendRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        _: Writer,
+    ) -> FastJSONResponse:
+        """The seed's endpoint: the next best action for a user, logged with its probability."""
+        context: dict[str, Any] = body.model_dump()  # type: ignore[attr-defined]
+        return FastJSONResponse(await recommend_content(engine, context))
+
+    @app.post("/v1/rank", response_model=RankResponse, responses={413: {}, 415: {}})
+    async def rank(
+        body: RankRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        _: Writer,
+    ) -> FastJSONResponse:
+        """Rank the actions for a context and choose one; log the decision durably."""
+        return FastJSONResponse(await rank_content(engine, body))
+
+    @app.post(
+        "/v1/events/{event_id}/reward",
+        response_model=RewardResponse,
+        responses={404: {}, 409: {}, 410: {}},
+    )
+    async def reward(
+        event_id: str,
+        body: RewardRequest,  # type: ignore[valid-type]
+        engine: EngineDep,
+        _: Writer,
+    ) -> FastJSONResponse:
+        """Report the reward of a decision; the first one in its window is learned at once."""
+        value: float = body.value  # type: ignore[attr-defined]
+        return FastJSONResponse(await reward_content(engine, event_id, value))
+
+    # The hot path: the same work, for requests with a good key and a valid body.
+    validate_recommend = RecommendRequest.model_validate
+    validate_rank = RankRequest.model_validate
+    validate_reward = RewardRequest.model_validate
+
+    def writer_allowed(app: FastAPI, scope: Scope) -> bool:
+        keys = key_table(app)
+        if not keys:
+            return True
+        try:
+            authorize(
+                keys,
+                _first_header(scope, b"authorization"),
+                _first_header(scope, b"x-api-key"),
+                Role.writer,
+            )
+        except AuthError:
+            return False  # FastAPI's route answers it
+        return True
+
+    async def hot_recommend(
+        app: FastAPI, data: Any, _: str | None, scope: Scope
+    ) -> tuple[Any, int] | None:
+        if not writer_allowed(app, scope):
+            return None
+        try:
+            body = validate_recommend(data)
+        except ValidationError:
+            return None
+        return await recommend_content(app.state.engine, body.model_dump()), 200
+
+    async def hot_rank(
+        app: FastAPI, data: Any, _: str | None, scope: Scope
+    ) -> tuple[Any, int] | None:
+        if not writer_allowed(app, scope):
+            return None
+        try:
+            body = validate_rank(data)
+        except ValidationError:
+            return None
+        return await rank_content(app.state.engine, body), 200
+
+    async def hot_reward(
+        app: FastAPI, data: Any, event_id: str | None, scope: Scope
+    ) -> tuple[Any, int] | None:
+        if not writer_allowed(app, scope) or event_id is None:
+            return None
+        try:
+            body = validate_reward(data)
+        except ValidationError:
+            return None
+        value: float = body.value  # type: ignore[attr-defined]
+        return await reward_content(app.state.engine, event_id, value), 200
+
+    routes = {r.path: r for r in app.routes if isinstance(r, APIRoute)}
+    hot_routes.add(routes["/recommend_action"], hot_recommend)
+    hot_routes.add(routes["/v1/rank"], hot_rank)
+    hot_routes.add(routes["/v1/events/{event_id}/reward"], hot_reward)
 
     @app.post(
         "/v1/events/{event_id}/activate", response_model=ActivateResponse, responses={404: {}}
@@ -384,7 +577,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "version": engine.model_version,
                 "n_updates": int(policy.n_updates_.sum()),
                 "n_updates_by_action": dict(
-                    zip(schema.actions, policy.n_updates_.tolist(), strict=True)
+                    zip(engine.actions, policy.n_updates_.tolist(), strict=True)
                 ),
                 "log_offset": engine.applied_offset,
                 "applied_at": engine.applied_at,
@@ -417,7 +610,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path = await asyncio.get_running_loop().run_in_executor(None, learner.snapshot)
         return FastJSONResponse({"path": str(path), "log_offset": learner.engine.applied_offset})
 
+    @app.get("/v1/actions", response_model=list[ActionInfo])
+    async def list_actions(engine: EngineDep, _: Reader) -> FastJSONResponse:
+        """Every action: the schema's, then those added at run time, and whether it is served."""
+        return FastJSONResponse(_actions_body(engine))
+
+    @app.post(
+        "/v1/admin/actions",
+        status_code=201,
+        response_model=list[ActionInfo],
+        responses={409: {}},
+    )
+    async def add_action(body: AddActionRequest, engine: EngineDep, _: Admin) -> FastJSONResponse:
+        """Add an action without a restart; it starts from the prior (or what is shared)."""
+        await engine.change_action(LearnKind.add_action, body.action_id)
+        return FastJSONResponse(_actions_body(engine), 201)
+
+    @app.post(
+        "/v1/admin/actions/{action_id}/{change}",
+        response_model=list[ActionInfo],
+        responses={404: {}},
+    )
+    async def toggle_action(
+        action_id: str, change: Literal["disable", "enable"], engine: EngineDep, _: Admin
+    ) -> FastJSONResponse:
+        """Disable an action (never served, probability 0; what it learned is kept) or
+        enable it again. Decisions logged before stay evaluable."""
+        if action_id not in engine.actions:
+            raise ActionNotFoundError(
+                f"Unknown action {action_id!r}; known: {list(engine.actions)}."
+            )
+        kind = LearnKind.disable_action if change == "disable" else LearnKind.enable_action
+        await engine.change_action(kind, action_id)
+        return FastJSONResponse(_actions_body(engine))
+
     return app
+
+
+def _actions_body(engine: Engine) -> list[dict[str, Any]]:
+    n_updates = engine.policy.n_updates_.tolist()
+    return [
+        {"action_id": name, "enabled": name not in engine.disabled, "n_updates": n}
+        for name, n in zip(engine.actions, n_updates, strict=True)
+    ]
 
 
 def _rank_body(record: DecisionRecord) -> dict[str, Any]:

@@ -27,15 +27,29 @@ from banditrec.exploration import sample_action
 from banditrec.features import FeatureSchema
 from banditrec.policies import LinUCB, Policy
 from banditrec.snapshot import Model
-from banditrec.store import DecisionRecord, EventStore, LearnEvent, RewardResult, RewardRules
+from banditrec.store import (
+    DecisionRecord,
+    EventStore,
+    LearnEvent,
+    LearnKind,
+    RewardResult,
+    RewardRules,
+)
 
-__all__ = ["Engine", "UnknownActionError"]
+__all__ = ["ActionExistsError", "Engine", "UnknownActionError"]
 
 T = TypeVar("T")
 
 
 class UnknownActionError(ValueError):
-    """A request named an action the schema does not know."""
+    """A request named an action the engine does not know."""
+
+
+class ActionExistsError(ValueError):
+    """An action to add exists already."""
+
+
+_ACTION_CHANGES = (LearnKind.add_action, LearnKind.disable_action, LearnKind.enable_action)
 
 
 class Engine:
@@ -87,8 +101,7 @@ class Engine:
         # Learning writes A⁻¹ and θ while deciding reads them. In the server both happen on
         # the event loop thread, but scripts may share an engine between threads.
         self._lock = threading.Lock()
-        self._all_eligible = np.ones(model.schema.n_actions, dtype=np.bool_)
-        self._all_names = model.schema.actions
+        self._set_actions(model.actions, model.disabled)
         self._log = _GroupCommitLog(store, self.rules) if store is not None else None
 
     @classmethod
@@ -111,20 +124,38 @@ class Engine:
         """The base model's version and the last learn event applied to it."""
         return self._version
 
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """Every action known (the schema's, then those added at run time)."""
+        return self._all_names
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        return self.model.disabled
+
+    def _set_actions(self, actions: tuple[str, ...], disabled: frozenset[str]) -> None:
+        self.model.actions, self.model.disabled = actions, disabled
+        self._all_names = actions
+        # The mask of a request that names no actions: every enabled one.
+        self._all_eligible = np.array([a not in disabled for a in actions], dtype=np.bool_)
+
     # -- deciding ----------------------------------------------------------------------
 
     def eligible_mask(
         self, actions: Collection[str] | None = None, excluded: Collection[str] = ()
     ) -> NDArray[np.bool_]:
-        """Boolean mask over the schema's actions; unknown names raise `UnknownActionError`."""
+        """Mask over `actions`: requested, not excluded, not disabled.
+
+        Unknown names raise `UnknownActionError`; disabled ones are simply not served.
+        """
         if actions is None and not excluded:
             return self._all_eligible
-        known = self.schema.actions
+        known = self._all_names
         for name in (*(actions or ()), *excluded):
             if name not in known:
                 raise UnknownActionError(f"Unknown action {name!r}; known actions: {list(known)}.")
         allowed = set(known if actions is None else actions) - set(excluded)
-        return np.array([a in allowed for a in known], dtype=np.bool_)
+        return np.array([a in allowed for a in known], dtype=np.bool_) & self._all_eligible
 
     def decide(
         self,
@@ -213,7 +244,9 @@ class Engine:
             for event in events:
                 if event.seq <= self.applied_offset:
                     continue
-                if event.correction:
+                if event.kind in _ACTION_CHANGES:
+                    self._apply_action_change(event.kind, event.event_id)
+                elif event.correction:
                     self.policy.correct(event.x, event.action_index, event.reward)
                 else:
                     self.policy.update(event.x, event.action_index, event.reward, event.weight)
@@ -225,6 +258,34 @@ class Engine:
             self._version = f"{self.model.version}@{self.applied_offset}"
         return n
 
+    def _apply_action_change(self, kind: LearnKind, name: str) -> None:
+        # Idempotent by name: two workers adding the same action at once append two events,
+        # and every replica applies the first and skips the second, so they still agree.
+        actions, disabled = self._all_names, self.model.disabled
+        if kind is LearnKind.add_action:
+            if name in actions:
+                return
+            self.policy.add_action()
+            actions = (*actions, name)
+        elif name in actions:
+            disabled = disabled | {name} if kind is LearnKind.disable_action else disabled - {name}
+        self._set_actions(actions, disabled)
+
+    async def change_action(self, kind: LearnKind, name: str) -> None:
+        """Add, disable or enable an action, through the log so that every replica does it.
+
+        Raises `UnknownActionError` for disabling or enabling an unknown action and
+        `ActionExistsError` for adding a known one.
+        """
+        store, log = self._require_log()
+        if kind is LearnKind.add_action and name in self._all_names:
+            raise ActionExistsError(f"The action {name!r} exists already.")
+        if kind is not LearnKind.add_action and name not in self._all_names:
+            known = list(self._all_names)
+            raise UnknownActionError(f"Unknown action {name!r}; known actions: {known}.")
+        await log.call(store.append_action_change, kind, name, self.clock())
+        self.catch_up()
+
     def snapshot_model(self) -> Model:
         """A consistent copy of the live model (for saving while serving goes on)."""
         with self._lock:
@@ -233,7 +294,13 @@ class Engine:
             )
             policy.set_state(self.policy.get_state())
             return Model(
-                policy, self.schema, self.model.created_at, self.model.version, self.applied_offset
+                policy,
+                self.schema,
+                self.model.created_at,
+                self.model.version,
+                self.applied_offset,
+                self._all_names,
+                self.model.disabled,
             )
 
     def _require_log(self) -> tuple[EventStore, _GroupCommitLog]:

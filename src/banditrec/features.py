@@ -151,9 +151,20 @@ class FeatureSchema:
 
     @property
     def hash(self) -> str:
-        """A stable SHA-256 of the encoding (not of the file's formatting or comments)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """A stable SHA-256 of the schema: fields, encoding and actions (not of the file's
+        formatting or comments)."""
+        return _sha256(self.to_dict())
+
+    @property
+    def encoding_hash(self) -> str:
+        """A stable SHA-256 of the encoding alone (fields and bias, not the actions).
+
+        Two schemas with the same encoding hash give the same vectors, so an event log or a
+        model stays usable when only actions are added.
+        """
+        data = self.to_dict()
+        del data["actions"], data["name"]
+        return _sha256(data)
 
     # -- encoding ----------------------------------------------------------------------
 
@@ -238,6 +249,11 @@ class FeatureSchema:
             fields=fields,
             bias=bool(data.get("bias", True)),
         )
+
+
+def _sha256(data: Mapping[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _field_from_dict(data: Mapping[str, Any]) -> Field:

@@ -180,3 +180,17 @@ class ModelResponse(BaseModel):
     policy_params: dict[str, float | int]
     exploration: str
     exploration_params: dict[str, float | int]
+
+
+class ActionInfo(BaseModel):
+    action_id: str
+    enabled: bool = Field(description="Disabled actions are never served (probability 0).")
+    n_updates: int
+
+
+class AddActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action_id: Annotated[
+        str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    ] = Field(description="Name of the new action.")

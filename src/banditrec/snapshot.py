@@ -39,13 +39,23 @@ class ModelFileError(ValueError):
 
 @dataclass
 class Model:
-    """A policy together with the schema it was trained under and its provenance."""
+    """A policy together with the schema it was trained under and its provenance.
+
+    `actions` are the schema's actions followed by those added at run time; `disabled` are
+    the ones that must not be served (their learned state is kept).
+    """
 
     policy: Policy
     schema: FeatureSchema
     created_at: str
     version: str
     log_offset: int = 0
+    actions: tuple[str, ...] = ()
+    disabled: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.actions:
+            self.actions = self.schema.actions
 
     @property
     def n_updates(self) -> int:
@@ -101,7 +111,9 @@ def model_bytes(model: Model) -> bytes:
         "log_offset": model.log_offset,
         "schema": model.schema.to_dict(),
         "schema_hash": model.schema.hash,
-        "actions": list(model.schema.actions),
+        "encoding_hash": model.schema.encoding_hash,
+        "actions": list(model.actions),
+        "disabled": sorted(model.disabled),
         "policy": policy.name,
         "policy_params": policy.get_params(),
         "exploration": policy.exploration.name,
@@ -155,7 +167,8 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
     """Load a model written by `save_model`, refusing one trained under another schema."""
     path = Path(path)
     metadata, arrays = _read(path)
-    if metadata["schema_hash"] != schema.hash:
+    trained_with = FeatureSchema.from_dict(metadata["schema"])
+    if trained_with.encoding_hash != schema.encoding_hash:
         raise ModelFileError(
             f"The model file {path} was trained with schema {metadata['schema_hash'][:12]}… "
             f"but the server is configured with schema {schema.hash[:12]}…; retrain the model "
@@ -170,8 +183,10 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
         policy.set_state(arrays)
     except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as exc:
         raise ModelFileError(f"The model file {path} does not hold a valid policy: {exc}") from None
-    if policy.n_actions_ != schema.n_actions or policy.n_features_ != schema.n_features:
+    actions = tuple(metadata.get("actions", trained_with.actions))
+    if policy.n_actions_ != len(actions) or policy.n_features_ != schema.n_features:
         raise ModelFileError(f"The model file {path} does not match the schema's shapes.")
+    actions = _reconcile_actions(path, actions, schema.actions, policy)
     for name, value in policy.get_state().items():
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ModelFileError(f"The model file {path} holds NaN or infinity in {name}.")
@@ -181,4 +196,25 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
         created_at=metadata["created_at"],
         version=metadata["version"],
         log_offset=int(metadata.get("log_offset", 0)),
+        actions=actions,
+        disabled=frozenset(metadata.get("disabled", ())),
     )
+
+
+def _reconcile_actions(
+    path: Path, model_actions: tuple[str, ...], schema_actions: tuple[str, ...], policy: Policy
+) -> tuple[str, ...]:
+    """The model's actions extended by the schema's new ones (appended, from the prior).
+
+    Action indices are positions, so the schema's actions must be the model's first ones (the
+    model may have more, added at run time) or extend them (added to the schema file later).
+    """
+    n = min(len(model_actions), len(schema_actions))
+    if model_actions[:n] != schema_actions[:n]:
+        raise ModelFileError(
+            f"The model file {path} has the actions {list(model_actions)} but the schema has "
+            f"{list(schema_actions)}; actions can be appended, not renamed or reordered."
+        )
+    for _ in schema_actions[n:]:
+        policy.add_action()
+    return model_actions + schema_actions[len(model_actions) :]

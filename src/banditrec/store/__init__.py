@@ -23,6 +23,7 @@ __all__ = [
     "DecisionRecord",
     "EventStore",
     "LearnEvent",
+    "LearnKind",
     "RewardOutcome",
     "RewardResult",
     "RewardRules",
@@ -85,9 +86,23 @@ class DecisionRecord:
         return self.actions[self.action_index]
 
 
+class LearnKind(StrEnum):
+    """The kinds of entries in the learn stream."""
+
+    reward = "reward"  # a reward joined to its decision: A += w·x xᵀ, b += w·r·x
+    default = "default"  # the default reward of a decision whose window closed
+    correction = "correction"  # a summed reward's change: b += δ·x only
+    add_action = "add_action"  # a new action (event_id holds its name), from the prior
+    disable_action = "disable_action"  # never served again until enabled (name in event_id)
+    enable_action = "enable_action"
+
+
 @dataclass(frozen=True)
 class LearnEvent:
-    """One entry of the learn stream: A += weight·x xᵀ (unless a correction), b += w·r·x."""
+    """One entry of the learn stream, applied by every replica in ``seq`` order.
+
+    For action changes, ``event_id`` holds the action's name and the vector is empty.
+    """
 
     seq: int
     event_id: str
@@ -95,7 +110,11 @@ class LearnEvent:
     x: NDArray[np.float64]
     reward: float
     weight: float
-    correction: bool
+    kind: LearnKind = LearnKind.reward
+
+    @property
+    def correction(self) -> bool:
+        return self.kind is LearnKind.correction
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,10 @@ class EventStore(Protocol):
 
     def acquire_lease(self, name: str, owner: str, now: float, ttl_seconds: float) -> bool:
         """Hold the lease `name` for `ttl_seconds` if it is free, expired or already ours."""
+        ...
+
+    def append_action_change(self, kind: LearnKind, action: str, now: float) -> int:
+        """Append an action change to the learn stream; return its seq."""
         ...
 
     def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:

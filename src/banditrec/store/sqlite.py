@@ -29,6 +29,7 @@ import orjson
 from banditrec.store import (
     DecisionRecord,
     LearnEvent,
+    LearnKind,
     RewardOutcome,
     RewardResult,
     RewardRules,
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS rewards (
 CREATE TABLE IF NOT EXISTS learn_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: offsets stay meaningful
     event_id TEXT NOT NULL,
-    kind TEXT NOT NULL,                     -- reward | default | correction
+    kind TEXT NOT NULL,                     -- see banditrec.store.LearnKind
     action_index INTEGER NOT NULL,
     x BLOB NOT NULL,
     reward REAL NOT NULL,
@@ -97,9 +98,10 @@ class SQLiteEventStore:
     ----------
     path
         Database file; created with its tables when missing.
-    schema_hash
-        Hash of the feature schema. A database belongs to one schema: its vectors have that
-        schema's length, so opening it with another schema is refused.
+    encoding_hash
+        `FeatureSchema.encoding_hash` of the schema. A database belongs to one encoding: its
+        vectors have that length and layout, so opening it with another is refused. Actions
+        may change (added in the schema file or at run time) without a new database.
     synchronous
         SQLite's ``synchronous`` pragma: "NORMAL" (crash-safe) or "FULL" (power-loss-safe).
 
@@ -115,7 +117,7 @@ class SQLiteEventStore:
     def __init__(
         self,
         path: str | Path,
-        schema_hash: str,
+        encoding_hash: str,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         busy_timeout_ms: int = 10_000,
     ) -> None:
@@ -133,13 +135,13 @@ class SQLiteEventStore:
             for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
                 if statement.strip():
                     db.execute(statement)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_hash', ?)", (schema_hash,))
-            stored = db.execute("SELECT value FROM meta WHERE key = 'schema_hash'").fetchone()[0]
-        if stored != schema_hash:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('encoding_hash', ?)", (encoding_hash,))
+            stored = db.execute("SELECT value FROM meta WHERE key = 'encoding_hash'").fetchone()[0]
+        if stored != encoding_hash:
             self.close()
             raise StoreError(
                 f"The event log {self.path} belongs to schema {stored[:12]}…, not to the "
-                f"configured schema {schema_hash[:12]}…; use another database file."
+                f"configured schema {encoding_hash[:12]}…; use another database file."
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -337,10 +339,24 @@ class SQLiteEventStore:
                 x=np.frombuffer(x, dtype=np.float64),
                 reward=reward,
                 weight=weight,
-                correction=kind == "correction",
+                kind=LearnKind(kind),
             )
             for seq, event_id, kind, action_index, x, reward, weight in rows
         ]
+
+    def append_action_change(self, kind: LearnKind, action: str, now: float) -> int:
+        # The index of an added action is decided when replicas apply the event (the next
+        # free one), so the row holds only the name; all replicas agree because they apply
+        # the stream in the same order.
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
+                "created_at) VALUES (?, ?, -1, x'', 0.0, 0.0, ?)",
+                (action, kind.value, now),
+            )
+            seq = cursor.lastrowid
+        assert seq is not None
+        return seq
 
     def last_offset(self) -> int:
         with self._read_lock:
