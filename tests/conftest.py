@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,12 +11,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from banditrec.features import load_default_schema
 from banditrec.logged_data import write_logged_csv
 from banditrec.policies import LinUCB
 from banditrec.sim import AppSimulator
 from banditrec.training import train_from_csv
+
+# In CI the property tests run a fixed set of examples (derandomized): a red build then
+# always means a change broke something, never that a new random example was drawn.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 #: The seed's example body for `POST /recommend_action`.
 SEED_REQUEST: dict[str, Any] = {
