@@ -41,6 +41,8 @@ __all__ = [
     "Role",
     "Writer",
     "auth_error_handler",
+    "authorize",
+    "key_table",
     "log_auth_mode",
     "require",
 ]
@@ -166,24 +168,10 @@ class _Guard(SecurityBase):
         keys = _key_table(request)
         if not keys:
             return Role.admin
-        presented = _presented_key(request)
-        if not presented:
-            raise AuthError(401, "missing_api_key", _MISSING, {"WWW-Authenticate": "Bearer"})
-        granted = _lookup(presented, keys)
-        if granted is None:
-            raise AuthError(
-                401,
-                "invalid_api_key",
-                "The API key is not valid.",
-                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if not granted.includes(self.needed):
-            raise AuthError(
-                403,
-                "insufficient_role",
-                f"This route needs the '{self.needed}' role; the API key has the '{granted}' role.",
-            )
-        return granted
+        headers = request.headers
+        return authorize(
+            keys, headers.get("authorization", ""), headers.get("x-api-key", ""), self.needed
+        )
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Role]]:
@@ -220,9 +208,49 @@ Admin = Annotated[Role, Depends(require(Role.admin))]
 """A route parameter of this type needs the ``admin`` role; its value is the role."""
 
 
-def _key_table(request: Request) -> Mapping[str, Role]:
+def authorize(keys: Mapping[str, Role], authorization: str, x_api_key: str, needed: Role) -> Role:
+    """The role of the key presented in these header values, if it includes `needed`.
+
+    Parameters
+    ----------
+    keys
+        The configured key table; empty means every route is open (``Role.admin``).
+    authorization, x_api_key
+        The values of the ``Authorization`` and ``X-API-Key`` headers ("" when absent).
+    needed
+        The least role the route needs.
+
+    Raises
+    ------
+    AuthError
+        401 for a missing or unknown key, 403 for a known key with too low a role.
+    """
+    if not keys:
+        return Role.admin
+    presented = _presented_key(authorization, x_api_key)
+    if not presented:
+        raise AuthError(401, "missing_api_key", _MISSING, {"WWW-Authenticate": "Bearer"})
+    granted = _lookup(presented, keys)
+    if granted is None:
+        raise AuthError(
+            401,
+            "invalid_api_key",
+            "The API key is not valid.",
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if not granted.includes(needed):
+        raise AuthError(
+            403,
+            "insufficient_role",
+            f"This route needs the '{needed}' role; the API key has the '{granted}' role.",
+        )
+    return granted
+
+
+def key_table(app: object) -> Mapping[str, Role]:
+    """The key table of `app` (``app.state.api_keys``); unset is an error, never "open"."""
     try:
-        keys: Mapping[str, Role] = request.app.state.api_keys
+        keys: Mapping[str, Role] = app.state.api_keys  # type: ignore[attr-defined]
     except AttributeError:
         # Failing closed: a forgotten assignment must not silently open every route.
         raise RuntimeError(
@@ -232,14 +260,17 @@ def _key_table(request: Request) -> Mapping[str, Role]:
     return keys
 
 
-def _presented_key(request: Request) -> str:
+def _key_table(request: Request) -> Mapping[str, Role]:
+    return key_table(request.app)
+
+
+def _presented_key(authorization: str, x_api_key: str) -> str:
     # `Authorization: Bearer <key>` (scheme case-insensitive, RFC 7235) first; an
     # Authorization header of another scheme is not ours and is ignored.
-    authorization = request.headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get("x-api-key", "").strip()
+    return x_api_key.strip()
 
 
 def _lookup(presented: str, keys: Mapping[str, Role]) -> Role | None:
