@@ -171,5 +171,134 @@ def traffic(
     )
 
 
+@app.command()
+def evaluate(
+    log: Annotated[
+        Path | None, typer.Option(help="SQLite event log to evaluate on (default data/events.db).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Or a logged-data CSV in the simulation format.")
+    ] = None,
+    schema: SchemaOption = None,
+    protocol: Annotated[
+        str, typer.Option(help="split (learn on the first part, evaluate the rest) or replay.")
+    ] = "split",
+    split: Annotated[
+        float, typer.Option(help="Fraction of the log, in log order, candidates learn from.")
+    ] = 0.7,
+    estimator: Annotated[
+        str, typer.Option(help="Estimator that ranks: dr, snips, ips, dm or replay.")
+    ] = "dr",
+    estimators: Annotated[
+        str | None, typer.Option(help="Comma-separated estimators to report (default: all).")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Policy to evaluate; the --grid options apply to it.")
+    ] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option(help="NAME=V1,V2,... (repeatable; every combination).")
+    ] = None,
+    candidate: Annotated[
+        list[str] | None, typer.Option(help="POLICY or POLICY:NAME=V,NAME=V (repeatable).")
+    ] = None,
+    candidates: Annotated[
+        Path | None, typer.Option(help="TOML file of [[candidate]] tables.")
+    ] = None,
+    n_bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples per interval.")] = 1000,
+    min_ess: Annotated[
+        float, typer.Option(help="Effective sample size below which an estimate is flagged.")
+    ] = 100.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory (default reports/evaluate-<time>/).")
+    ] = None,
+) -> None:
+    """Estimate the logging policy's value and candidates' (CIs), rank them, write a report.
+
+    Default candidates: a LinUCB grid of α and ε plus every other registered policy.
+    """
+    from rich.console import Console as StdoutConsole
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from banditrec import evaluation as ev
+    from banditrec.report import ranking_table, write_report
+
+    try:
+        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        if log is not None and data is not None:
+            raise ev.EvaluationError("Give either --log or --data, not both.")
+        if log is None and data is None:
+            log = Settings().db_path
+            if not log.exists() and DEFAULT_DATA.exists():
+                log, data = None, DEFAULT_DATA
+            elif not log.exists():
+                raise ev.EvaluationError(
+                    f"Give --log or --data: neither {log} nor {DEFAULT_DATA} exists."
+                )
+        chosen: list[ev.Candidate] = []
+        if grid:
+            chosen += ev.grid_candidates(policy or "linucb", ev.parse_grid(grid))
+        elif policy is not None:
+            chosen.append(ev.make_candidate(policy, {}))
+        chosen += [ev.parse_candidate(text) for text in candidate or ()]
+        if candidates is not None:
+            chosen += ev.load_candidates_file(candidates)
+        names = None
+        if estimators is not None:
+            names = tuple(n.strip() for n in estimators.split(",") if n.strip())
+        config = ev.EvaluationConfig(
+            protocol=protocol,
+            split=split,
+            ranking_estimator=estimator,
+            estimators=names,
+            n_bootstrap=n_bootstrap,
+            min_effective_sample_size=min_ess,
+            seed=seed,
+        )
+        config.check()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(stage: str, done: int, total: int, detail: str) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(
+                    tasks[stage], completed=done, total=total, description=f"{stage}: {detail}"
+                )
+
+            if log is not None:
+                rounds = ev.load_event_log(log, feature_schema, progress)
+            else:
+                assert data is not None
+                rounds = ev.load_csv(data, feature_schema)
+            result = ev.evaluate(
+                rounds, ev.unique(chosen or ev.default_candidates()), config, progress
+            )
+    except (ev.EvaluationError, SchemaError) as exc:
+        raise _fail(str(exc)) from None
+    if out is None:
+        out = Path("reports") / f"evaluate-{time.strftime('%Y%m%dT%H%M%S')}"
+    files = write_report(result, out)
+    StdoutConsole().print(ranking_table(result))
+    for line in result.summary():
+        console.print(line)
+    console.print(f"Report: {files.html} (JSON {files.json}, {len(files.figures)} figures).")
+
+
 def main() -> None:
     app()
