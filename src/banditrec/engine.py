@@ -12,9 +12,9 @@ replica holds the same model (DESIGN principle 3).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -173,7 +173,7 @@ class Engine:
             version = self._version
         names = self._all_names
         return DecisionRecord(
-            event_id=event_id or uuid.uuid4().hex,
+            event_id=event_id or new_event_id(),
             created_at=self.clock(),
             model_version=version,
             context=dict(context),
@@ -318,6 +318,23 @@ def prior_model(schema: FeatureSchema, policy: Policy | None = None) -> Model:
     policy = (policy or LinUCB()).reset(schema.n_actions, schema.n_features)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return Model(policy, schema, created_at=created, version=f"prior-{schema.hash[:8]}")
+
+
+def new_event_id() -> str:
+    """A new decision's event id: a UUID version 7 in hex, 32 characters.
+
+    Random (74 bits) and time-ordered (its first 48 bits are the Unix time in milliseconds):
+    consecutive decisions land at the end of the event log's unique index, where uuid4's
+    random ids each dirtied a random page of it, which doubled the cost of logging.
+
+    >>> a, b = new_event_id(), new_event_id()
+    >>> len(a), a[12], a != b, a[:8] <= b[:8]
+    (32, '7', True, True)
+    """
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return raw.hex()
 
 
 def _masked(names: tuple[str, ...], mask: NDArray[np.bool_]) -> tuple[str, ...]:
