@@ -10,6 +10,7 @@ one place (`ERROR_STATUS`). `uvicorn banditrec.api:app` serves an app configured
 # No `from __future__ import annotations`: FastAPI must see the schema-built request models.
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,8 +39,8 @@ from banditrec.auth import (
 )
 from banditrec.config import Settings
 from banditrec.engine import ActionExistsError, Engine, UnknownActionError, prior_model
-from banditrec.exploration import EpsilonGreedy, NoEligibleActionError
-from banditrec.features import SchemaError
+from banditrec.exploration import EpsilonGreedy, NoEligibleActionError, sample_action
+from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, SnapshotDirectory, recover_model
 from banditrec.metrics import Metrics, MetricsMiddleware, metrics_response
 from banditrec.policies import LinUCB
@@ -337,6 +338,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.engine, app.state.learner, app.state.model_loaded = engine, learner, loaded
         metrics.model(engine.model_version, engine.model.n_updates)
+        # Compile (or load) the decision path's kernels now, then move everything loaded so
+        # far (FastAPI, numba, the model) out of the collector's sight: it lives as long as
+        # the process, and full collections walking it paused every request in flight for
+        # tens of milliseconds.
+        _warm_up(engine)
+        gc.collect()
+        gc.freeze()
         task = asyncio.create_task(learner.run())
         try:
             yield
@@ -653,6 +661,28 @@ def _actions_body(engine: Engine) -> list[dict[str, Any]]:
         {"action_id": name, "enabled": name not in engine.disabled, "n_updates": n}
         for name, n in zip(engine.actions, n_updates, strict=True)
     ]
+
+
+def _warm_up(engine: Engine) -> None:
+    """Run the decision path once on a made-up context, without logging or touching the
+    engine's generator, so that its first request does not pay for compilation."""
+    context: dict[str, Any] = {}
+    for f in engine.schema.fields:
+        if isinstance(f, CategoricalField):
+            context[f.name] = f.values[0] if f.values else "?"
+        else:
+            context[f.name] = f.min
+    try:
+        x = engine.schema.vectorize(context)
+    except SchemaError:  # a schema with nothing to make a context from: warm up later
+        return
+    rng = np.random.default_rng(0)
+    _, probabilities = engine.policy.distribution(x, engine.eligible_mask(), rng)
+    sample_action(probabilities, rng)
+    # Learning too, on a scratch copy of the policy (the first reward must not compile).
+    policy = engine.policy
+    scratch = type(policy)(**policy.get_params(), exploration=policy.exploration)
+    scratch.reset(len(probabilities), len(x)).update(x, 0, 0.0)
 
 
 def _rank_body(record: DecisionRecord) -> dict[str, Any]:

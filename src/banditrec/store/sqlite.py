@@ -16,6 +16,7 @@ block (WAL). Several processes on one host learn together by reading the learn s
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -88,6 +89,10 @@ CREATE TABLE IF NOT EXISTS leases (
 _DECISION_COLUMNS = (
     "event_id, created_at, model_version, context, x, actions, eligible, action_index, "
     "action, probability, probabilities, scores, state, deadline"
+)
+_INSERT_DECISION = (
+    f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
 
@@ -178,18 +183,20 @@ class SQLiteEventStore:
         self, records: Sequence[DecisionRecord], rules: RewardRules
     ) -> list[DecisionRecord]:
         rows = [_decision_row(r, rules.window_seconds) for r in records]
-        results: list[DecisionRecord] = []
         with self._transaction() as db:
+            # All rows in one statement; if an event id was logged before (a client repeated
+            # it), undo that and go row by row, so the first decision of each id stands.
+            db.execute("SAVEPOINT decisions")
+            if db.executemany(_INSERT_DECISION, rows).rowcount == len(rows):
+                db.execute("RELEASE decisions")
+                return list(records)
+            db.execute("ROLLBACK TO decisions")
+            db.execute("RELEASE decisions")
+            results: list[DecisionRecord] = []
             for record, row in zip(records, rows, strict=True):
-                cursor = db.execute(
-                    f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (event_id) DO NOTHING",
-                    row,
-                )
-                if cursor.rowcount == 1:
+                if db.execute(_INSERT_DECISION, row).rowcount == 1:
                     results.append(record)
-                else:  # a client repeated its event id: the first decision stands
+                else:
                     existing = self._select_decision(db, record.event_id)
                     assert existing is not None
                     results.append(existing)
@@ -403,8 +410,8 @@ def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
         r.model_version,
         orjson.dumps(r.context).decode(),
         np.ascontiguousarray(r.x, dtype=np.float64).tobytes(),
-        orjson.dumps(r.actions).decode(),
-        orjson.dumps(r.eligible).decode(),
+        _names_json(r.actions),
+        _names_json(r.eligible),
         r.action_index,
         r.action,
         r.probability,
@@ -413,6 +420,12 @@ def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
         "inactive" if r.deferred else "pending",
         None if r.deferred else r.created_at + window_seconds,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _names_json(names: tuple[str, ...]) -> str:
+    # Every decision logs the same few action lists; encode each once.
+    return orjson.dumps(names).decode()
 
 
 def _decision_from_row(row: Sequence[Any]) -> DecisionRecord:
