@@ -9,7 +9,7 @@ ROWS ?= 100000
 PORT ?= 8020
 TRAFFIC_SECONDS ?= 60
 
-.PHONY: run test install install-dev simulate train serve lint bench clean
+.PHONY: run test install install-dev simulate train serve lint bench bench-http clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test: install-dev lint
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.bench_speed
+
+# Decisions over HTTP on loopback against the app's own /ping (needs wrk: apt-get install wrk).
+bench-http: install-dev
+	$(BIN)/python -m benchmarks.bench_http
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
