@@ -1076,9 +1076,10 @@ def _split(
     hyper = (config.n_bootstrap, config.alpha, config.min_effective_sample_size)
     with warnings.catch_warnings():  # recorded in each estimate's warnings instead
         warnings.simplefilter("ignore", ope.LowEffectiveSampleSizeWarning)
-        for name in estimators:
+        for j, name in enumerate(estimators, start=1):
             estimator = _ESTIMATOR_CLASSES[name](*hyper)
             result.estimates[name] = estimator.estimate(**inputs[name], rng=rng)
+            tick(held.n + held.n * j // (len(estimators) + 1))  # the bootstraps take a while
         ranking = config.ranking_estimator
         terms = _ESTIMATOR_CLASSES[ranking](*hyper).round_rewards(**inputs[ranking])
     result.lift = _mean_estimate("lift", terms - held.reward, config, rng)

@@ -157,6 +157,7 @@ def _running_figure(result: EvaluationResult) -> bytes:
             pad = 0.15 * (high - low) + 0.005
             ax.set_ylim(low - pad, high + pad)
     est = result.config.ranking_estimator.upper()
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set_xlabel("log position (evaluation rounds)")
     ax.set_ylabel(f"running {est} estimate")
     ax.set_title(f"Running {est} estimate over the held-out rounds (top candidates)")
