@@ -321,6 +321,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = SQLiteEventStore(
             settings.db_path, schema.encoding_hash, settings.sqlite_synchronous
         )
+        store.start_checkpointer()  # WAL checkpoints off the commit path
         base, loaded = base_model(settings)
         snapshots = SnapshotDirectory(settings.snapshot_dir)
         model, origin = recover_model(base, store, snapshots)
