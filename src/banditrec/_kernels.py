@@ -17,10 +17,19 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "argmax_frequencies",
+    "discounted_update",
     "epsilon_greedy_probabilities",
+    "hybrid_add",
+    "hybrid_refresh",
+    "hybrid_scores",
+    "igw_probabilities",
     "linear_scores",
     "rank_one_update",
+    "ridge_refresh",
     "sample_index",
+    "softmax_probabilities",
+    "spd_inverse",
 ]
 
 
@@ -44,18 +53,18 @@ def linear_scores(A_inv, theta, x, alpha, score, mean, width):  # type: ignore[n
 
 
 @njit(cache=True, nogil=True)
-def rank_one_update(A, A_inv, b, theta, x, a, weight, weighted_reward, gamma):  # type: ignore[no-untyped-def]
+def rank_one_update(A, A_inv, b, theta, x, a, weight, weighted_reward):  # type: ignore[no-untyped-def]
     """A ← A + w·x xᵀ and b ← b + s·x for action `a` (s = w·r), in place, in O(d²).
 
     An observed reward r with weight w is (w, s = w·r). A correction of an already learned
     reward by δ (aggregation "sum") is (w = 0, s = δ): b moves, A does not, because the
     context was already counted once.
 
-    With a forgetting factor γ < 1 the action's statistics are first discounted, A ← γA and
-    b ← γb (so A⁻¹ ← A⁻¹/γ and θ is unchanged): old evidence fades, new evidence weighs more.
-    Then, by Sherman–Morrison with u = A⁻¹x and q = xᵀu,
+    By Sherman–Morrison with u = A⁻¹x and q = xᵀu,
     A⁻¹ ← A⁻¹ − w·u uᵀ / (1 + w·q) and θ ← θ + u·(s − w·θᵀx) / (1 + w·q),
-    which equals the new A⁻¹b without the d² product.
+    which equals the new A⁻¹b without the d² product. (A forgetting factor γ < 1 is not
+    a rank-one change once the ridge prior is kept, so it is handled by an exact refresh in
+    `banditrec.policies.ridge`, not here.)
 
     Returns False, touching nothing, if `x` holds a NaN or an infinity.
     """
@@ -63,13 +72,6 @@ def rank_one_update(A, A_inv, b, theta, x, a, weight, weighted_reward, gamma):  
     for i in range(n_features):
         if not math.isfinite(x[i]):
             return False
-    if gamma != 1.0:
-        inv_gamma = 1.0 / gamma
-        for i in range(n_features):
-            b[a, i] *= gamma
-            for j in range(n_features):
-                A[a, i, j] *= gamma
-                A_inv[a, i, j] *= inv_gamma
     u = np.empty(n_features)
     q = 0.0
     m = 0.0
@@ -137,3 +139,330 @@ def sample_index(probabilities, u):  # type: ignore[no-untyped-def]
             if u < total:
                 return k
     return last  # u within rounding of 1.0: the last action that can be served
+
+
+@njit(cache=True, nogil=True)
+def softmax_probabilities(scores, eligible, temperature, epsilon, probabilities):  # type: ignore[no-untyped-def]
+    """p ∝ exp(score / τ) over the eligible actions, then mixed with an ε floor.
+
+    The best eligible score is subtracted before exponentiating, so no exponent is positive
+    and nothing overflows however small τ is. Returns the number of eligible actions.
+    """
+    n_actions = scores.shape[0]
+    n_eligible = 0
+    best = -math.inf
+    for k in range(n_actions):
+        probabilities[k] = 0.0
+        if eligible[k]:
+            n_eligible += 1
+            if scores[k] > best:
+                best = scores[k]
+    if n_eligible == 0:
+        return 0
+    total = 0.0
+    for k in range(n_actions):
+        if eligible[k]:
+            e = math.exp((scores[k] - best) / temperature)
+            probabilities[k] = e
+            total += e  # ≥ 1: the best action contributes exp(0)
+    floor = epsilon / n_eligible
+    for k in range(n_actions):
+        if eligible[k]:
+            probabilities[k] = (1.0 - epsilon) * probabilities[k] / total + floor
+    return n_eligible
+
+
+@njit(cache=True, nogil=True)
+def igw_probabilities(scores, eligible, gamma, epsilon, tie_tolerance, probabilities):  # type: ignore[no-untyped-def]
+    """Inverse-gap weighting (Foster & Rakhlin 2020) over the eligible actions, ε-mixed.
+
+    With n eligible actions and the best score ŷ*, every action a that is not (tied with)
+    the best gets 1 / (n + γ·(ŷ* − ŷ_a)); the rest of the mass is split equally among the
+    actions tied with the best, so each of them keeps at least 1/n.
+    Returns the number of eligible actions.
+    """
+    n_actions = scores.shape[0]
+    n_eligible = 0
+    best = -math.inf
+    for k in range(n_actions):
+        probabilities[k] = 0.0
+        if eligible[k]:
+            n_eligible += 1
+            if scores[k] > best:
+                best = scores[k]
+    if n_eligible == 0:
+        return 0
+    threshold = best - tie_tolerance * max(1.0, abs(best))
+    n_best = 0
+    rest = 0.0
+    for k in range(n_actions):
+        if eligible[k]:
+            if scores[k] >= threshold:
+                n_best += 1
+            else:
+                p = 1.0 / (n_eligible + gamma * (best - scores[k]))
+                probabilities[k] = p
+                rest += p
+    share = (1.0 - rest) / n_best
+    floor = epsilon / n_eligible
+    for k in range(n_actions):
+        if eligible[k]:
+            if scores[k] >= threshold:
+                probabilities[k] = share
+            probabilities[k] = (1.0 - epsilon) * probabilities[k] + floor
+    return n_eligible
+
+
+@njit(cache=True, nogil=True)
+def argmax_frequencies(mean, scale, normals, eligible, epsilon, tie_tolerance, frequencies):  # type: ignore[no-untyped-def]
+    """Share of M Gaussian draws in which each eligible action has the largest score, ε-mixed.
+
+    Draw m scores action k as ``mean[k] + scale[k]·normals[m, k]`` (normals: (M, K) standard
+    normal). A draw whose best scores tie (within a relative `tie_tolerance`) gives each tied
+    action an equal part of its 1/M: the Monte Carlo twin of ε-greedy's random tie-break.
+    The shares are then mixed with the floor: p ← (1 − ε)·p + ε / n_eligible.
+    Returns the number of eligible actions.
+    """
+    n_draws, n_actions = normals.shape
+    n_eligible = 0
+    for k in range(n_actions):
+        frequencies[k] = 0.0
+        if eligible[k]:
+            n_eligible += 1
+    if n_eligible == 0:
+        return 0
+    row = np.empty(n_actions)
+    for m in range(n_draws):
+        best = -math.inf
+        for k in range(n_actions):
+            row[k] = mean[k] + scale[k] * normals[m, k]
+            if eligible[k] and row[k] > best:
+                best = row[k]
+        threshold = best - tie_tolerance * max(1.0, abs(best))
+        n_best = 0
+        for k in range(n_actions):
+            if eligible[k] and row[k] >= threshold:
+                n_best += 1
+        share = (1.0 - epsilon) / (n_best * n_draws)
+        for k in range(n_actions):
+            if eligible[k] and row[k] >= threshold:
+                frequencies[k] += share
+    floor = epsilon / n_eligible
+    for k in range(n_actions):
+        if eligible[k]:
+            frequencies[k] += floor
+    return n_eligible
+
+
+@njit(cache=True, nogil=True)
+def hybrid_scores(A_inv, B, b, A0_inv, beta, x, z, alpha, score, mean, width):  # type: ignore[no-untyped-def]
+    """Hybrid LinUCB scores (Li et al. 2010, Algorithm 2), written in place.
+
+    With u = A_a⁻¹x and v = B_aᵀu, the paper's
+    s = zᵀA₀⁻¹z − 2zᵀA₀⁻¹B_aᵀA_a⁻¹x + xᵀA_a⁻¹x + xᵀA_a⁻¹B_aA₀⁻¹B_aᵀA_a⁻¹x
+    is (z − v)ᵀA₀⁻¹(z − v) + xᵀu, and the mean zᵀβ + xᵀθ_a with θ_a = A_a⁻¹(b_a − B_aβ)
+    is zᵀβ + uᵀb_a − vᵀβ: O(d² + dk + k²) per action, θ_a never formed.
+    """
+    n_actions, d = b.shape
+    k_shared = beta.shape[0]
+    shared_mean = 0.0
+    for j in range(k_shared):
+        shared_mean += z[j] * beta[j]
+    u = np.empty(d)
+    w = np.empty(k_shared)
+    for a in range(n_actions):
+        q = 0.0
+        ub = 0.0
+        for i in range(d):
+            s = 0.0
+            for j in range(d):
+                s += A_inv[a, i, j] * x[j]
+            u[i] = s
+            q += s * x[i]
+            ub += s * b[a, i]
+        vb = 0.0
+        for j in range(k_shared):
+            t = 0.0
+            for i in range(d):
+                t += B[a, i, j] * u[i]
+            w[j] = z[j] - t
+            vb += t * beta[j]
+        for j in range(k_shared):
+            s = 0.0
+            for m in range(k_shared):
+                s += A0_inv[j, m] * w[m]
+            q += w[j] * s
+        mean[a] = shared_mean + ub - vb
+        width[a] = alpha * math.sqrt(q) if q > 0.0 else 0.0
+        score[a] = mean[a] + width[a]
+
+
+@njit(cache=True, nogil=True)
+def spd_inverse(A, out):  # type: ignore[no-untyped-def]
+    """out ← A⁻¹ for a symmetric positive definite A, by Cholesky: A = LLᵀ, A⁻¹ = L⁻ᵀL⁻¹.
+
+    The result is exactly symmetric. Returns False (out unspecified) if A is not positive
+    definite to working precision.
+    """
+    d = A.shape[0]
+    L = np.zeros((d, d))
+    for j in range(d):
+        s = A[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0:  # also catches NaN
+            return False
+        L[j, j] = math.sqrt(s)
+        for i in range(j + 1, d):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / L[j, j]
+    # M = L⁻¹, lower triangular, by forward substitution column by column.
+    M = np.zeros((d, d))
+    for j in range(d):
+        M[j, j] = 1.0 / L[j, j]
+        for i in range(j + 1, d):
+            t = 0.0
+            for k in range(j, i):
+                t -= L[i, k] * M[k, j]
+            M[i, j] = t / L[i, i]
+    for i in range(d):
+        for j in range(i + 1):
+            t = 0.0
+            for k in range(i, d):  # M[k, i] = 0 for k < i
+                t += M[k, i] * M[k, j]
+            out[i, j] = t
+            out[j, i] = t
+    return True
+
+
+@njit(cache=True, nogil=True)
+def ridge_refresh(A, b, A_inv, theta, actions):  # type: ignore[no-untyped-def]
+    """A_k⁻¹ and θ_k = A_k⁻¹b_k recomputed exactly for every k in `actions`, in place.
+
+    Returns False if some A_k is not positive definite (nothing is then guaranteed).
+    """
+    n_features = b.shape[1]
+    for a in actions:
+        if not spd_inverse(A[a], A_inv[a]):
+            return False
+        for i in range(n_features):
+            t = 0.0
+            for j in range(n_features):
+                t += A_inv[a, i, j] * b[a, j]
+            theta[a, i] = t
+    return True
+
+
+@njit(cache=True, nogil=True)
+def discounted_update(A, b, x, a, weight, weighted_reward, gamma, ridge):  # type: ignore[no-untyped-def]
+    """One learn event under forgetting factor γ, on A and b only, in place.
+
+    Every action decays towards the prior, A ← γA + (1 − γ)λI and b ← γb, then action `a`
+    adds w·x xᵀ and s·x. Returns False, touching nothing, if `x` holds a NaN or infinity.
+    """
+    n_actions, n_features = b.shape
+    for i in range(n_features):
+        if not math.isfinite(x[i]):
+            return False
+    prior = (1.0 - gamma) * ridge
+    for k in range(n_actions):
+        for i in range(n_features):
+            b[k, i] *= gamma
+            for j in range(n_features):
+                A[k, i, j] *= gamma
+            A[k, i, i] += prior
+    for i in range(n_features):
+        b[a, i] += weighted_reward * x[i]
+        wxi = weight * x[i]
+        for j in range(n_features):
+            A[a, i, j] += wxi * x[j]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def hybrid_add(A_shared, b_shared, A, B, b, x, z, a, weight, weighted_reward):  # type: ignore[no-untyped-def]
+    """Add one observation to hybrid LinUCB's sums, in place (z: the shared features).
+
+    A_shared += w·z zᵀ, b_shared += s·z, A_a += w·x xᵀ, B_a += w·x zᵀ, b_a += s·x, with s = w·r
+    (w = 0 for a correction). Returns False, touching nothing, if x or z is not finite.
+    """
+    d = x.shape[0]
+    k_shared = z.shape[0]
+    for i in range(d):
+        if not math.isfinite(x[i]):
+            return False
+    for j in range(k_shared):
+        if not math.isfinite(z[j]):
+            return False
+    for j in range(k_shared):
+        b_shared[j] += weighted_reward * z[j]
+        if weight != 0.0:
+            for m in range(k_shared):
+                A_shared[j, m] += weight * z[j] * z[m]
+    for i in range(d):
+        b[a, i] += weighted_reward * x[i]
+        if weight != 0.0:
+            wxi = weight * x[i]
+            for m in range(d):
+                A[a, i, m] += wxi * x[m]
+            for j in range(k_shared):
+                B[a, i, j] += wxi * z[j]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def hybrid_refresh(A_shared, b_shared, A, B, b, actions, A_inv, C, e, A0, b0, A0_inv, beta):  # type: ignore[no-untyped-def]
+    """Hybrid LinUCB's derived arrays, exactly, after the statistics of `actions` changed.
+
+    For each a in `actions`: A_a⁻¹, C_a = B_aᵀA_a⁻¹B_a and e_a = B_aᵀA_a⁻¹b_a. Then for the
+    shared part: A₀ = A_shared − Σ_a C_a, b₀ = b_shared − Σ_a e_a, A₀⁻¹ and β = A₀⁻¹b₀.
+    Returns False if a matrix is not positive definite.
+    """
+    n_actions, d = b.shape
+    k_shared = b_shared.shape[0]
+    G = np.empty((d, k_shared))  # A_a⁻¹B_a
+    g = np.empty(d)  # A_a⁻¹b_a
+    for a in actions:
+        if not spd_inverse(A[a], A_inv[a]):
+            return False
+        for i in range(d):
+            t = 0.0
+            for m in range(d):
+                t += A_inv[a, i, m] * b[a, m]
+            g[i] = t
+            for j in range(k_shared):
+                t = 0.0
+                for m in range(d):
+                    t += A_inv[a, i, m] * B[a, m, j]
+                G[i, j] = t
+        for j in range(k_shared):
+            t = 0.0
+            for i in range(d):
+                t += B[a, i, j] * g[i]
+            e[a, j] = t
+            for m in range(j + 1):
+                t = 0.0
+                for i in range(d):
+                    t += B[a, i, j] * G[i, m]
+                C[a, j, m] = t
+                C[a, m, j] = t
+    for j in range(k_shared):
+        t = b_shared[j]
+        for a in range(n_actions):
+            t -= e[a, j]
+        b0[j] = t
+        for m in range(k_shared):
+            t = A_shared[j, m]
+            for a in range(n_actions):
+                t -= C[a, j, m]
+            A0[j, m] = t
+    if not spd_inverse(A0, A0_inv):
+        return False
+    for j in range(k_shared):
+        t = 0.0
+        for m in range(k_shared):
+            t += A0_inv[j, m] * b0[m]
+        beta[j] = t
+    return True

@@ -121,7 +121,8 @@ def model_bytes(model: Model) -> bytes:
         "n_updates": int(policy.n_updates_.sum()),
         "n_updates_by_action": policy.n_updates_.tolist(),
     }
-    arrays: dict[str, Any] = dict(policy.get_state())
+    # The policy's shape (`shape_`) is not stored: the metadata's actions and schema give it.
+    arrays: dict[str, Any] = {k: v for k, v in policy.get_state().items() if k != "shape_"}
     arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -174,6 +175,13 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
             f"but the server is configured with schema {schema.hash[:12]}…; retrain the model "
             "with this schema or configure the schema it was trained with."
         )
+    if metadata.get("policy") not in POLICIES:
+        raise ModelFileError(
+            f"The model file {path} holds a {metadata.get('policy')!r} policy; this banditrec "
+            f"knows {', '.join(POLICIES)}."
+        )
+    actions = tuple(metadata.get("actions", trained_with.actions))
+    arrays["shape_"] = np.array([len(actions), trained_with.n_features])
     try:
         policy_cls = POLICIES[metadata["policy"]]
         exploration = exploration_from_params(
@@ -183,7 +191,6 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
         policy.set_state(arrays)
     except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as exc:
         raise ModelFileError(f"The model file {path} does not hold a valid policy: {exc}") from None
-    actions = tuple(metadata.get("actions", trained_with.actions))
     if policy.n_actions_ != len(actions) or policy.n_features_ != schema.n_features:
         raise ModelFileError(f"The model file {path} does not match the schema's shapes.")
     actions = _reconcile_actions(path, actions, schema.actions, policy)

@@ -1,0 +1,253 @@
+"""The `Policy` base class: shapes, input checks, counts, the serving distribution, state.
+
+An algorithm is a small subclass. Following scikit-learn, constructors only store (and
+check) parameters; learned state ends with an underscore and appears on `reset`. The
+contract every policy keeps, checked for all of them by one test suite:
+
+- `distribution` returns the full distribution over actions after masking ineligible ones
+  (DESIGN principle 4); the engine samples the served action from it with its generator;
+- `update` / `correct` / `update_batch` learn, reject bad input before touching any state,
+  and never modify their arguments; where the math allows, updates commute (DESIGN
+  principle 3) and a batch equals the same rows learned one by one, to rounding;
+- `get_params` + `get_state` rebuild an identical policy (that is what a model file holds).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple, Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec.exploration import EpsilonGreedy, Exploration
+
+__all__ = ["Array", "Policy", "Scores", "check_gamma", "decay_weights"]
+
+Array = NDArray[np.float64]
+
+
+class Scores(NamedTuple):
+    """Per-action scores of one context: `score` drives exploration, `mean` is the estimate.
+
+    For LinUCB ``score = mean + width`` (the upper confidence bound), with
+    ``width = α·√(xᵀA⁻¹x)``; policies without a notion of width report 0.
+    """
+
+    score: Array
+    mean: Array
+    width: Array
+
+
+class Policy(ABC):
+    """Base class: shapes, validation, the serving distribution and the state to snapshot.
+
+    Subclasses set `name` (the key in `POLICIES` and in model files) and `state_arrays`
+    (the learned arrays a model file holds), implement `_init_state`, `get_params`,
+    `score`, `update` and `correct`, and may override `update_batch` with a faster,
+    equivalent version.
+    """
+
+    name: ClassVar[str]
+    #: Names of the learned arrays written to and read from a model file.
+    state_arrays: ClassVar[tuple[str, ...]]
+    #: Those of `state_arrays` that are shared by all actions (no leading action axis).
+    shared_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, exploration: Exploration | None = None) -> None:
+        self.exploration = exploration if exploration is not None else self.default_exploration()
+
+    @classmethod
+    def default_exploration(cls) -> Exploration:
+        """The rule used when none is given: ε-greedy with ε = 0.05."""
+        return EpsilonGreedy()
+
+    # -- state -----------------------------------------------------------------------
+
+    def reset(self, n_actions: int, n_features: int) -> Self:
+        """Forget everything: the prior for `n_actions` actions over `n_features` features."""
+        if n_actions < 1 or n_features < 1:
+            raise ValueError("A policy needs at least one action and one feature.")
+        self.n_actions_ = n_actions
+        self.n_features_ = n_features
+        self.n_updates_ = np.zeros(n_actions, dtype=np.int64)
+        self._init_state()
+        return self
+
+    @abstractmethod
+    def _init_state(self) -> None: ...
+
+    @abstractmethod
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters (without the exploration rule), JSON-ready."""
+
+    def get_state(self) -> dict[str, NDArray[Any]]:
+        """Copies of the learned arrays, keyed by name, plus ``shape_ = [K, d]``."""
+        state = {name: getattr(self, name).copy() for name in (*self.state_arrays, "n_updates_")}
+        state["shape_"] = np.array([self.n_actions_, self.n_features_], dtype=np.int64)
+        return state
+
+    def set_state(self, state: dict[str, NDArray[Any]]) -> Self:
+        """Load learned arrays (as given by `get_state`); shapes are checked."""
+        if "shape_" in state:
+            n_actions, n_features = (int(n) for n in state["shape_"])
+        else:  # model files written before `shape_` existed hold LinUCB's b_ (K, d)
+            n_actions, n_features = state["b_"].shape
+        self.reset(n_actions, n_features)
+        for name in (*self.state_arrays, "n_updates_"):
+            current = getattr(self, name)
+            value = np.asarray(state[name], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"State array {name} has shape {value.shape}, not {current.shape}."
+                )
+            setattr(self, name, value.copy())
+        self._after_load()
+        return self
+
+    def _after_load(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Hook to rebuild derived arrays after `set_state`."""
+
+    def clone(self) -> Self:
+        """An independent copy: same parameters, exploration rule and learned state."""
+        return type(self)(**self.get_params(), exploration=self.exploration).set_state(
+            self.get_state()
+        )
+
+    def add_action(self) -> Self:
+        """Add one action at the end, from the prior; what was learned is kept.
+
+        Per-action arrays gain a row from a fresh prior; shared arrays (`shared_arrays`) are
+        kept whole, so with shared state (hybrid LinUCB) the new action starts from what is
+        shared instead of from zero.
+        """
+        old, n_old = self.get_state(), self.n_actions_
+        state = self.reset(n_old + 1, self.n_features_).get_state()
+        for name in (*self.state_arrays, "n_updates_"):
+            if name in self.shared_arrays:
+                state[name] = old[name]
+            else:
+                state[name][:n_old] = old[name]
+        return self.set_state(state)
+
+    # -- deciding ----------------------------------------------------------------------
+
+    @abstractmethod
+    def score(self, x: Array) -> Scores:
+        """Score every action for the feature vector `x` of shape (n_features,)."""
+
+    def distribution(
+        self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        """Scores and the serving probabilities over actions (0 where not eligible).
+
+        `rng` is for policies whose distribution is itself random (Thompson sampling's
+        Monte Carlo estimate); deterministic rules ignore it.
+        """
+        scores = self.score(x)
+        return scores, self.exploration.probabilities(scores.score, eligible)
+
+    # -- learning ----------------------------------------------------------------------
+
+    @abstractmethod
+    def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
+        """Learn one observed reward for `action` in context `x`."""
+
+    @abstractmethod
+    def correct(self, x: Array, action: int, reward_delta: float) -> None:
+        """Change an already learned reward of (x, action) by `reward_delta`.
+
+        Used when rewards of one event are summed: the context was counted once, only the
+        reward moves.
+        """
+
+    def update_batch(
+        self,
+        X: Array,
+        actions: NDArray[np.integer[Any]],
+        rewards: Array,
+        weights: Array | None = None,
+        corrections: NDArray[np.bool_] | None = None,
+    ) -> None:
+        """Learn many rounds at once; equals calling `update` row by row (to rounding).
+
+        Rows flagged in `corrections` are applied with `correct` (`rewards` is the delta).
+        The whole batch is checked before anything is learned.
+        """
+        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
+        for i in range(X.shape[0]):
+            if corrections is not None and corrections[i]:
+                self.correct(X[i], int(actions[i]), float(rewards[i]))
+            else:
+                self.update(X[i], int(actions[i]), float(rewards[i]), float(weights[i]))
+
+    def _check_batch(
+        self,
+        X: Array,
+        actions: NDArray[np.integer[Any]],
+        rewards: Array,
+        weights: Array | None,
+    ) -> tuple[Array, NDArray[np.intp], Array, Array]:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        actions = np.asarray(actions)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        n = X.shape[0] if X.ndim == 2 else -1
+        weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_:
+            raise ValueError(f"X must have shape (n, {self.n_features_}), got {X.shape}.")
+        for name, arr in (("actions", actions), ("rewards", rewards), ("weights", weights)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}.")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError("actions must be integer action indices.")
+        if n and (actions.min() < 0 or actions.max() >= self.n_actions_):
+            raise ValueError(f"actions must be in [0, {self.n_actions_}).")
+        for name, arr in (("X", X), ("rewards", rewards), ("weights", weights)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} contains NaN or infinity; nothing was learned.")
+        if np.any(weights < 0):
+            raise ValueError("weights must be non-negative.")
+        return X, actions.astype(np.intp), rewards, weights
+
+    def _check_one(self, x: Array, action: int, reward: float, weight: float) -> None:
+        # Principle 6: NaN/inf never enter a model. Checked before any state is touched;
+        # the finiteness of x is left to the subclass, which can check it in its kernel
+        # (or call `_check_x`).
+        if not 0 <= action < self.n_actions_:
+            raise ValueError(f"action must be in [0, {self.n_actions_}), got {action}.")
+        if not (math.isfinite(reward) and math.isfinite(weight) and weight >= 0):
+            raise ValueError("reward and weight must be finite (and weight non-negative).")
+        if x.shape != (self.n_features_,):
+            raise ValueError(f"x must be a vector of length {self.n_features_}, not {x.shape}.")
+
+    def _check_x(self, x: Array) -> None:
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x contains NaN or infinity; nothing was learned.")
+
+
+def check_gamma(gamma: float) -> None:
+    """Reject a forgetting factor outside (0, 1]."""
+    if not 0 < gamma <= 1:  # also False for NaN
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}.")
+
+
+def decay_weights(
+    gamma: float, corrections: NDArray[np.bool_] | None, n: int
+) -> tuple[Array, float]:
+    """Discount factors of a batch learned in row order under forgetting factor γ.
+
+    Online, every observed row first discounts all statistics by γ, then adds itself;
+    corrections do not advance the clock. After the batch, row i's contribution has been
+    discounted ``T − t_i`` times (t_i: observed rows up to and including row i, T: all
+    observed rows), and the statistics held before the batch ``T`` times. Returns the
+    per-row factors ``γ^(T − t_i)`` and ``γ^T`` (both 1 when γ = 1).
+    """
+    observed = np.ones(n, dtype=bool) if corrections is None else ~np.asarray(corrections)
+    ticks = np.cumsum(observed)
+    total = int(ticks[-1]) if n else 0
+    if gamma == 1.0:
+        return np.ones(n), 1.0
+    # exp of a sum, not a product of n factors: no rounding build-up; underflow to 0 is the
+    # intended limit (evidence that old is forgotten).
+    return np.exp((total - ticks) * math.log(gamma)), math.exp(total * math.log(gamma))
