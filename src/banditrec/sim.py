@@ -2,6 +2,8 @@
 
 `AppSimulator` is the seed's rewarded mobile app: users with a country, a device, a segment
 and usage counts; four actions; a click-or-not reward whose probability depends on the user.
+`DriftingAppSimulator` is the same app whose preferences change at a given round (the actions
+trade their reward functions), to test forgetting.
 The truth is hidden from the policies but not from the tests: `expected_rewards` gives the
 exact expected reward of every action for every context, so the oracle's value, a policy's
 regret and the true value of any policy for off-policy evaluation are all computable.
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ACTIONS", "CONTEXT_FIELDS", "AppSimulator"]
+__all__ = ["ACTIONS", "CONTEXT_FIELDS", "AppSimulator", "DriftingAppSimulator"]
 
 ACTIONS = ("show_bonus_offer", "invite_friend", "suggest_new_app", "deep_link_to_store")
 CONTEXT_FIELDS = (
@@ -119,6 +121,15 @@ class AppSimulator:
         logits = base + self.reward_scale * (logits - base)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
+    def expected_rewards_at(
+        self, contexts: Mapping[str, NDArray[Any]], rounds: NDArray[np.integer[Any]]
+    ) -> NDArray[np.float64]:
+        """The true expected rewards of contexts seen at the given rounds (0, 1, ...).
+
+        This scenario is stationary: the round does not matter (see `DriftingAppSimulator`).
+        """
+        return self.expected_rewards(contexts)
+
     def sample_rewards(
         self, expected: NDArray[np.float64], rng: np.random.Generator
     ) -> NDArray[np.float64]:
@@ -129,10 +140,10 @@ class AppSimulator:
         """Logged data from the uniform random logging policy, in the CSV's column layout.
 
         Columns: the 8 context fields, `action` (its name), `propensity`, `reward`, and the
-        true expected reward of every action as `expected_reward_<action>`.
+        true expected reward of every action as `expected_reward_<action>`. Row i is round i.
         """
         contexts = self.sample_contexts(n, rng)
-        mu = self.expected_rewards(contexts)
+        mu = self.expected_rewards_at(contexts, np.arange(n))
         n_actions = len(self.actions)
         action = rng.integers(0, n_actions, size=n)
         reward = self.sample_rewards(mu[np.arange(n), action], rng)
@@ -143,3 +154,54 @@ class AppSimulator:
         for k, name in enumerate(self.actions):
             logged[f"expected_reward_{name}"] = mu[:, k]
         return logged
+
+
+@dataclass(frozen=True)
+class DriftingAppSimulator(AppSimulator):
+    """The app scenario whose preferences drift: at round `drift_at` the actions swap.
+
+    From round `drift_at` on, action k earns what action ``permutation[k]`` earned before
+    (by default the order reverses: store deep links now work on new low-value users, bonus
+    offers on iOS high-value users, ...). Each user still has a clear best action, but
+    not the same one: a policy that never forgets keeps serving yesterday's favourites
+    until the new evidence outweighs everything it learned before.
+
+    Parameters
+    ----------
+    drift_at
+        The first round with the new preferences.
+    permutation
+        Action k's reward function after the drift is action ``permutation[k]``'s before.
+    reward_scale
+        As for `AppSimulator`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sim = DriftingAppSimulator(drift_at=100)
+    >>> contexts = sim.sample_contexts(3, np.random.default_rng(0))
+    >>> before = sim.expected_rewards_at(contexts, np.array([0, 0, 0]))
+    >>> after = sim.expected_rewards_at(contexts, np.array([100, 100, 100]))
+    >>> bool(np.array_equal(after, before[:, ::-1]))
+    True
+    """
+
+    drift_at: int = 10_000
+    permutation: tuple[int, ...] = (3, 2, 1, 0)
+
+    def __post_init__(self) -> None:
+        if sorted(self.permutation) != list(range(len(self.actions))):
+            raise ValueError(
+                f"permutation must order the {len(self.actions)} actions, got {self.permutation}."
+            )
+        if self.drift_at < 0:
+            raise ValueError(f"drift_at must be ≥ 0, got {self.drift_at}.")
+
+    def expected_rewards_at(
+        self, contexts: Mapping[str, NDArray[Any]], rounds: NDArray[np.integer[Any]]
+    ) -> NDArray[np.float64]:
+        """The true expected rewards, shape (n, n_actions), with the swap from `drift_at`."""
+        mu = self.expected_rewards(contexts)
+        after = np.asarray(rounds) >= self.drift_at
+        mu[after] = mu[after][:, list(self.permutation)]
+        return mu
