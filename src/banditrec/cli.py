@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
 
 from banditrec.config import Settings
-from banditrec.exploration import EpsilonGreedy
 from banditrec.features import SchemaError, load_default_schema, load_schema
 from banditrec.logged_data import LoggedDataError, write_logged_csv
-from banditrec.policies import LinUCB
+from banditrec.policies import POLICIES, build_policy
 from banditrec.sim import AppSimulator
 from banditrec.snapshot import ModelFileError
 from banditrec.training import train_from_csv
@@ -58,26 +58,67 @@ def simulate(
     )
 
 
+def _parse_params(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``key=value`` pairs; a value is read as JSON when it parses (1, 0.5, true, [..])."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} takes key=value, got {item!r}.")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Logged-data CSV.")] = DEFAULT_DATA,
     model: Annotated[Path, typer.Option(help="Model file to write.")] = DEFAULT_MODEL,
     schema: SchemaOption = None,
+    policy: Annotated[str, typer.Option(help=f"Policy: {', '.join(POLICIES)}.")] = "linucb",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Policy parameter key=value (repeat), e.g. gamma=0.999."),
+    ] = None,
+    exploration: Annotated[
+        str | None,
+        typer.Option(
+            help="Exploration rule: epsilon_greedy, softmax, igw (default: the policy's)."
+        ),
+    ] = None,
+    exploration_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Exploration parameter key=value (repeat), e.g. temperature=0.05."),
+    ] = None,
     alpha: Annotated[float, typer.Option(min=0, help="LinUCB exploration width α.")] = 1.0,
     ridge: Annotated[float, typer.Option(min=0, help="Ridge λ (> 0).")] = 1.0,
-    epsilon: Annotated[float, typer.Option(min=0, max=1, help="ε-greedy floor.")] = 0.05,
+    epsilon: Annotated[float, typer.Option(min=0, max=1, help="Exploration floor ε.")] = 0.05,
 ) -> None:
-    """Train LinUCB on a logged-data CSV and write the model file atomically."""
+    """Train a policy (default LinUCB) on a logged-data CSV and write the model file atomically.
+
+    Rows are learned in file order (which matters only with a forgetting factor gamma < 1).
+    --alpha, --ridge and --epsilon are the defaults of the parameters of those names.
+    """
     start = time.perf_counter()
     try:
         feature_schema = load_default_schema() if schema is None else load_schema(schema)
-        policy = LinUCB(alpha=alpha, ridge=ridge, exploration=EpsilonGreedy(epsilon))
-        fitted = train_from_csv(data, model, feature_schema, policy)
+        fitted_policy = build_policy(
+            policy,
+            _parse_params(param, "--param"),
+            exploration=exploration,
+            exploration_params=_parse_params(exploration_param, "--exploration-param"),
+            schema=feature_schema,
+            defaults={"alpha": alpha, "ridge": ridge},
+            exploration_defaults={"epsilon": epsilon},
+        )
+        fitted = train_from_csv(data, model, feature_schema, fitted_policy)
     except (LoggedDataError, SchemaError, ModelFileError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(
         f"Trained on {fitted.n_updates:,} rounds in {time.perf_counter() - start:.1f} s; "
-        f"wrote {model} (version {fitted.version})."
+        f"wrote {model} ({policy}, version {fitted.version})."
     )
 
 

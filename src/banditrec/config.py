@@ -11,11 +11,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, JsonValue, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from banditrec.auth import ApiKeys
 from banditrec.features import FeatureSchema, load_default_schema, load_schema
+from banditrec.policies import Policy, build_policy
 from banditrec.store import RewardRules
 
 __all__ = ["Settings"]
@@ -44,6 +45,25 @@ class Settings(BaseSettings):
     alpha: float = Field(1.0, ge=0, description="LinUCB α when starting from the prior.")
     ridge: float = Field(1.0, gt=0, description="LinUCB ridge λ when starting from the prior.")
     epsilon: float = Field(0.05, ge=0, le=1, description="ε-greedy exploration floor.")
+    # The policy served when there is no model file (a model file records its own).
+    policy: str = Field(
+        "linucb",
+        description="linucb, hybrid_linucb, thompson, epsilon_greedy, softmax, squarecb, "
+        "uniform, popular or fixed_rule.",
+    )
+    policy_params: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description='The policy\'s parameters as JSON, e.g. {"gamma": 0.999}; `alpha` and '
+        "`ridge` are the defaults of the parameters of those names.",
+    )
+    exploration: str | None = Field(
+        None, description="epsilon_greedy, softmax or igw; default: the policy's own rule."
+    )
+    exploration_params: dict[str, float] = Field(
+        default_factory=dict,
+        description='The rule\'s parameters as JSON, e.g. {"temperature": 0.05}; `epsilon` is '
+        "the default floor.",
+    )
     seed: int | None = Field(None, description="Seed of the decision sampler (None: random).")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
 
@@ -79,6 +99,23 @@ class Settings(BaseSettings):
         if not self.reward_min <= self.default_reward <= self.reward_max:
             raise ValueError("default_reward must lie in [reward_min, reward_max].")
         return self
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Settings:
+        self.build_policy(with_schema=False)  # a bad name or parameter fails at startup
+        return self
+
+    def build_policy(self, with_schema: bool = True) -> Policy:
+        """The configured policy with its exploration rule, at no particular shape yet."""
+        return build_policy(
+            self.policy,
+            self.policy_params,
+            exploration=self.exploration,
+            exploration_params=self.exploration_params,
+            schema=self.feature_schema if with_schema else None,
+            defaults={"alpha": self.alpha, "ridge": self.ridge},
+            exploration_defaults={"epsilon": self.epsilon},
+        )
 
     @property
     def reward_rules(self) -> RewardRules:

@@ -19,7 +19,8 @@ def train_from_csv(
     """Fit `policy` (from its prior) on a logged-data CSV and save it to `model_path`.
 
     The file is fully validated before learning starts and the model is written atomically,
-    so a bad file or a crash leaves any existing model untouched.
+    so a bad file or a crash leaves any existing model untouched. Rows are learned in file
+    order, which matters only for a forgetting factor γ < 1 (discounting follows the order).
     """
     data = read_logged_csv(data_path, schema)
     policy.reset(schema.n_actions, schema.n_features)
