@@ -8,7 +8,7 @@ so FastAPI answers everything. Status, body and the decisions made must be the s
 from __future__ import annotations
 
 import json
-import threading
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +27,13 @@ from conftest import SEED_REQUEST
 WRITER_KEY = "w" * 24
 READER_KEY = "r" * 24
 KEYS = {WRITER_KEY: "writer", READER_KEY: "reader"}
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `banditrec serve` (run in process by the CLI tests) leaves BANDITREC_* variables set.
+    for name in [n for n in os.environ if n.startswith("BANDITREC_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -190,6 +197,8 @@ def test_the_checkpointer_copies_the_wal_into_the_database(tmp_path: Path) -> No
         while path.stat().st_size <= before:
             assert time.monotonic() < deadline, "no checkpoint in 10 s"
             time.sleep(0.02)
+        assert store._checkpointer is not None
+        thread = store._checkpointer[1]
     finally:
         store.close()
-    assert "banditrec-checkpoint" not in {t.name for t in threading.enumerate()}
+    assert not thread.is_alive()

@@ -39,10 +39,11 @@ from banditrec.auth import (
 )
 from banditrec.config import Settings
 from banditrec.engine import ActionExistsError, Engine, UnknownActionError, prior_model
-from banditrec.exploration import NoEligibleActionError, sample_action
+from banditrec.exploration import EpsilonGreedy, NoEligibleActionError, sample_action
 from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, SnapshotDirectory, recover_model
 from banditrec.metrics import Metrics, MetricsMiddleware, metrics_response
+from banditrec.policies import LinUCB
 from banditrec.schemas import (
     ActionInfo,
     ActivateResponse,
@@ -107,16 +108,12 @@ def base_model(settings: Settings) -> tuple[Model, bool]:
     from the prior instead would silently throw away everything the model learned.
     """
     if settings.model_path.exists():
-        model = load_model(settings.model_path, settings.feature_schema)
-        if "policy" in settings.model_fields_set and model.policy.name != settings.policy:
-            logger.warning(  # the file records what was trained; it wins
-                "The model file holds a %s policy, not the configured %s.",
-                model.policy.name,
-                settings.policy,
-            )
-        return model, True
+        return load_model(settings.model_path, settings.feature_schema), True
     logger.warning("No model file at %s: serving from the prior.", settings.model_path)
-    return prior_model(settings.feature_schema, settings.build_policy()), False
+    policy = LinUCB(
+        alpha=settings.alpha, ridge=settings.ridge, exploration=EpsilonGreedy(settings.epsilon)
+    )
+    return prior_model(settings.feature_schema, policy), False
 
 
 class RequestGuard:
@@ -324,7 +321,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = SQLiteEventStore(
             settings.db_path, schema.encoding_hash, settings.sqlite_synchronous
         )
-        store.start_checkpointer()  # WAL checkpoints off the commit path
         base, loaded = base_model(settings)
         snapshots = SnapshotDirectory(settings.snapshot_dir)
         model, origin = recover_model(base, store, snapshots)
@@ -349,6 +345,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _warm_up(engine)
         gc.collect()
         gc.freeze()
+        store.start_checkpointer()  # WAL checkpoints off the commit path
         task = asyncio.create_task(learner.run())
         try:
             yield

@@ -102,7 +102,11 @@ class Engine:
         # the event loop thread, but scripts may share an engine between threads.
         self._lock = threading.Lock()
         self._set_actions(model.actions, model.disabled)
-        self._log = _GroupCommitLog(store, self.rules) if store is not None else None
+        self._log = (
+            _GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
+            if store is not None
+            else None
+        )
 
     @classmethod
     def from_prior(
@@ -207,10 +211,10 @@ class Engine:
 
     async def reward(self, event_id: str, value: float) -> RewardResult:
         """Join a reward to its decision and learn it at once in this process."""
-        store, log = self._require_log()
-        result = await log.call(store.record_reward, event_id, value, self.clock(), self.rules)
-        self.catch_up()
-        return result
+        _, log = self._require_log()
+        # Committed with the other rewards of its group; the group's learn events are
+        # applied (`catch_up`) before any of them returns.
+        return await log.record_reward(event_id, value, self.clock())
 
     async def activate(self, event_id: str) -> bool | None:
         """Activate a deferred decision: True now, False if it already was, None if unknown."""
@@ -342,47 +346,92 @@ def _masked(names: tuple[str, ...], mask: NDArray[np.bool_]) -> tuple[str, ...]:
 
 
 class _GroupCommitLog:
-    """Runs every write of this process on one thread, committing decisions in groups.
+    """Runs every write of this process on one thread, committing decisions and rewards in
+    groups.
 
-    Decisions that arrive while a commit is in flight wait and go together in the next
-    transaction: one commit serves many requests under load, and each request still returns
-    only after its own decision is committed (durable against a process crash).
+    Decisions (and rewards) that arrive while a commit is in flight wait and go together in
+    the next transaction: one commit serves many requests under load, and each request still
+    returns only after its own write is committed (durable against a process crash). After a
+    group of rewards, `on_rewards` runs once (the engine applies the new learn events) before
+    any of them returns.
     """
 
-    def __init__(self, store: EventStore, rules: RewardRules) -> None:
+    def __init__(
+        self, store: EventStore, rules: RewardRules, on_rewards: Callable[[], object]
+    ) -> None:
         self.store = store
         self.rules = rules
+        self.on_rewards = on_rewards
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banditrec-log")
         self._pending: list[tuple[DecisionRecord, asyncio.Future[DecisionRecord]]] = []
+        self._rewards: list[tuple[tuple[str, float, float], asyncio.Future[RewardResult]]] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
 
     async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[DecisionRecord] = loop.create_future()
+        future: asyncio.Future[DecisionRecord] = self._loop().create_future()
         self._pending.append((record, future))
+        self._start_flushing()
+        return await future
+
+    async def record_reward(self, event_id: str, value: float, now: float) -> RewardResult:
+        future: asyncio.Future[RewardResult] = self._loop().create_future()
+        self._rewards.append(((event_id, value, now), future))
+        self._start_flushing()
+        return await future
+
+    @staticmethod
+    def _loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def _start_flushing(self) -> None:
         if not self._flushing:
             self._flushing = True
-            self._flush_task = loop.create_task(self._flush())
-        return await future
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                records = [record for record, _ in batch]
-                try:
-                    logged = await self.call(self.store.log_decisions, records, self.rules)
-                except Exception as exc:  # every waiting request learns of the failure
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), record in zip(batch, logged, strict=True):
-                    if not future.done():
-                        future.set_result(record)
+            while self._pending or self._rewards:
+                # Decisions first: a reward may refer to a decision waiting beside it.
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                    records = [record for record, _ in batch]
+                    await self._commit(self.store.log_decisions, records, batch)
+                if self._rewards:
+                    rewards, self._rewards = self._rewards, []
+                    items = [item for item, _ in rewards]
+                    await self._commit(self._record_rewards, items, rewards, self.on_rewards)
         finally:
             self._flushing = False
+
+    async def _commit(
+        self,
+        write: Callable[[list[Any], RewardRules], list[Any]],
+        items: list[Any],
+        waiting: Sequence[tuple[Any, asyncio.Future[Any]]],
+        then: Callable[[], object] | None = None,
+    ) -> None:
+        try:
+            results = await self.call(write, items, self.rules)
+            if then is not None:
+                then()
+        except Exception as exc:  # every waiting request learns of the failure
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(waiting, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _record_rewards(
+        self, items: list[tuple[str, float, float]], rules: RewardRules
+    ) -> list[RewardResult]:
+        record_rewards = getattr(self.store, "record_rewards", None)
+        if record_rewards is not None:  # one transaction for the group
+            results: list[RewardResult] = record_rewards(items, rules)
+            return results
+        return [self.store.record_reward(e, value, now, rules) for e, value, now in items]
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -276,13 +276,23 @@ class SQLiteEventStore:
     def record_reward(
         self, event_id: str, value: float, now: float, rules: RewardRules
     ) -> RewardResult:
+        return self.record_rewards([(event_id, value, now)], rules)[0]
+
+    def record_rewards(
+        self, rewards: Sequence[tuple[str, float, float]], rules: RewardRules
+    ) -> list[RewardResult]:
+        """`record_reward` for each (event id, value, time), in order, in one transaction."""
+        results: list[RewardResult] = []
         with self._transaction() as db:
-            outcome, total, action = self._join(db, event_id, value, now, rules)
-            db.execute(
-                "INSERT INTO rewards (event_id, received_at, value, outcome) VALUES (?, ?, ?, ?)",
-                (event_id, now, value, outcome.value),
-            )
-        return RewardResult(event_id, outcome, value, total, action)
+            for event_id, value, now in rewards:
+                outcome, total, action = self._join(db, event_id, value, now, rules)
+                db.execute(
+                    "INSERT INTO rewards (event_id, received_at, value, outcome) "
+                    "VALUES (?, ?, ?, ?)",
+                    (event_id, now, value, outcome.value),
+                )
+                results.append(RewardResult(event_id, outcome, value, total, action))
+        return results
 
     def _join(
         self, db: sqlite3.Connection, event_id: str, value: float, now: float, rules: RewardRules
