@@ -39,11 +39,10 @@ from banditrec.auth import (
 )
 from banditrec.config import Settings
 from banditrec.engine import ActionExistsError, Engine, UnknownActionError, prior_model
-from banditrec.exploration import EpsilonGreedy, NoEligibleActionError, sample_action
+from banditrec.exploration import NoEligibleActionError, sample_action
 from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, SnapshotDirectory, recover_model
 from banditrec.metrics import Metrics, MetricsMiddleware, metrics_response
-from banditrec.policies import LinUCB
 from banditrec.schemas import (
     ActionInfo,
     ActivateResponse,
@@ -108,12 +107,16 @@ def base_model(settings: Settings) -> tuple[Model, bool]:
     from the prior instead would silently throw away everything the model learned.
     """
     if settings.model_path.exists():
-        return load_model(settings.model_path, settings.feature_schema), True
+        model = load_model(settings.model_path, settings.feature_schema)
+        if "policy" in settings.model_fields_set and model.policy.name != settings.policy:
+            logger.warning(  # the file records what was trained; it wins
+                "The model file holds a %s policy, not the configured %s.",
+                model.policy.name,
+                settings.policy,
+            )
+        return model, True
     logger.warning("No model file at %s: serving from the prior.", settings.model_path)
-    policy = LinUCB(
-        alpha=settings.alpha, ridge=settings.ridge, exploration=EpsilonGreedy(settings.epsilon)
-    )
-    return prior_model(settings.feature_schema, policy), False
+    return prior_model(settings.feature_schema, settings.build_policy()), False
 
 
 class RequestGuard:
