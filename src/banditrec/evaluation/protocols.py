@@ -1,0 +1,311 @@
+"""The protocols: the log split in time, every candidate run on the held-out part, progress.
+
+``split`` (default): candidates learn off-policy from the first part of the log, are frozen,
+and their serving distributions on the held-out rest are evaluated with the estimators of
+`banditrec.ope`. ``replay`` (uniform logs only): candidates keep learning online through the
+held-out rounds, and only the rounds where they pick the logged action count. Both compare
+each candidate with the logging policy round by round (the lift) and draw a running estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec import ope
+from banditrec.evaluation.candidates import Candidate
+from banditrec.evaluation.config import (
+    MIN_EVALUATION_ROUNDS,
+    PROGRESS_EVERY,
+    EvaluationConfig,
+    EvaluationError,
+    FloatArray,
+    ProgressCallback,
+    no_progress,
+)
+from banditrec.evaluation.data import LoggedRounds
+from banditrec.evaluation.ranking import CandidateResult, EvaluationResult, mean_estimate, rank
+from banditrec.exploration import sample_action
+from banditrec.policies import Policy
+
+__all__ = ["evaluate"]
+
+#: Points drawn on each running-estimate curve.
+_CURVE_POINTS = 400
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The held-out (evaluation) rounds and what every candidate shares about them."""
+
+    rounds: LoggedRounds
+    q: FloatArray | None  # cross-fitted reward model, (n, n_actions); None without DM and DR
+    points: NDArray[np.intp]  # the rounds where the running curves are sampled
+
+    @property
+    def n(self) -> int:
+        return self.rounds.n_rounds
+
+    def masks(self) -> Iterator[NDArray[np.bool_]]:
+        """Each round's eligible actions (one shared all-true mask when all are eligible)."""
+        eligible = self.rounds.eligible
+        everything = np.ones(eligible.shape[1], dtype=np.bool_)
+        all_eligible: NDArray[np.bool_] = np.asarray(eligible.all(axis=1))
+        for i in range(self.n):
+            yield everything if all_eligible[i] else eligible[i]
+
+
+def evaluate(
+    rounds: LoggedRounds,
+    candidates: Sequence[Candidate],
+    config: EvaluationConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> EvaluationResult:
+    """Evaluate and rank `candidates` on `rounds` under `config`'s protocol.
+
+    A candidate that fails (its policy raises) is reported with its error and ranked last;
+    every other candidate still runs. The same seed gives the same result, and each
+    candidate's randomness depends only on the seed and its label, not on the others.
+    """
+    config = config or EvaluationConfig()
+    config.check()
+    notify = progress or no_progress
+    start = time.perf_counter()
+    if not candidates:
+        raise EvaluationError("No candidate to evaluate.")
+    n = rounds.n_rounds
+    n_train = math.floor(config.split * n)
+    n_eval = n - n_train
+    if n_eval < MIN_EVALUATION_ROUNDS:
+        raise EvaluationError(
+            f"The held-out part has {n_eval} rounds (of {n:,} with a known reward, split "
+            f"{config.split:g}); at least {MIN_EVALUATION_ROUNDS} are needed. Use a smaller "
+            "--split or a longer log."
+        )
+    uniform = rounds.is_uniform()
+    estimators = config.estimators_for(uniform)
+    train, evaluated = rounds.part(0, n_train), rounds.part(n_train, n)
+    q = None
+    if {"dm", "dr"} & set(estimators):
+        notify("reward model", 0, 1, "cross-fitting")
+        q = ope.cross_fit_reward_model(
+            evaluated.X, evaluated.action, evaluated.reward, len(rounds.actions),
+            n_folds=min(config.reward_model_folds, n_eval),
+            rng=np.random.default_rng([config.seed, 1]),
+        )  # fmt: skip
+        notify("reward model", 1, 1, "cross-fitted")
+    points = np.unique(np.linspace(0, n_eval - 1, min(_CURVE_POINTS, n_eval)).astype(np.intp))
+    held = _Held(evaluated, q, points)
+    logging = mean_estimate("on-policy", evaluated.reward, config, [config.seed, 2])
+    results = []
+    total = 2 * n_eval * len(candidates)
+    for i, candidate in enumerate(candidates):
+        done = 2 * n_eval * i
+
+        def tick(k: int, label: str = candidate.label, done: int = done) -> None:
+            notify("evaluate", done + k, total, label)
+
+        results.append(_run_candidate(candidate, config, estimators, train, held, tick))
+    notify("evaluate", total, total, "done")
+    rank(results, config, logging)
+
+    result = EvaluationResult(
+        config=config,
+        source=rounds.source,
+        counts={**rounds.counts, "train": n_train, "evaluation": n_eval},
+        actions=rounds.actions,
+        estimators=estimators,
+        logging_uniform=uniform,
+        logging=logging,
+        candidates=results,
+        logging_curve=_running(evaluated.reward, np.ones(n_eval), points),
+        curve_rounds=points + n_train,
+    )
+    mu = evaluated.expected_rewards
+    if mu is not None:
+        result.logging_true_value = float(mu[np.arange(n_eval), evaluated.action].mean())
+        best = np.where(evaluated.eligible, mu, -np.inf).max(axis=1)
+        result.oracle_true_value = float(best.mean())
+    if rounds.created_at is not None and n_train > 0:
+        stamp = [_iso(rounds.created_at[i]) for i in (0, n_train - 1, n_train, n - 1)]
+        names = ("train_from", "train_to", "eval_from", "eval_to")
+        result.time_range = dict(zip(names, stamp, strict=True))
+    result.warnings = _notes(rounds, config, uniform, estimators)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds")
+
+
+def _run_candidate(
+    candidate: Candidate,
+    config: EvaluationConfig,
+    estimators: tuple[str, ...],
+    train: LoggedRounds,
+    held: _Held,
+    tick: Callable[[int], None],
+) -> CandidateResult:
+    result = CandidateResult(candidate)  # verdict "failed" until ranked
+    start = time.perf_counter()
+    # Seeded by the label alone: adding or removing other candidates changes nothing here.
+    rng = np.random.default_rng([config.seed, 3, zlib.crc32(candidate.label.encode())])
+    try:
+        policy = candidate.build().reset(len(held.rounds.actions), held.rounds.X.shape[1])
+        result.policy_params = policy.get_params()
+        result.exploration = {
+            "name": policy.exploration.name,
+            "params": policy.exploration.get_params(),
+        }
+        if train.n_rounds > 0:
+            policy.update_batch(train.X, train.action, train.reward)
+        if config.protocol == "replay":
+            _replay(policy, config, held, rng, tick, result)
+        else:
+            _split(policy, config, estimators, held, rng, tick, result)
+    except Exception as exc:  # one failing policy must not sink the whole run
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.estimates = {}
+    tick(2 * held.n)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _serving_distributions(
+    policy: Policy, held: _Held, rng: np.random.Generator, tick: Callable[[int], None]
+) -> FloatArray:
+    dist = np.empty((held.n, held.rounds.eligible.shape[1]))
+    for i, mask in enumerate(held.masks()):
+        dist[i] = policy.distribution(held.rounds.X[i], mask, rng)[1]
+        if i % PROGRESS_EVERY == 0:
+            tick(i)
+    tick(held.n)
+    return dist
+
+
+def _split(
+    policy: Policy,
+    config: EvaluationConfig,
+    estimators: tuple[str, ...],
+    held: _Held,
+    rng: np.random.Generator,
+    tick: Callable[[int], None],
+    result: CandidateResult,
+) -> None:
+    dist = _serving_distributions(policy, held, rng, tick)
+    rounds = held.rounds
+    logged = {"reward": rounds.reward, "action": rounds.action}
+    weighted = {**logged, "propensity": rounds.propensity, "action_dist": dist}
+    inputs: dict[str, dict[str, Any]] = {
+        "ips": weighted,
+        "snips": weighted,
+        "dr": {**weighted, "estimated_rewards": held.q},
+        "dm": {"action_dist": dist, "estimated_rewards": held.q},
+        "replay": {**logged, "action_dist": dist},
+    }
+    with warnings.catch_warnings():  # recorded in each estimate's warnings instead
+        warnings.simplefilter("ignore", ope.LowEffectiveSampleSizeWarning)
+        for j, name in enumerate(estimators, start=1):
+            result.estimates[name] = config.estimator(name).estimate(**inputs[name], rng=rng)
+            tick(held.n + held.n * j // (len(estimators) + 1))  # the bootstraps take a while
+        ranking = config.ranking_estimator
+        terms = config.estimator(ranking).round_rewards(**inputs[ranking])
+    result.lift = mean_estimate("lift", terms - rounds.reward, config, rng)
+    match = dist[np.arange(held.n), rounds.action]
+    num, den = {
+        "snips": (match / rounds.propensity * rounds.reward, match / rounds.propensity),
+        "replay": (match * rounds.reward, match),
+    }.get(ranking, (terms, np.ones(held.n)))
+    result.curve = _running(num, den, held.points)
+    if rounds.expected_rewards is not None:
+        result.true_value = float((dist * rounds.expected_rewards).sum(axis=1).mean())
+    if rounds.logged_dist is not None:
+        result.unsupported_mass = float((dist * (rounds.logged_dist <= 0.0)).sum(axis=1).mean())
+        if result.unsupported_mass > 1e-3:
+            result.warnings.append(
+                f"{result.unsupported_mass:.1%} of its probability goes to actions the logging "
+                "policy never served in that context: IPS and SNIPS cannot see those choices "
+                "(biased), DR and DM rely on the reward model for them."
+            )
+
+
+def _replay(
+    policy: Policy,
+    config: EvaluationConfig,
+    held: _Held,
+    rng: np.random.Generator,
+    tick: Callable[[int], None],
+    result: CandidateResult,
+) -> None:
+    rounds = held.rounds
+    chosen = np.empty(held.n, dtype=np.intp)
+    expected = np.zeros(held.n)
+    for i, mask in enumerate(held.masks()):
+        x = rounds.X[i]
+        p = policy.distribution(x, mask, rng)[1]
+        chosen[i] = sample_action(p, rng)
+        if rounds.expected_rewards is not None:
+            expected[i] = float(p @ rounds.expected_rewards[i])
+        if chosen[i] == rounds.action[i]:  # the learner sees only what it would have seen
+            policy.update(x, int(chosen[i]), float(rounds.reward[i]))
+        if i % PROGRESS_EVERY == 0:
+            tick(2 * i)
+    replay = config.estimator("replay")
+    kwargs = {"reward": rounds.reward, "action": rounds.action, "evaluation_action": chosen}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ope.LowEffectiveSampleSizeWarning)
+        result.estimates["replay"] = replay.estimate(**kwargs, rng=rng)
+        terms = replay.round_rewards(**kwargs)
+    result.lift = mean_estimate("lift", terms - rounds.reward, config, rng)
+    match = (chosen == rounds.action).astype(np.float64)
+    result.curve = _running(match * rounds.reward, match, held.points)
+    if rounds.expected_rewards is not None and match.any():
+        result.true_value = float(expected[match > 0].mean())
+
+
+def _running(num: FloatArray, den: FloatArray, points: NDArray[np.intp]) -> FloatArray:
+    """The running ratio estimate ``sum(num[:i+1]) / sum(den[:i+1])`` at `points`."""
+    total = np.cumsum(den)[points]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: FloatArray = np.where(total > 0, np.cumsum(num)[points] / total, np.nan)
+    return out
+
+
+def _notes(
+    rounds: LoggedRounds, config: EvaluationConfig, uniform: bool, estimators: tuple[str, ...]
+) -> list[str]:
+    c, notes = rounds.counts, []
+    skipped = c["pending"] + c["never_activated"]
+    if skipped:
+        notes.append(
+            f"Skipped {skipped:,} of {c['decisions']:,} decisions without a known reward: "
+            f"{c['pending']:,} still pending (reward window open), {c['never_activated']:,} "
+            "never activated."
+        )
+    if config.protocol == "split" and not uniform and "replay" not in estimators:
+        notes.append("The logging policy is not uniform random, so replay is not reported.")
+    if rounds.logged_dist is None:
+        notes.append(
+            "The CSV holds only the logged action's propensity: whether a candidate chooses "
+            "actions the logging policy never serves cannot be checked."
+        )
+    if rounds.expected_rewards is not None:
+        notes.append(
+            "The data holds the true expected rewards (simulation): true values are shown "
+            "beside the estimates as a check."
+        )
+    notes.append(
+        "Choosing the best of many candidates on the same log favours lucky ones (winner's "
+        "curse): confirm the winner with a fresh log or an A/B test before relying on it."
+    )
+    return notes

@@ -1,0 +1,332 @@
+"""What an evaluation concludes: per-candidate results, paired comparison, ranks and verdicts.
+
+`rank` compares every candidate with the logging policy (the paired interval of the difference,
+`mean_estimate` over per-round differences) and with the best, then orders them; the result
+objects say it in sentences (`EvaluationResult.summary`) and as JSON (`EvaluationResult.to_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec import ope
+from banditrec.evaluation.candidates import Candidate
+from banditrec.evaluation.config import EvaluationConfig, FloatArray
+
+__all__ = [
+    "PROTOCOL_TEXT",
+    "RANKING_TEXT",
+    "CandidateResult",
+    "EvaluationResult",
+    "mean_estimate",
+    "rank",
+]
+
+PROTOCOL_TEXT = {
+    "split": (
+        "Time split. Candidates learn off-policy from the first {split:.0%} of the log in log "
+        "order (update_batch on the logged actions and rewards, starting from the prior), are "
+        "frozen, and their serving distributions on the last {held:.0%} (held out, never seen "
+        "in training) are evaluated with IPS, SNIPS, DM and DR (reward model: per-action ridge "
+        "regression cross-fitted on the held-out rounds){replay}. Each interval is a "
+        "{level:.0%} percentile bootstrap over rounds. The logging policy's value is the mean "
+        "reward of the same held-out rounds."
+    ),
+    "replay": (
+        "Replay (Li et al. 2011) of each candidate as an online learner. Candidates learn from "
+        "the first {split:.0%} of the log, then walk through the last {held:.0%} in order: at "
+        "each round the candidate samples an action from its serving distribution; when it "
+        "matches the logged action the round counts and the candidate learns its reward, "
+        "otherwise the round is skipped. Unbiased only because the log comes from uniform "
+        "random logging. Intervals: {level:.0%} percentile bootstrap over rounds."
+    ),
+}
+RANKING_TEXT = {
+    "dr": "DR: unbiased with the logged propensities whatever the reward model, and the "
+    "cross-fitted model removes most of IPS's variance.",
+    "snips": "SNIPS: needs no reward model; self-normalization tames IPS's variance at a small "
+    "O(1/n) bias.",
+    "ips": "IPS: unbiased, but the most variable of the estimators.",
+    "dm": "DM: lowest variance but biased by the reward model's errors; prefer DR.",
+    "replay": "replay: unbiased on a uniform-random log; uses only the matching rounds.",
+}
+
+
+@dataclass
+class CandidateResult:
+    """One candidate's estimates and verdict against the logging policy."""
+
+    candidate: Candidate
+    estimates: dict[str, ope.PolicyValueEstimate] = field(default_factory=dict)
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    exploration: dict[str, Any] | None = None
+    true_value: float | None = None
+    #: The ranking estimate minus the logging policy's value, paired over rounds, with its CI.
+    lift: ope.PolicyValueEstimate | None = None
+    verdict: str = "failed"
+    ci_overlaps_logging: bool | None = None
+    effective_sample_size: float | None = None
+    low_ess: bool = False
+    unsupported_mass: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    rank: int | None = None
+    tied_with_best: bool = False
+    curve: FloatArray | None = None
+
+    @property
+    def label(self) -> str:
+        return self.candidate.label
+
+    def value(self, estimator: str) -> float:
+        e = self.estimates.get(estimator)
+        return math.nan if e is None else e.value
+
+
+@dataclass
+class EvaluationResult:
+    """Everything `banditrec.report` writes: configuration, counts, baseline, ranked results."""
+
+    config: EvaluationConfig
+    source: dict[str, Any]
+    counts: dict[str, int]
+    actions: tuple[str, ...]
+    estimators: tuple[str, ...]
+    logging_uniform: bool
+    logging: ope.PolicyValueEstimate
+    candidates: list[CandidateResult]
+    logging_true_value: float | None = None
+    oracle_true_value: float | None = None
+    logging_curve: FloatArray | None = None
+    curve_rounds: NDArray[np.intp] | None = None
+    time_range: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def has_truth(self) -> bool:
+        return self.oracle_true_value is not None
+
+    @property
+    def best(self) -> CandidateResult | None:
+        ok = [c for c in self.candidates if c.error is None]
+        return ok[0] if ok else None
+
+    def protocol_text(self) -> str:
+        n, n_train = self.counts["used"], self.counts["train"]
+        split = n_train / n if n else 0.0
+        replay = ""
+        if self.config.protocol == "split" and "replay" in self.estimators:
+            replay = ", and with replay (the log is uniform random)"
+        return PROTOCOL_TEXT[self.config.protocol].format(
+            split=split, held=1.0 - split, replay=replay, level=1.0 - self.config.alpha
+        )
+
+    def summary(self) -> list[str]:
+        """The conclusions, in plain sentences (terminal and HTML)."""
+        est, lines = self.config.ranking_estimator, []
+        log = self.logging
+        base = f"the logging policy ({log.value:.4f} [{log.ci_low:.4f}, {log.ci_high:.4f}])"
+        best = self.best
+        if best is None:
+            return ["Every candidate failed; see the errors below."]
+        e = best.estimates[est]
+        sentence = (
+            f"Best: {best.label}, {est.upper()} {e.value:.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}]"
+        )
+        if best.lift is not None:
+            lift = best.lift
+            sentence += (
+                f", {lift.value:+.4f} [{lift.ci_low:+.4f}, {lift.ci_high:+.4f}] against {base}: "
+                + {
+                    "better": "significantly better.",
+                    "worse": "significantly worse.",
+                }.get(best.verdict, "no significant difference.")
+            )
+        lines.append(sentence)
+        if best.low_ess:
+            lines.append(
+                "Every candidate has a low effective sample size: no estimate here is reliable."
+            )
+        tied = [c.label for c in self.candidates if c.tied_with_best and c is not best]
+        if tied:
+            lines.append(
+                f"{len(tied)} other candidate(s) have intervals overlapping the best's, so this "
+                f"log cannot tell them apart: {', '.join(tied[:5])}{' …' if len(tied) > 5 else ''}."
+            )
+        better = sum(c.verdict == "better" for c in self.candidates)
+        same = sum(c.verdict == "no significant difference" for c in self.candidates)
+        lines.append(
+            f"Against the logging policy: {better} candidate(s) significantly better, {same} "
+            "not significantly different (paired interval of the difference contains 0)."
+        )
+        low = [c.label for c in self.candidates if c.low_ess and c.error is None]
+        if low:
+            lines.append(
+                f"{len(low)} candidate(s) have an effective sample size below "
+                f"{self.config.min_effective_sample_size:g} and are ranked last: their "
+                "estimates are unreliable."
+            )
+        if best.true_value is not None:
+            lines.append(
+                f"True value of the best on the evaluation rounds: {best.true_value:.4f} "
+                f"(logging {self.logging_true_value:.4f}, oracle {self.oracle_true_value:.4f})."
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (NaN becomes null)."""
+        out: dict[str, Any] = _clean(
+            {
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "source": self.source,
+                "counts": self.counts,
+                "actions": list(self.actions),
+                "protocol": {
+                    "name": self.config.protocol,
+                    "split": self.config.split,
+                    "description": self.protocol_text(),
+                    "estimators": list(self.estimators),
+                    "ranking_estimator": self.config.ranking_estimator,
+                    "ranking_reason": RANKING_TEXT[self.config.ranking_estimator],
+                    "confidence_level": 1.0 - self.config.alpha,
+                    "n_bootstrap": self.config.n_bootstrap,
+                    "min_effective_sample_size": self.config.min_effective_sample_size,
+                    "seed": self.config.seed,
+                    "logging_uniform": self.logging_uniform,
+                    "time_range": self.time_range,
+                },
+                "logging_policy": {
+                    **_estimate_dict(self.logging),
+                    "true_value": self.logging_true_value,
+                },
+                "oracle_true_value": self.oracle_true_value,
+                "best": None if self.best is None else self.best.label,
+                "summary": self.summary(),
+                "candidates": [_candidate_dict(c) for c in self.candidates],
+                "warnings": self.warnings,
+                "seconds": self.seconds,
+            }
+        )
+        return out
+
+
+def _estimate_dict(e: ope.PolicyValueEstimate) -> dict[str, Any]:
+    return {
+        "value": e.value,
+        "ci_low": e.ci_low,
+        "ci_high": e.ci_high,
+        "effective_sample_size": e.effective_sample_size,
+        "n_rounds": e.n_rounds,
+        "warnings": list(e.warnings),
+    }
+
+
+def _candidate_dict(c: CandidateResult) -> dict[str, Any]:
+    return {
+        "rank": c.rank,
+        "label": c.label,
+        "policy": c.candidate.policy,
+        "params": dict(c.candidate.params),
+        "policy_params": c.policy_params,
+        "exploration": c.exploration,
+        "estimates": {name: _estimate_dict(e) for name, e in c.estimates.items()},
+        "true_value": c.true_value,
+        "lift_vs_logging": None if c.lift is None else _estimate_dict(c.lift),
+        "verdict": c.verdict,
+        "ci_overlaps_logging": c.ci_overlaps_logging,
+        "tied_with_best": c.tied_with_best,
+        "effective_sample_size": c.effective_sample_size,
+        "low_ess": c.low_ess,
+        "unsupported_mass": c.unsupported_mass,
+        "warnings": c.warnings,
+        "error": c.error,
+        "seconds": c.seconds,
+    }
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def mean_estimate(
+    name: str, terms: FloatArray, config: EvaluationConfig, rng: ope.Seed | list[int]
+) -> ope.PolicyValueEstimate:
+    """Mean of per-round terms with ope's bootstrap interval.
+
+    The direct method on one pseudo-action whose "reward model" is the terms is exactly the
+    mean of the terms, so this reuses ope's (memory-bounded) bootstrap; its ESS is n.
+    """
+    e = ope.DirectMethod(config.n_bootstrap, config.alpha, 0.0).estimate(
+        action_dist=np.ones((terms.shape[0], 1)),
+        estimated_rewards=terms[:, None],
+        rng=rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng),
+    )
+    return ope.PolicyValueEstimate(
+        name, e.value, e.ci_low, e.ci_high, e.n_rounds, e.effective_sample_size
+    )
+
+
+def rank(
+    results: list[CandidateResult], config: EvaluationConfig, logging: ope.PolicyValueEstimate
+) -> None:
+    """Verdicts, flags and ranks; low-ESS candidates go after every reliable one."""
+    est = config.ranking_estimator
+    ok = [r for r in results if r.error is None]
+    for r in ok:
+        e = r.estimates[est]
+        weights = next((r.estimates[k] for k in ("dr", "snips", "ips") if k in r.estimates), e)
+        r.effective_sample_size = weights.effective_sample_size
+        # A non-finite estimate or interval is as unreliable as a low ESS.
+        r.low_ess = (
+            r.effective_sample_size < config.min_effective_sample_size
+            or not math.isfinite(e.value)
+            or not math.isfinite(e.ci_low)
+        )
+        r.ci_overlaps_logging = _overlap(e, logging)
+        r.verdict = _verdict(r.lift)
+        for estimate in r.estimates.values():
+            r.warnings.extend(estimate.warnings)
+
+    def key(r: CandidateResult) -> tuple[bool, bool, float]:
+        value = r.value(est)  # NaN for a failed candidate: it has no estimates
+        return (r.error is not None, r.low_ess, -value if math.isfinite(value) else math.inf)
+
+    results.sort(key=key)
+    for i, r in enumerate(results, start=1):
+        r.rank = i
+    if results and results[0].error is None:
+        top = results[0].estimates[est]
+        for r in ok:
+            r.tied_with_best = _overlap(r.estimates[est], top)
+
+
+def _verdict(lift: ope.PolicyValueEstimate | None) -> str:
+    """Against the logging policy, from the paired interval of the difference."""
+    if lift is not None and lift.ci_low > 0:
+        return "better"
+    if lift is not None and lift.ci_high < 0:
+        return "worse"
+    return "no significant difference"
+
+
+def _overlap(a: ope.PolicyValueEstimate, b: ope.PolicyValueEstimate) -> bool:
+    """Whether the two confidence intervals overlap."""
+    return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
