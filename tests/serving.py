@@ -40,7 +40,7 @@ class Server:
 
 
 def server_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITREC_")}
+    env = clean_env()
     env.update(
         BANDITREC_DB_PATH=str(tmp_path / "events.db"),
         BANDITREC_SNAPSHOT_DIR=str(tmp_path / "snapshots"),
@@ -49,51 +49,35 @@ def server_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def running_server(
-    tmp_path: Path,
-    *args: str,
-    model: Path | None = None,
-    timeout: float = 90.0,
-    **settings: str,
-) -> Iterator[Server]:
-    """`banditrec serve` on a free loopback port, ready when /health answers.
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any BANDITREC_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITREC_")}
+    return env | {"COLUMNS": "200", "PYTHONUNBUFFERED": "1"} | extra
 
-    The server runs in its own process group so that a test can SIGKILL it with its workers,
-    and it is always killed at the end.
+
+@contextmanager
+def running_process(
+    command: list[str], cwd: Path, url: str, env: dict[str, str], timeout: float = 90.0
+) -> Iterator[Server]:
+    """Run `command` (a server), ready when `url`/health answers; always stop it.
+
+    The process gets its own process group, so a test can SIGKILL it with its workers. Its
+    output goes to a file, not a pipe: a full pipe would block the server.
     """
-    port = free_port()
-    log_path = tmp_path / f"server-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "banditrec",
-        "serve",
-        "--model",
-        str(model or tmp_path / "no-model.npz"),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *args,
-    ]
+    log_path = cwd / f"server-{url.rsplit(':', 1)[-1]}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=server_env(tmp_path, **settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+        )  # fmt: skip
+    server = Server(url, process, log_path)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # a cold numba cache compiles at start-up
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"The server exited early:\n{server.log()}")
             try:
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -109,6 +93,27 @@ def running_server(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
+
+
+@contextmanager
+def running_server(
+    tmp_path: Path,
+    *args: str,
+    model: Path | None = None,
+    timeout: float = 90.0,
+    **settings: str,
+) -> Iterator[Server]:
+    """`banditrec serve` on a free loopback port with its log, snapshots and `settings`
+    (``BANDITREC_<NAME>``) in `tmp_path`, ready when /health answers."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "banditrec", "serve",
+        "--model", str(model or tmp_path / "no-model.npz"),
+        "--port", str(port), "--log-level", "warning", *args,
+    ]  # fmt: skip
+    env = server_env(tmp_path, **settings)
+    with running_process(command, tmp_path, f"http://127.0.0.1:{port}", env, timeout) as server:
+        yield server
 
 
 def fetch_live_model(

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +25,7 @@ from banditrec.cli import app
 from banditrec.features import load_default_schema
 from banditrec.snapshot import load_model, read_metadata
 from conftest import ACTIONS, SEED_REQUEST, other_schema_toml
+from serving import clean_env, free_port, running_process
 
 SCHEMA = load_default_schema()
 HEADER = [
@@ -154,7 +152,7 @@ def test_train_in_a_real_process_exits_1_with_the_message(data_file: Path, tmp_p
     model = tmp_path / "model.npz"
     done = subprocess.run(
         [sys.executable, "-m", "banditrec", "train", "--data", str(bad), "--model", str(model)],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "column 'reward', row 2 (line 3 of the file): value 'maybe'" in flat(done.stderr)
@@ -176,46 +174,12 @@ def test_serve_refuses_an_unreadable_schema_before_starting(
 # -- real server processes -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITREC_")}
-    return env | {"COLUMNS": "200", "PYTHONUNBUFFERED": "1"} | extra
-
-
 @contextmanager
 def running(args: list[str], cwd: Path, port: int, **env: str) -> Iterator[str]:
     """Start a server process, wait until /health answers, yield its URL, always stop it."""
-    log = cwd / f"server-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=cwd, env=_env(**env), stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up after {STARTUP_TIMEOUT} s:\n{log.read_text()}")
-            time.sleep(0.1)
+    with running_process(args, cwd, url, clean_env(**env), STARTUP_TIMEOUT):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +188,7 @@ def server(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     cwd = tmp_path_factory.mktemp("serve")
     model = cwd / "model.npz"
     shutil.copyfile(trained[1], model)
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "banditrec", "serve", "--model", str(model),
             "--port", str(port), "--log-level", "warning"]  # fmt: skip
     with running(args, cwd, port) as url:
@@ -311,7 +275,7 @@ def test_end_to_end_streamed_body_over_the_limit_is_413(server: str) -> None:
 
 
 def test_uvicorn_serves_the_app_configured_by_environment(model_file: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "uvicorn", "banditrec.api:app", "--port", str(port),
             "--log-level", "warning"]  # fmt: skip
     env = {"BANDITREC_MODEL_PATH": str(model_file), "BANDITREC_SEED": "0"}
@@ -328,11 +292,11 @@ def test_serve_fails_on_a_model_trained_under_another_schema(
     model_file: Path, tmp_path: Path
 ) -> None:
     other = other_schema_toml(tmp_path / "other.toml")
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "banditrec", "serve", "--model", str(model_file),
             "--schema", str(other), "--port", str(port)]  # fmt: skip
     done = subprocess.run(
-        args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=STARTUP_TIMEOUT
+        args, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=STARTUP_TIMEOUT
     )
     assert done.returncode != 0
     log = flat(done.stdout + done.stderr)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +14,7 @@ import pytest
 
 from banditrec.sim import AppSimulator
 from banditrec.traffic import TrafficError, _users, run_traffic
+from serving import free_port, running_server
 
 RANK_FIELDS = {
     "country",
@@ -30,52 +27,12 @@ RANK_FIELDS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `banditrec serve` from the prior, in a subprocess; its base URL."""
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    # Only this test's settings: none leak in from the caller's environment (API keys...).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITREC_")}
-    env |= {
-        "BANDITREC_DB_PATH": str(root / "events.db"),
-        "BANDITREC_SNAPSHOT_DIR": str(root / "snapshots"),
-        "BANDITREC_SEED": "0",
-    }
-    command = [sys.executable, "-m", "banditrec", "serve", "--model", str(root / "none.npz")]
-    command += ["--port", str(port), "--log-level", "warning"]
-    # The log goes to a file, not a pipe: a full pipe would block the server.
-    with (root / "server.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60  # a cold numba cache compiles at startup
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"The server exited:\n{(root / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"No /health after 60 s:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(root, seed="0") as server:
+        yield server.url
 
 
 def n_updates(url: str) -> int:
