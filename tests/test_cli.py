@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -38,9 +39,17 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def _scratch_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run in tmp_path: the CLI's default paths are relative to the working directory."""
+def _scratch_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run in tmp_path: the CLI's default paths are relative to the working directory.
+
+    `serve` passes its settings to the workers through BANDITREC_* variables of this
+    process; they are put back afterwards so that no later test reads them.
+    """
     monkeypatch.chdir(tmp_path)
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def invoke(*args: str) -> Any:
