@@ -50,6 +50,9 @@ test: install-dev lint
 bench: install-dev
 	$(BIN)/python -m benchmarks.bench_speed
 
+bench-quality: install-dev
+	$(BIN)/python -m benchmarks.bench_quality
+
 # Decisions over HTTP on loopback against the app's own /ping (needs wrk: apt-get install wrk).
 bench-http: install-dev
 	$(BIN)/python -m benchmarks.bench_http

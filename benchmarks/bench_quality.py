@@ -1,0 +1,733 @@
+"""Learning quality: banditrec's policies against Vowpal Wabbit and MABWiser, in one run.
+
+One command, two tables::
+
+    .venv/bin/python -m benchmarks.bench_quality            # full run (see docs/benchmarks.md)
+    .venv/bin/python -m benchmarks.bench_quality --quick    # about a minute, smoke test
+
+1. **Supervised-to-bandit** (Bietti, Agarwal & Langford, "A Contextual Bandit Bake-off",
+   JMLR 2021). Each classification data set that ships inside scikit-learn (iris, wine,
+   breast_cancer, digits: no download) becomes a bandit problem: the actions are the classes,
+   the context is the feature vector, and the reward is 1 if the chosen class is the label,
+   else 0; only the chosen action's reward is revealed. Features are standardized with the
+   mean and standard deviation of the *whole* data set (the bake-off's convention; constant
+   columns become 0), then a bias column of ones is appended. For each of `--shuffles` seeded
+   shuffles, every contender makes one online pass over the same shuffled stream, and its
+   *progressive validation loss* is ``1 - mean reward`` over the pass (each example is scored
+   before it is learned). The table shows mean ± standard deviation over the shuffles.
+
+2. **Simulator regret.** `banditrec.sim.AppSimulator` draws `--sim-rounds` users per seed,
+   vectorized by the default feature schema (22 features with the bias); the true expected
+   reward μ of every action is known, so the cumulative (pseudo-)regret
+   ``Σ_t max_a μ_t(a) - μ_t(a_t)`` is exact. Every contender sees the same users and the same
+   pre-drawn Bernoulli reward of every action.
+
+Contenders (all start from nothing and learn online, one round at a time):
+
+banditrec
+    Every policy in the registry ``banditrec.policies.POLICIES`` with its default parameters
+    and default exploration, through the public API: ``policy.reset(K, d)``; per round
+    ``_, p = policy.distribution(x, eligible, rng)``, ``a = sample_action(p, rng)``,
+    ``policy.update(x, a, r)``. The default policy (the one the engine builds, ``LinUCB()``:
+    α = 1, λ = 1, ε-greedy ε = 0.05 over the upper confidence bound) is marked.
+Vowpal Wabbit
+    ``Workspace("--cb_explore_adf --squarecb -q sa --quiet --random_seed <seed>")`` and the
+    same with ``--epsilon 0.05`` instead of ``--squarecb``; everything else at VW's defaults
+    (``--cb_type mtr``, SquareCB ``--gamma_scale 10 --gamma_exponent 0.5``, adaptive
+    normalized SGD with ``-l 0.5 --power_t 0.5``, 18 bits). Each round is one ADF multi-line
+    example: ``shared |s f0:v0 f1:v1 ...`` (the same vector x as banditrec, bias included,
+    exact zeros omitted) and one line ``|a a<k>`` per action; ``-q sa`` crosses the shared
+    features with the action indicator, i.e. a linear model of the context per action, as
+    banditrec's disjoint models. VW's returned PMF (ordered by action) is sampled with the
+    same seeded generator and ``sample_action``; the chosen action is learned as
+    ``<a>:<cost>:<p(a)>`` with cost = −reward (the bake-off's −1/0 encoding;
+    ``--vw-cost complement`` uses 1 − reward instead, to check VW is not handicapped).
+MABWiser
+    ``MAB(arms, LearningPolicy.LinUCB(alpha=1.0, l2_lambda=1.0), seed=<seed>)``, ``fit`` on
+    no rows (sets every arm to the prior A = λI, b = 0: the first decision is made from the
+    prior, like the other contenders), then per round ``predict`` of one row and
+    ``partial_fit`` of that row. Its rule is its own: argmax of the UCB, first arm on ties,
+    no probabilities.
+
+Optional ``--variant 'alpha=0.3,ridge=2,epsilon=0.02'`` adds the default policy with other
+parameters as a separately labelled row ("proposed"): it is never the default, and its target
+verdict is printed apart. ``--only KEYS`` keeps some contenders (plus the variants).
+
+The target is checked at the end: banditrec's default policy must have a mean loss no higher
+than the best of the peers (VW ×2, MABWiser) on every data set, and a lower mean final
+regret than each of them on the simulator. The paired difference (the streams are shared)
+and its standard error are printed beside each verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec import policies as _policies
+from banditrec.exploration import EpsilonGreedy, sample_action
+from banditrec.features import load_default_schema
+from banditrec.sim import AppSimulator
+
+Array = NDArray[np.float64]
+
+DATASETS = ("iris", "wine", "breast_cancer", "digits")
+#: The engine's default policy: `engine.py` builds ``LinUCB()`` when it is given none.
+DEFAULT_POLICY: str = getattr(_policies, "DEFAULT_POLICY", "linucb")
+MABWISER_ALPHA = 1.0
+MABWISER_RIDGE = 1.0
+VW_SQUARECB = "--cb_explore_adf --squarecb -q sa --quiet"
+VW_EPSILON = "--cb_explore_adf --epsilon 0.05 -q sa --quiet"
+#: VW minimizes a cost. "neg": cost = −reward (the bake-off's −1/0 encoding, the default
+#: here); "complement": cost = 1 − reward (the 0/1 encoding).
+VW_COSTS = ("neg", "complement")
+
+
+# -- streams ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What every contender sees: contexts X (n, d), rewards R (n, K), expected rewards μ.
+
+    For a classification data set R is one-hot (the label) and μ = R. `vw_shared` holds the
+    VW text of each row's shared features, built once per data set.
+    """
+
+    X: Array
+    R: Array
+    mu: Array
+    vw_shared: list[str]
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.R.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    def permuted(self, perm: NDArray[np.intp]) -> Stream:
+        return Stream(self.X[perm], self.R[perm], self.mu[perm], [self.vw_shared[i] for i in perm])
+
+
+def vw_shared_lines(X: Array) -> list[str]:
+    """``shared |s f0:v0 ...`` for every row (exact zeros omitted: VW's features are sparse)."""
+    return [
+        "shared |s " + " ".join(f"f{j}:{v:.9g}" for j, v in enumerate(row) if v != 0.0)
+        for row in X.tolist()
+    ]
+
+
+def make_stream(X: Array, R: Array, mu: Array | None = None) -> Stream:
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    return Stream(X, R, R if mu is None else mu, vw_shared_lines(X))
+
+
+def load_dataset(name: str) -> Stream:
+    """A scikit-learn classification set as a bandit stream (standardized, plus bias)."""
+    from sklearn import datasets
+
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    X = np.asarray(X, dtype=np.float64)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    X = (X - mean) / np.where(std > 0, std, 1.0)  # constant columns (digits' borders) -> 0
+    X = np.hstack([X, np.ones((X.shape[0], 1))])
+    classes, labels = np.unique(y, return_inverse=True)
+    R = np.zeros((X.shape[0], len(classes)))
+    R[np.arange(X.shape[0]), labels] = 1.0
+    return make_stream(X, R)
+
+
+def simulator_stream(n: int, seed: int) -> Stream:
+    """`n` users of the app simulator, their true μ and one pre-drawn reward per action."""
+    sim = AppSimulator()
+    schema = load_default_schema()
+    if tuple(schema.actions) != tuple(sim.actions):
+        raise RuntimeError("The default schema's actions differ from the simulator's.")
+    rng = np.random.default_rng([seed, 0])
+    contexts = sim.sample_contexts(n, rng)
+    mu = sim.expected_rewards(contexts)
+    R = sim.sample_rewards(mu, rng)
+    return make_stream(schema.vectorize_many(contexts), R, mu)
+
+
+# -- contenders ---------------------------------------------------------------------------
+
+
+class Agent(Protocol):
+    def act(self, i: int, rng: np.random.Generator) -> tuple[int, float]:
+        """The action served at row `i` of the stream and its probability."""
+        ...
+
+    def learn(self, i: int, action: int, reward: float, probability: float) -> None: ...
+
+
+class BanditrecAgent:
+    def __init__(self, policy: Any, stream: Stream) -> None:
+        self.policy = policy.reset(stream.n_actions, stream.n_features)
+        self.X = stream.X
+        self.eligible = np.ones(stream.n_actions, dtype=bool)
+
+    def act(self, i: int, rng: np.random.Generator) -> tuple[int, float]:
+        _, p = self.policy.distribution(self.X[i], self.eligible, rng)
+        a = sample_action(p, rng)
+        return a, float(p[a])
+
+    def learn(self, i: int, action: int, reward: float, probability: float) -> None:
+        self.policy.update(self.X[i], action, reward)
+
+
+class VWAgent:
+    def __init__(self, args: str, stream: Stream, seed: int, cost: str = "neg") -> None:
+        from vowpalwabbit import Workspace
+
+        self.vw = Workspace(f"{args} --random_seed {seed}")
+        self.cost_of_zero = 1.0 if cost == "complement" else 0.0
+        self.shared = stream.vw_shared
+        self.actions = [f"|a a{k}" for k in range(stream.n_actions)]
+
+    def act(self, i: int, rng: np.random.Generator) -> tuple[int, float]:
+        pmf = np.asarray(self.vw.predict([self.shared[i], *self.actions]), dtype=np.float64)
+        pmf /= pmf.sum()  # VW's PMF is float32: renormalize in float64 before sampling
+        a = sample_action(pmf, rng)
+        return a, float(pmf[a])
+
+    def learn(self, i: int, action: int, reward: float, probability: float) -> None:
+        lines = [self.shared[i], *self.actions]
+        label = f"{action}:{self.cost_of_zero - reward:g}:{probability:.9g}"
+        lines[1 + action] = f"{label} {lines[1 + action]}"
+        self.vw.learn(lines)
+
+    def __del__(self) -> None:
+        vw = getattr(self, "vw", None)
+        if vw is not None and not vw.finished:
+            vw.finish()
+
+
+class MABWiserAgent:
+    def __init__(self, stream: Stream, seed: int) -> None:
+        from mabwiser.mab import MAB, LearningPolicy
+
+        self.mab = MAB(
+            list(range(stream.n_actions)),
+            LearningPolicy.LinUCB(alpha=MABWISER_ALPHA, l2_lambda=MABWISER_RIDGE),
+            seed=seed,
+        )
+        empty = np.empty((0, stream.n_features))
+        self.mab.fit(np.array([], dtype=np.int64), np.array([]), empty)
+        self.X = stream.X
+
+    def act(self, i: int, rng: np.random.Generator) -> tuple[int, float]:
+        return int(self.mab.predict(self.X[i : i + 1])), 1.0
+
+    def learn(self, i: int, action: int, reward: float, probability: float) -> None:
+        self.mab.partial_fit(np.array([action]), np.array([reward]), self.X[i : i + 1])
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    family: str  # "banditrec", "proposed", "vw" or "mabwiser"
+    make: Callable[[Stream, int], Agent]
+    settings: str
+    slow: bool = False  # MABWiser: may run on fewer shuffles of the larger data sets
+
+    @property
+    def is_peer(self) -> bool:
+        return self.family in ("vw", "mabwiser")
+
+
+def _describe(policy: Any) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in policy.get_params().items())
+    rule = policy.exploration
+    rule_params = ", ".join(
+        f"{k}={v}" for k, v in rule.get_params().items() if k != "tie_tolerance"
+    )
+    return f"{type(policy).__name__}({params}) + {rule.name}({rule_params})"
+
+
+def _banditrec_make(cls: type[Any], kwargs: dict[str, Any]) -> Callable[[Stream, int], Agent]:
+    return lambda stream, seed: BanditrecAgent(cls(**kwargs), stream)
+
+
+def banditrec_contenders(log: Callable[[str], None]) -> list[Contender]:
+    """One contender per registered policy, default parameters; the default policy first."""
+    out = []
+    names = sorted(_policies.POLICIES, key=lambda name: (name != DEFAULT_POLICY, name))
+    for name in names:
+        cls = _policies.POLICIES[name]
+        try:
+            probe = cls().reset(2, 2)
+        except Exception as exc:  # a policy that needs arguments cannot run "by default"
+            log(f"skipped banditrec policy {name!r}: {type(exc).__name__}: {exc}")
+            continue
+        default = name == DEFAULT_POLICY
+        label = f"banditrec {name}" + (" (default)" if default else "")
+        out.append(Contender(name, label, "banditrec", _banditrec_make(cls, {}), _describe(probe)))
+    return out
+
+
+def parse_variant(text: str) -> dict[str, float]:
+    """``'alpha=0.3,epsilon=0.02'`` -> {'alpha': 0.3, 'epsilon': 0.02}."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"Expected key=value in {text!r}, got {item!r}.")
+        out[key.strip()] = float(value)
+    return out
+
+
+def variant_contender(params: dict[str, float]) -> Contender:
+    """The default policy with other constructor parameters (`epsilon` sets the floor)."""
+    cls = _policies.POLICIES[DEFAULT_POLICY]
+    kwargs: dict[str, Any] = {k: v for k, v in params.items() if k != "epsilon"}
+    if "epsilon" in params:
+        kwargs["exploration"] = EpsilonGreedy(params["epsilon"])
+    probe = cls(**kwargs)
+    tag = ", ".join(f"{k}={v:g}" for k, v in params.items())
+    return Contender(
+        f"proposed[{tag}]",
+        f"proposed: {DEFAULT_POLICY} {tag}",
+        "proposed",
+        _banditrec_make(cls, kwargs),
+        _describe(probe),
+    )
+
+
+def peer_contenders(log: Callable[[str], None], vw_cost: str = "neg") -> list[Contender]:
+    out = []
+    if _installed("vowpalwabbit"):
+        cost = "-reward" if vw_cost == "neg" else "1 - reward"
+        for args, label in ((VW_SQUARECB, "VW squarecb"), (VW_EPSILON, "VW epsilon 0.05")):
+            out.append(
+                Contender(
+                    label.replace(" ", "_"),
+                    label,
+                    "vw",
+                    lambda stream, seed, args=args: VWAgent(args, stream, seed, vw_cost),
+                    f'Workspace("{args} --random_seed <seed>"), cost = {cost}',
+                )
+            )
+    else:
+        log("Vowpal Wabbit is not installed (pip install vowpalwabbit): skipped.")
+    if _installed("mabwiser"):
+        out.append(
+            Contender(
+                "mabwiser",
+                "MABWiser LinUCB",
+                "mabwiser",
+                lambda stream, seed: MABWiserAgent(stream, seed),
+                f"LearningPolicy.LinUCB(alpha={MABWISER_ALPHA:g}, l2_lambda={MABWISER_RIDGE:g}), "
+                "argmax UCB",
+                slow=True,
+            )
+        )
+    else:
+        log("MABWiser is not installed (pip install mabwiser): skipped.")
+    return out
+
+
+def _installed(package: str) -> bool:
+    try:
+        version(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+# -- the online pass ----------------------------------------------------------------------
+
+
+@dataclass
+class Pass:
+    """One contender's online pass over one stream."""
+
+    mean_reward: float
+    regret: Array  # cumulative pseudo-regret after each round
+    seconds: float
+
+
+def online_pass(agent: Agent, stream: Stream, rng: np.random.Generator) -> Pass:
+    n = stream.n
+    R, mu = stream.R, stream.mu
+    gaps = mu.max(axis=1, keepdims=True) - mu
+    served_gap = np.empty(n)
+    total = 0.0
+    t0 = time.perf_counter()
+    for i in range(n):
+        a, p = agent.act(i, rng)
+        r = float(R[i, a])
+        agent.learn(i, a, r, p)
+        total += r
+        served_gap[i] = gaps[i, a]
+    seconds = time.perf_counter() - t0
+    return Pass(total / n, np.cumsum(served_gap), seconds)
+
+
+@dataclass
+class Cell:
+    """Results of one contender on one problem, over shuffles or seeds."""
+
+    values: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict[int, list[float]] = field(default_factory=dict)  # checkpoint -> regrets
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self, digits: int = 3, show_n: bool = False) -> str:
+        if not self.values:
+            return "—"
+        n = f" (n={len(self.values)})" if show_n else ""
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}{n}"
+
+
+def run_datasets(
+    contenders: Sequence[Contender],
+    names: Sequence[str],
+    shuffles: int,
+    slow_shuffles: dict[str, int],
+    seed: int,
+    log: Callable[[str], None],
+) -> dict[tuple[str, str], Cell]:
+    results: dict[tuple[str, str], Cell] = {}
+    for name in names:
+        base = load_dataset(name)
+        log(f"{name}: n={base.n}, d={base.n_features} (with bias), K={base.n_actions}")
+        for s in range(shuffles):
+            perm = np.random.default_rng([seed, s]).permutation(base.n)
+            stream = base.permuted(perm)
+            for c in contenders:
+                if c.slow and s >= slow_shuffles.get(name, shuffles):
+                    continue
+                cell = results.setdefault((c.key, name), Cell())
+                agent = c.make(stream, seed + s)
+                result = online_pass(agent, stream, np.random.default_rng([seed, s, 1]))
+                cell.values.append(1.0 - result.mean_reward)
+                cell.seconds += result.seconds
+            log(f"  shuffle {s + 1}/{shuffles} done")
+    return results
+
+
+def run_simulator(
+    contenders: Sequence[Contender],
+    rounds: int,
+    seeds: int,
+    seed: int,
+    checkpoints: Sequence[int],
+    log: Callable[[str], None],
+) -> dict[str, Cell]:
+    results: dict[str, Cell] = {}
+    for s in range(seeds):
+        stream = simulator_stream(rounds, seed + s)
+        for c in contenders:
+            cell = results.setdefault(c.key, Cell())
+            agent = c.make(stream, seed + s)
+            result = online_pass(agent, stream, np.random.default_rng([seed, s, 2]))
+            cell.values.append(float(result.regret[-1]))
+            for t in checkpoints:
+                cell.extra.setdefault(t, []).append(float(result.regret[t - 1]))
+            cell.seconds += result.seconds
+            log(f"  simulator seed {s + 1}/{seeds}  {c.label:<40} regret {result.regret[-1]:8.1f}")
+    return results
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def machine_notes() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    packages = ["numpy", "numba", "scikit-learn", "vowpalwabbit", "mabwiser"]
+    versions = ", ".join(f"{p} {version(p)}" for p in packages if _installed(p))
+    return [
+        f"date: {dt.date.today().isoformat()}",
+        f"python {platform.python_version()}, {versions}",
+        f"cpu: {cpu}; usable cores={usable}; {platform.system()} {platform.release()}",
+    ]
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]], markdown: bool) -> None:
+    if not markdown:
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            markdown = True
+        else:
+            table = Table(title=title)
+            for i, h in enumerate(headers):
+                table.add_column(h, justify="left" if i == 0 else "right")
+            for row in rows:
+                table.add_row(*row)
+            Console(width=180).print(table)
+            return
+    print(f"\n{title}\n")
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _bold_best(texts: list[str], means: list[float], markdown: bool) -> list[str]:
+    if not means:
+        return texts
+    best = min(means)
+    mark = ("**", "**") if markdown else ("[bold]", "[/bold]")
+    return [
+        f"{mark[0]}{t}{mark[1]}" if math.isclose(m, best, abs_tol=1e-12) else t
+        for t, m in zip(texts, means, strict=True)
+    ]
+
+
+def dataset_table(
+    contenders: Sequence[Contender],
+    names: Sequence[str],
+    results: dict[tuple[str, str], Cell],
+    markdown: bool,
+) -> None:
+    columns: dict[str, list[str]] = {}
+    for name in names:
+        cells = [results.get((c.key, name), Cell()) for c in contenders]
+        means = [cell.mean if cell.values else math.inf for cell in cells]
+        most = max(len(cell.values) for cell in cells)
+        texts = [cell.text(show_n=0 < len(cell.values) < most) for cell in cells]
+        columns[name] = _bold_best(texts, means, markdown)
+    rows = []
+    for i, c in enumerate(contenders):
+        seconds = sum(results[(c.key, n)].seconds for n in names if (c.key, n) in results)
+        rows.append([c.label, *(columns[n][i] for n in names), f"{seconds:,.1f}"])
+    print_table(
+        "Progressive validation loss (1 − mean reward, one online pass), mean ± std over shuffles",
+        ["contender", *names, "time (s)"],
+        rows,
+        markdown,
+    )
+
+
+def simulator_table(
+    contenders: Sequence[Contender],
+    results: dict[str, Cell],
+    rounds: int,
+    checkpoints: Sequence[int],
+    markdown: bool,
+) -> None:
+    cells = [results[c.key] for c in contenders]
+    final = _bold_best([cell.text(1) for cell in cells], [cell.mean for cell in cells], markdown)
+    rows = []
+    for i, (c, cell) in enumerate(zip(contenders, cells, strict=True)):
+        marks = [
+            f"{statistics.fmean(cell.extra[t]):.1f} ± "
+            f"{statistics.stdev(cell.extra[t]) if len(cell.extra[t]) > 1 else 0.0:.1f}"
+            for t in checkpoints
+        ]
+        rows.append([c.label, *marks, final[i], f"{cell.mean / rounds:.4f}", f"{cell.seconds:.1f}"])
+    print_table(
+        f"App simulator: cumulative regret Σ(max μ − μ served), mean ± std over "
+        f"{len(cells[0].values)} seeds",
+        [
+            "contender",
+            *(f"regret @{t:,}" for t in checkpoints),
+            f"regret @{rounds:,} (final)",
+            "regret / round",
+            "time (s)",
+        ],
+        rows,
+        markdown,
+    )
+
+
+def _paired(ours: Cell, theirs: Cell, digits: int) -> str:
+    """Mean and standard error of the paired difference (the streams are shared)."""
+    k = min(len(ours.values), len(theirs.values))
+    diff = [a - b for a, b in zip(ours.values[:k], theirs.values[:k], strict=True)]
+    se = statistics.stdev(diff) / math.sqrt(k) if k > 1 else float("nan")
+    return f"paired Δ {statistics.fmean(diff):+.{digits}f} ± {se:.{digits}f} s.e., {k} pairs"
+
+
+def check_targets(
+    subject: Contender,
+    contenders: Sequence[Contender],
+    names: Sequence[str],
+    data: dict[tuple[str, str], Cell],
+    sim: dict[str, Cell] | None,
+) -> bool:
+    """Print the target verdicts of `subject` against the peers; True if every one is met."""
+    peers = [c for c in contenders if c.is_peer]
+    if not peers:
+        print("\nTarget not checked: no peer ran.")
+        return False
+    print(f"\nTarget: {subject.label} vs the peers")
+    ok = True
+    for name in names:
+        ours = data[(subject.key, name)]
+        best = min(
+            (c for c in peers if (c.key, name) in data), key=lambda c: data[(c.key, name)].mean
+        )
+        theirs = data[(best.key, name)]
+        met = ours.mean <= theirs.mean
+        ok &= met
+        print(
+            f"  {name:<14} loss {ours.mean:.3f} vs best peer {best.label} {theirs.mean:.3f}: "
+            f"{'met' if met else 'NOT met'} ({_paired(ours, theirs, 3)})"
+        )
+    if sim is not None:
+        for c in peers:
+            met = sim[subject.key].mean < sim[c.key].mean
+            ok &= met
+            print(
+                f"  simulator      regret {sim[subject.key].mean:.1f} vs {c.label} "
+                f"{sim[c.key].mean:.1f}: {'met' if met else 'NOT met'} "
+                f"({_paired(sim[subject.key], sim[c.key], 1)})"
+            )
+    print(f"  overall: {'met' if ok else 'NOT met'}")
+    return ok
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_quality",
+        description="Learning quality: banditrec policies vs Vowpal Wabbit and MABWiser.",
+    )
+    parser.add_argument("--quick", action="store_true", help="about a minute: fewer of all")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
+    parser.add_argument("--shuffles", type=int, default=10, help="shuffles per data set [10]")
+    parser.add_argument(
+        "--mabwiser-digits-shuffles", type=int, default=None,
+        help="MABWiser's shuffles on digits (it is slow there) [all]",
+    )  # fmt: skip
+    parser.add_argument("--sim-rounds", type=int, default=20_000, help="rounds per seed [20000]")
+    parser.add_argument("--sim-seeds", type=int, default=5, help="simulator seeds [5]")
+    parser.add_argument("--no-sim", action="store_true", help="skip the simulator")
+    parser.add_argument("--seed", type=int, default=2024, help="base seed [2024]")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="K=V,...",
+        help="also run the default policy with these parameters, labelled 'proposed' "
+        "(e.g. alpha=0.3,epsilon=0.02; repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--only-default", action="store_true", help="banditrec: default only")
+    parser.add_argument("--no-peers", action="store_true", help="skip VW and MABWiser")
+    parser.add_argument(
+        "--vw-cost", choices=VW_COSTS, default="neg",
+        help="VW's cost: neg = -reward (default), complement = 1 - reward",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", default=None, metavar="KEYS",
+        help="keep only these contenders (comma-separated keys: linucb, VW_squarecb, "
+        "VW_epsilon_0.05, mabwiser, ...)",
+    )  # fmt: skip
+    parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shuffles = min(args.shuffles, 3)
+        args.sim_rounds = min(args.sim_rounds, 3_000)
+        args.sim_seeds = min(args.sim_seeds, 2)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in DATASETS]:
+        parser.error(f"unknown data sets {unknown}; choose from {DATASETS}")
+    if args.shuffles < 1 or args.sim_rounds < 1 or args.sim_seeds < 1:
+        parser.error("--shuffles, --sim-rounds and --sim-seeds must be ≥ 1")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            sys.stdout.flush()
+            print(msg, file=sys.stderr, flush=True)
+
+    if not _installed("scikit-learn"):
+        print("scikit-learn is needed for the data sets (pip install scikit-learn).")
+        return 2
+    contenders = banditrec_contenders(log)
+    if args.only_default:
+        contenders = [c for c in contenders if c.key == DEFAULT_POLICY]
+    try:
+        contenders += [variant_contender(parse_variant(v)) for v in args.variant]
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--variant: {exc}")
+    if not args.no_peers:
+        contenders += peer_contenders(log, args.vw_cost)
+    if args.only is not None:
+        keep = {k.strip() for k in args.only.split(",")}
+        contenders = [c for c in contenders if c.key in keep or c.family == "proposed"]
+
+    print("Machine")
+    for line in machine_notes():
+        print(f"  {line}")
+    print("Contenders")
+    for c in contenders:
+        print(f"  {c.label}: {c.settings}")
+    slow_shuffles = {}
+    if args.mabwiser_digits_shuffles is not None:
+        slow_shuffles["digits"] = args.mabwiser_digits_shuffles
+    print(
+        f"Data sets: {', '.join(names)}; {args.shuffles} shuffles (seed {args.seed})"
+        + (
+            f", MABWiser on {slow_shuffles['digits']} of them for digits"
+            if "digits" in slow_shuffles and "digits" in names
+            else ""
+        )
+        + "; standardized on the whole set, plus bias."
+    )
+
+    t_start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pandas/sklearn chatter in MABWiser
+        data = run_datasets(contenders, names, args.shuffles, slow_shuffles, args.seed, log)
+        dataset_table(contenders, names, data, args.markdown)
+        sim = None
+        checkpoints = [t for t in (1_000, 5_000) if t < args.sim_rounds]
+        if not args.no_sim:
+            print(
+                f"\nSimulator: AppSimulator(), {args.sim_rounds:,} rounds × {args.sim_seeds} "
+                f"seeds, default schema ({load_default_schema().n_features} features)"
+            )
+            sim = run_simulator(
+                contenders, args.sim_rounds, args.sim_seeds, args.seed, checkpoints, log
+            )
+            simulator_table(contenders, sim, args.sim_rounds, checkpoints, args.markdown)
+    print(f"(total {time.perf_counter() - t_start:.0f} s)")
+    subjects = [c for c in contenders if c.key == DEFAULT_POLICY]
+    subjects += [c for c in contenders if c.family == "proposed"]
+    if not subjects:
+        print("\nTarget not checked: the default policy did not run.")
+    for subject in subjects:
+        check_targets(subject, contenders, names, data, sim)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

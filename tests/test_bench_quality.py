@@ -1,0 +1,74 @@
+"""The learning-quality benchmark runs end to end on a tiny setting (a few seconds)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def bq() -> ModuleType:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # `benchmarks` sits beside `tests`, outside the package
+        sys.path.insert(0, root)
+    return importlib.import_module("benchmarks.bench_quality")
+
+
+def test_data_sets_are_standardized_with_a_bias_and_one_hot_rewards(bq: ModuleType) -> None:
+    stream = bq.load_dataset("wine")
+    features = stream.X[:, :-1]
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(features.std(axis=0), 1.0, atol=1e-12)
+    assert np.all(stream.X[:, -1] == 1.0)
+    assert np.all(stream.R.sum(axis=1) == 1.0)
+    assert stream.n_actions == 3
+    assert stream.vw_shared[0].startswith("shared |s f0:")
+
+
+def test_an_oracle_has_no_loss_and_no_regret(bq: ModuleType) -> None:
+    class Oracle:
+        def __init__(self, stream: object) -> None:
+            self.mu = stream.mu  # type: ignore[attr-defined]
+
+        def act(self, i: int, rng: np.random.Generator) -> tuple[int, float]:
+            return int(self.mu[i].argmax()), 1.0
+
+        def learn(self, i: int, action: int, reward: float, probability: float) -> None:
+            pass
+
+    stream = bq.simulator_stream(500, seed=3)
+    result = bq.online_pass(Oracle(stream), stream, np.random.default_rng(0))
+    assert result.regret[-1] == 0.0
+    iris = bq.load_dataset("iris")
+    assert bq.online_pass(Oracle(iris), iris, np.random.default_rng(0)).mean_reward == 1.0
+
+
+def test_every_contender_sees_the_same_stream_and_is_reproducible(bq: ModuleType) -> None:
+    contenders = bq.banditrec_contenders(lambda msg: None) + bq.peer_contenders(lambda m: None)
+    names = ["iris"]
+    first = bq.run_datasets(contenders, names, 2, {}, 11, lambda msg: None)
+    again = bq.run_datasets(contenders, names, 2, {}, 11, lambda msg: None)
+    for c in contenders:
+        assert first[(c.key, "iris")].values == again[(c.key, "iris")].values
+        assert all(0.0 <= v <= 1.0 for v in first[(c.key, "iris")].values)
+
+
+def test_the_command_prints_both_tables_and_the_target(
+    bq: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--datasets", "iris", "--shuffles", "2", "--sim-rounds", "300", "--sim-seeds", "1"]
+    argv += ["--variant", "alpha=0.3,epsilon=0.01", "--markdown", "-q"]
+    assert bq.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Progressive validation loss" in out
+    assert "cumulative regret" in out
+    assert "| banditrec linucb (default) |" in out
+    assert "| proposed: linucb alpha=0.3, epsilon=0.01 |" in out
+    assert "overall:" in out or "Target not checked" in out
