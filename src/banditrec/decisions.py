@@ -1,0 +1,164 @@
+"""The work of the decision and reward routes: a validated request in, a response body out.
+
+Each is written once and called by two paths: the FastAPI route (documented, and answering
+every error) and the hot path (`HotRoutes`), which answers requests that are in order
+without FastAPI's per-request overhead. Neither path builds a body or maps a reward outcome
+to a status itself, so the two cannot answer differently.
+"""
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from numpy.typing import NDArray
+
+from banditrec.engine import Engine
+from banditrec.errors import EventNotActivatedError, EventNotFoundError, RewardWindowClosedError
+from banditrec.metrics import Metrics
+from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
+
+__all__ = [
+    "DecisionWork",
+    "EngineDep",
+    "engine_of",
+    "get_engine",
+    "rank_body",
+    "recommend_body",
+    "reward_body",
+]
+
+
+def engine_of(app: FastAPI) -> Engine:
+    """The engine `app`'s lifespan started."""
+    engine: Engine = app.state.engine
+    return engine
+
+
+async def get_engine(request: Request) -> Engine:  # async: no thread-pool hop
+    """The FastAPI dependency giving a route the engine."""
+    return engine_of(request.app)
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+class DecisionWork:
+    """What ``/recommend_action``, ``/v1/rank`` and ``/v1/events/{event_id}/reward`` do.
+
+    Parameters
+    ----------
+    metrics
+        Where decisions, rewards and joins are counted.
+    alpha
+        The ``alpha`` reported for policies without one (the configured value).
+    reward_window_seconds
+        The reward window, named in the answer to a late reward.
+    """
+
+    def __init__(self, metrics: Metrics, alpha: float, reward_window_seconds: float) -> None:
+        self.metrics = metrics
+        self._alpha = alpha
+        self.reward_window_seconds = reward_window_seconds
+
+    def alpha(self, engine: Engine) -> float:
+        """The served policy's ``alpha``, or the configured one if the policy has none."""
+        return float(getattr(engine.policy, "alpha", self._alpha))
+
+    async def recommend(self, engine: Engine, body: Any) -> dict[str, Any]:
+        """The seed's decision: `body` is a validated ``RecommendRequest``."""
+        context: dict[str, Any] = body.model_dump()
+        user_id = context.pop("user_id")
+        record = await self._decide(engine, context)
+        return recommend_body(record, user_id, self.alpha(engine))
+
+    async def rank(self, engine: Engine, body: Any) -> dict[str, Any]:
+        """The Personalizer-shaped decision: `body` is a validated ``RankRequest``."""
+        eligible = engine.eligible_mask(body.actions, body.excluded_actions)
+        record = await self._decide(
+            engine,
+            body.context.model_dump(),
+            eligible,
+            event_id=body.event_id,
+            deferred=body.defer_activation,
+        )
+        return rank_body(record)
+
+    async def reward(self, engine: Engine, body: Any, event_id: str) -> dict[str, Any]:
+        """Report the reward in `body` (a validated ``RewardRequest``) for `event_id`."""
+        result = await engine.reward(event_id, body.value)
+        self.metrics.reward(result.action, result.outcome.value)  # every outcome, even errors
+        content = reward_body(result, self.reward_window_seconds)
+        self.metrics.join()
+        return content
+
+    async def _decide(
+        self,
+        engine: Engine,
+        context: dict[str, Any],
+        eligible: NDArray[np.bool_] | None = None,
+        event_id: str | None = None,
+        deferred: bool = False,
+    ) -> DecisionRecord:
+        record = await engine.rank(context, eligible, event_id=event_id, deferred=deferred)
+        self.metrics.decision(record.action)
+        return record
+
+
+def recommend_body(record: DecisionRecord, user_id: str, alpha: float) -> dict[str, Any]:
+    """The seed's answer: the action, every action's score and probability, the event id."""
+    actions = record.actions
+    scores = dict(zip(actions, record.scores.tolist(), strict=True))
+    return {
+        "user_id": user_id,
+        "recommended_action": record.action,
+        "ucb_score": scores[record.action],
+        "scores": scores,
+        "alpha": alpha,
+        "event_id": record.event_id,
+        "probability": record.probability,
+        "probabilities": dict(zip(actions, record.probabilities.tolist(), strict=True)),
+        "model_version": record.model_version,
+    }
+
+
+def rank_body(record: DecisionRecord) -> dict[str, Any]:
+    """The rank answer: the chosen action, then every action, most probable first."""
+    probabilities, scores = record.probabilities.tolist(), record.scores.tolist()
+    order = sorted(range(len(record.actions)), key=lambda k: (-probabilities[k], -scores[k]))
+    return {
+        "event_id": record.event_id,
+        "action_id": record.action,
+        "probability": record.probability,
+        "ranking": [
+            {"action_id": record.actions[k], "probability": probabilities[k], "score": scores[k]}
+            for k in order
+        ],
+        "model_version": record.model_version,
+        "deferred": record.deferred,
+    }
+
+
+def reward_body(result: RewardResult, window_seconds: float) -> dict[str, Any]:
+    """The answer to a reward that was joined (learned, summed or a duplicate).
+
+    Raises
+    ------
+    EventNotFoundError, RewardWindowClosedError, EventNotActivatedError
+        For a reward that was recorded but not joined: its event is unknown, its window
+        had closed, or it was deferred and never activated.
+    """
+    event_id, outcome = result.event_id, result.outcome
+    if outcome is RewardOutcome.unknown:
+        raise EventNotFoundError(event_id)
+    if outcome is RewardOutcome.late:
+        raise RewardWindowClosedError(event_id, window_seconds)
+    if outcome is RewardOutcome.not_activated:
+        raise EventNotActivatedError(event_id)
+    return {
+        "event_id": event_id,
+        "status": outcome.value,
+        "learned": outcome is not RewardOutcome.duplicate,
+        "duplicate": outcome is RewardOutcome.duplicate,
+        "value": result.value,
+        "total": result.total,
+    }
