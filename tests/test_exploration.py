@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from banditrec import _kernels
 from banditrec.exploration import (
     EXPLORATIONS,
     EpsilonGreedy,
@@ -51,6 +52,38 @@ def test_probabilities_match_the_reference(
     np.testing.assert_allclose(p, reference_probabilities(scores, eligible, epsilon), atol=1e-12)
     assert p.sum() == pytest.approx(1.0)
     assert (p[~eligible] == 0).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    arrays(np.float64, st.integers(1, 40), elements=st.sampled_from([-1.0, 0.0, 0.5, 2.0, 3.0])),
+    st.data(),
+    st.floats(0, 1),
+    st.sampled_from([0.0, 1e-12, 0.3]),
+)
+def test_the_fused_linear_kernel_serves_the_same_probabilities(
+    scores: np.ndarray, data: st.DataObject, epsilon: float, tie_tolerance: float
+) -> None:
+    # LinUCB's hot path computes its scores and ε-greedy in one compiled call
+    # (`_kernels.linear_epsilon_greedy`). With d = 1, x = [1], θ = scores and A⁻¹ = 0 its
+    # scores are the given ones: its probabilities must be the rule's, bit for bit.
+    eligible = data.draw(arrays(np.bool_, len(scores)))
+    rule = EpsilonGreedy(epsilon, tie_tolerance=tie_tolerance)
+    out = np.full((4, len(scores)), np.nan)
+    n_eligible = _kernels.linear_epsilon_greedy(
+        np.zeros((len(scores), 1, 1)), scores[:, None].copy(), np.ones(1), 1.0, eligible,
+        epsilon, tie_tolerance, out,
+    )  # fmt: skip
+    assert n_eligible == eligible.sum()
+    np.testing.assert_array_equal(out[0], scores)
+    np.testing.assert_array_equal(out[2], 0.0)
+    if not eligible.any():
+        with pytest.raises(NoEligibleActionError):
+            rule.probabilities(scores, eligible)
+        return
+    np.testing.assert_array_equal(out[3], rule.probabilities(scores, eligible))
+    if tie_tolerance == 1e-12:
+        np.testing.assert_allclose(out[3], reference_probabilities(scores, eligible, epsilon))
 
 
 def test_ties_are_split_at_random_and_the_probability_says_so() -> None:

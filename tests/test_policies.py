@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from banditrec import _kernels
 from banditrec.exploration import (
     EpsilonGreedy,
     InverseGapWeighting,
@@ -516,3 +517,211 @@ def test_an_added_action_starts_from_the_prior_and_the_others_keep_their_state(
     np.testing.assert_array_equal(policy.get_state()["shape_"], [4, 4])
     _, p = policy.distribution(x, np.ones(4, dtype=bool), rng)
     assert p.shape == (4,) and p.sum() == pytest.approx(1.0)
+
+
+# -- the hot path: fused kernels and fast-math -------------------------------------------
+# `LinUCB.distribution` (and the ridge-mean policies') under ε-greedy is one compiled call,
+# and so is an update with its counters; the linear kernels are compiled with
+# fastmath={"reassoc", "contract"}. These tests pin that nothing but speed changed.
+
+
+class _ArgmaxOnly(EpsilonGreedy):
+    """A subclass with its own rule: it must not be served by the fused ε-greedy kernel."""
+
+    def probabilities(self, scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+        p = np.zeros(len(scores))
+        p[int(np.flatnonzero(eligible)[np.argmax(scores[eligible])])] = 1.0
+        return p
+
+
+FUSED_CASES: dict[str, Callable[[], Policy]] = {
+    "linucb": LinUCB,
+    "linucb-alpha0.3-eps0.2": lambda: LinUCB(alpha=0.3, exploration=EpsilonGreedy(0.2)),
+    "linucb-eps0": lambda: LinUCB(exploration=EpsilonGreedy(0.0)),
+    "linucb-gamma": lambda: LinUCB(gamma=0.9),
+    "epsilon_greedy": RidgeEpsilonGreedy,
+    "epsilon_greedy-tolerant": lambda: RidgeEpsilonGreedy(
+        exploration=EpsilonGreedy(0.1, tie_tolerance=0.01)
+    ),
+}
+
+
+@pytest.mark.parametrize("factory", list(FUSED_CASES.values()), ids=list(FUSED_CASES))
+def test_the_fused_epsilon_greedy_distribution_is_bitwise_the_two_step_one(
+    factory: Callable[[], Policy],
+) -> None:
+    rng = np.random.default_rng(21)
+    masks = [np.ones(K, dtype=bool), np.array([True, False, True]), np.eye(K, dtype=bool)[2]]
+    policy = factory().reset(K, D)
+    for step in range(3):  # the prior (every action tied), then after learning
+        for _ in range(5):
+            x = rng.normal(size=D)
+            for eligible in masks:
+                scores, p = policy.distribution(x, eligible, rng)
+                expected = policy.score(x)
+                for got, want in zip(scores, expected, strict=True):
+                    np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(
+                    p, policy.exploration.probabilities(expected.score, eligible)
+                )
+        with pytest.raises(NoEligibleActionError, match="No eligible action"):
+            policy.distribution(np.ones(D), np.zeros(K, dtype=bool), rng)
+        X, actions, rewards, _ = events(step, n=40)
+        for i in range(len(X)):
+            policy.update(X[i], int(actions[i]), float(rewards[i]))
+
+
+def test_an_epsilon_greedy_subclass_keeps_its_own_probabilities() -> None:
+    for policy in (
+        LinUCB(alpha=0.0, exploration=_ArgmaxOnly()),
+        RidgeEpsilonGreedy(exploration=_ArgmaxOnly()),
+    ):
+        policy.reset(K, D)
+        policy.update(np.ones(D), 1, 1.0)
+        _, p = policy.distribution(np.ones(D), np.ones(K, dtype=bool))
+        assert p.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_the_fused_update_kernel_is_rank_one_update_then_the_counters() -> None:
+    rng = np.random.default_rng(22)
+    n_actions, d = 3, 20  # d ≥ 16: the vectorised loop bodies run, not only their tails
+    split, fused = LinUCB().reset(n_actions, d), LinUCB().reset(n_actions, d)
+    fused._since_refresh[:] = [0, 3, 1]
+    for _ in range(30):
+        x, a, r, w = rng.normal(size=d), int(rng.integers(n_actions)), rng.random(), rng.random()
+        assert _kernels.rank_one_update(
+            split.A_, split.A_inv_, split.b_, split.theta_, x, a, w, w * r
+        )
+        since = fused._since_refresh[a] + 1
+        n_updates = fused.n_updates_.copy()
+        status = _kernels.ridge_update(
+            fused.A_,
+            fused.A_inv_,
+            fused.b_,
+            fused.theta_,
+            x,
+            a,
+            w,
+            w * r,
+            fused.n_updates_,
+            fused._since_refresh,
+        )
+        assert status == since == fused._since_refresh[a]
+        n_updates[a] += 1
+        np.testing.assert_array_equal(fused.n_updates_, n_updates)
+        for name in ("A_", "A_inv_", "b_", "theta_"):
+            np.testing.assert_array_equal(getattr(fused, name), getattr(split, name))
+    names = ("A_", "A_inv_", "b_", "theta_", "n_updates_", "_since_refresh")
+    before = {name: getattr(fused, name).copy() for name in names}
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in (0, 9, d - 1):
+            x = rng.normal(size=d)
+            x[position] = bad
+            status = _kernels.ridge_update(
+                fused.A_,
+                fused.A_inv_,
+                fused.b_,
+                fused.theta_,
+                x,
+                0,
+                1.0,
+                1.0,
+                fused.n_updates_,
+                fused._since_refresh,
+            )
+            assert status == -1
+            assert not _kernels.rank_one_update(
+                fused.A_, fused.A_inv_, fused.b_, fused.theta_, x, 0, 1.0, 1.0
+            )
+    for name, value in before.items():
+        np.testing.assert_array_equal(getattr(fused, name), value, err_msg=name)
+
+
+def test_an_action_is_refreshed_exactly_after_refresh_every_of_its_updates() -> None:
+    rng = np.random.default_rng(23)
+    policy = LinUCB(refresh_every=5).reset(2, 6)
+    for i in range(9):
+        a = i % 2  # action 0 learns 5 times, action 1 four times
+        policy.update(rng.normal(size=6), a, rng.random())
+    np.testing.assert_array_equal(policy.n_updates_, [5, 4])
+    np.testing.assert_array_equal(policy._since_refresh, [0, 4])
+    exact = np.empty((6, 6))
+    assert _kernels.spd_inverse(policy.A_[0], exact)
+    np.testing.assert_array_equal(policy.A_inv_[0], exact)  # just refreshed: the Cholesky one
+    np.testing.assert_allclose(policy.theta_[0], exact @ policy.b_[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("refresh_every", [10**20, float("inf"), 2.5])
+def test_a_huge_or_fractional_refresh_every_still_works(refresh_every: float) -> None:
+    # It is compared in Python, not handed to numba (which would refuse ints ≥ 2**63).
+    policy = LinUCB(refresh_every=refresh_every).reset(2, 3)
+    for _ in range(3):
+        policy.update(np.ones(3), 0, 1.0)
+    np.testing.assert_array_equal(policy._since_refresh, [0 if refresh_every == 2.5 else 3, 0])
+
+
+@pytest.mark.parametrize("d", [1, 3, 4, 7, 15, 16, 17, 31, 33, 50, 67])
+def test_fast_math_kernels_match_numpy_at_every_vector_width(d: int) -> None:
+    # The property tests above use d ≤ 6, i.e. only the loops' scalar tails; these sizes run
+    # the reassociated SIMD bodies with every remainder.
+    rng = np.random.default_rng(d)
+    n_actions, alpha = 3, 0.7
+    policy = LinUCB(alpha=alpha).reset(n_actions, d)
+    for i in range(3 * d + 10):
+        policy.update(rng.normal(size=d), i % n_actions, rng.random(), weight=rng.random() + 0.5)
+    x = rng.normal(size=d)
+    s = policy.score(x)
+    for a in range(n_actions):
+        A_inv = np.linalg.inv(policy.A_[a])
+        np.testing.assert_allclose(policy.A_inv_[a], A_inv, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(policy.theta_[a], A_inv @ policy.b_[a], rtol=0, atol=1e-12)
+        assert s.mean[a] == pytest.approx(policy.theta_[a] @ x, rel=1e-13, abs=1e-13)
+        assert s.width[a] == pytest.approx(alpha * np.sqrt(x @ policy.A_inv_[a] @ x), rel=1e-13)
+    np.testing.assert_array_equal(s.score, s.mean + s.width)
+
+
+def test_fast_math_keeps_nan_and_infinity_visible() -> None:
+    # Only reassociation and contraction are allowed: with nnan/ninf the compiler could
+    # assume the finiteness guards away.
+    assert set(_kernels.LINEAR_FASTMATH) == {"reassoc", "contract"}
+    for kernel in (_kernels.linear_scores, _kernels.rank_one_update):
+        assert kernel.targetoptions["fastmath"] == _kernels.LINEAR_FASTMATH
+    policy = LinUCB().reset(2, 20)
+    x = np.ones(20)
+    x[17] = np.nan
+    s = policy.score(x)
+    assert np.isnan(s.mean).all() and np.isnan(s.score).all()
+    x[17] = np.inf
+    assert np.isnan(policy.score(x).mean).all()  # θ = 0 at the prior: 0·∞ is NaN, not 0
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: LinUCB(refresh_every=100),
+        lambda: LinUCB(gamma=0.9),
+        lambda: RidgeEpsilonGreedy(refresh_every=100),
+        lambda: LinearThompsonSampling(refresh_every=100),
+    ],
+    ids=["linucb", "linucb-gamma", "epsilon_greedy", "thompson"],
+)
+def test_replicas_applying_the_same_events_in_order_agree_bit_for_bit(
+    factory: Callable[[], Policy],
+) -> None:
+    rng = np.random.default_rng(24)
+    n_actions, d = 5, 20
+    first, second = factory().reset(n_actions, d), factory().reset(n_actions, d)
+    for i in range(1500):  # ~260 updates per action: incremental updates and refreshes
+        x, a, r = rng.normal(size=d), int(rng.integers(n_actions)), float(rng.random())
+        for replica in (first, second):
+            if i % 7 == 3:
+                replica.correct(x, a, r)
+            else:
+                replica.update(x, a, r)
+    x = rng.normal(size=d)
+    for name in ("A_", "b_", "A_inv_", "theta_", "n_updates_", "_since_refresh"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
+    s1, p1 = first.distribution(x, np.ones(n_actions, dtype=bool), np.random.default_rng(0))
+    s2, p2 = second.distribution(x, np.ones(n_actions, dtype=bool), np.random.default_rng(0))
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(s1.score, s2.score)

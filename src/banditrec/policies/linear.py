@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from banditrec.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, Softmax
 from banditrec.policies.base import Array, Scores
 from banditrec.policies.ridge import RidgePolicy
@@ -73,6 +76,14 @@ class LinUCB(RidgePolicy):
     def score(self, x: Array) -> Scores:
         return Scores(*self._linear_scores(x, self.alpha))
 
+    def distribution(
+        self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        rule = self.exploration
+        if type(rule) is EpsilonGreedy:  # the serving hot path, in one compiled call
+            return self._epsilon_greedy_distribution(x, eligible, self.alpha, rule)
+        return super().distribution(x, eligible, rng)
+
 
 class _RidgeMeans(RidgePolicy):
     """Score = the ridge mean θᵀx; the exploration rule does all the exploring."""
@@ -82,6 +93,14 @@ class _RidgeMeans(RidgePolicy):
 
     def score(self, x: Array) -> Scores:
         return Scores(*self._linear_scores(x, 0.0))  # α = 0: score = mean, width = 0
+
+    def distribution(
+        self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        rule = self.exploration
+        if type(rule) is EpsilonGreedy:  # as `score` then the rule, in one compiled call
+            return self._epsilon_greedy_distribution(x, eligible, 0.0, rule)
+        return super().distribution(x, eligible, rng)
 
 
 class RidgeEpsilonGreedy(_RidgeMeans):

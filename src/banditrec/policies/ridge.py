@@ -31,8 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec import _kernels
-from banditrec.exploration import Exploration
-from banditrec.policies.base import Array, Policy, check_gamma, decay_weights
+from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionError
+from banditrec.policies.base import Array, Policy, Scores, check_gamma, decay_weights
 
 __all__ = ["RidgePolicy"]
 
@@ -97,9 +97,27 @@ class RidgePolicy(Policy):
 
     def _linear_scores(self, x: Array, alpha: float) -> tuple[Array, Array, Array]:
         """(mean + α·√(xᵀA⁻¹x), θᵀx, α·√(xᵀA⁻¹x)) of every action, by the numba kernel."""
-        score, mean, width = np.empty((3, self.n_actions_))
+        out = np.empty((3, self.n_actions_))
+        # Rows by index: unpacking `score, mean, width = out` goes through the iterator
+        # protocol and costs ~1 µs more.
+        score, mean, width = out[0], out[1], out[2]
         _kernels.linear_scores(self.A_inv_, self.theta_, x, alpha, score, mean, width)
         return score, mean, width
+
+    def _epsilon_greedy_distribution(
+        self, x: Array, eligible: NDArray[np.bool_], alpha: float, rule: EpsilonGreedy
+    ) -> tuple[Scores, Array]:
+        """`_linear_scores` then `rule.probabilities`, in one compiled call (the hot path).
+
+        Bitwise the same scores and probabilities as the two separate calls, ~1 µs sooner
+        (one crossing into numba instead of two).
+        """
+        out = np.empty((4, self.n_actions_))
+        if _kernels.linear_epsilon_greedy(
+            self.A_inv_, self.theta_, x, alpha, eligible, rule.epsilon, rule.tie_tolerance, out
+        ):
+            return Scores(out[0], out[1], out[2]), out[3]
+        raise NoEligibleActionError("No eligible action is left to serve.")
 
     # -- learning ----------------------------------------------------------------------
 
@@ -113,13 +131,23 @@ class RidgePolicy(Policy):
             self.n_updates_[action] += 1
             self.refresh()
             return
-        if not _kernels.rank_one_update(
-            self.A_, self.A_inv_, self.b_, self.theta_, x, action, weight, weight * reward
-        ):
+        # Sherman–Morrison and the counters in one compiled call; it returns -1 if x was not
+        # finite (nothing touched), else how many updates the action had since its refresh.
+        since_refresh = _kernels.ridge_update(
+            self.A_,
+            self.A_inv_,
+            self.b_,
+            self.theta_,
+            x,
+            action,
+            weight,
+            weight * reward,
+            self.n_updates_,
+            self._since_refresh,
+        )
+        if since_refresh < 0:
             raise ValueError("x contains NaN or infinity; nothing was learned.")
-        self.n_updates_[action] += 1
-        self._since_refresh[action] += 1
-        if self._since_refresh[action] >= self.refresh_every:
+        if since_refresh >= self.refresh_every:
             self.refresh([action])
 
     def correct(self, x: Array, action: int, reward_delta: float) -> None:
