@@ -243,7 +243,7 @@ def test_argmax_frequencies_kernel_matches_numpy(
 
 def test_forgetting_returns_a_neglected_action_to_its_prior() -> None:
     """γ < 1: an action nobody picks drifts back to the prior (mean 0, full width)."""
-    policy = LinUCB(gamma=0.99).reset(2, 3)
+    policy = LinUCB(gamma=0.99, ridge=1.0).reset(2, 3)
     x = np.array([1.0, 0.5, -0.5])
     for _ in range(200):
         policy.update(x, 0, 1.0)
@@ -251,7 +251,7 @@ def test_forgetting_returns_a_neglected_action_to_its_prior() -> None:
     for _ in range(2_000):  # only action 1 learns from now on
         policy.update(x, 1, 0.0)
     forgotten = policy.score(x)
-    prior = LinUCB().reset(2, 3).score(x)
+    prior = LinUCB(ridge=1.0).reset(2, 3).score(x)
     assert learned.mean[0] > 0.9 and learned.width[0] < 0.2 * prior.width[0]
     assert forgotten.mean[0] == pytest.approx(0.0, abs=1e-6)
     assert forgotten.width[0] == pytest.approx(prior.width[0], rel=1e-6)

@@ -100,8 +100,8 @@ def test_model_file_holds_only_arrays_and_json_metadata(model_file: Path) -> Non
     assert metadata["n_updates"] == 2000 == int(arrays["n_updates_"].sum())
     assert metadata["policy"] == "linucb"
     assert metadata["policy_params"]["alpha"] == 1.0
-    assert metadata["policy_params"]["ridge"] == 1.0
-    assert metadata["exploration_params"]["epsilon"] == 0.05
+    assert metadata["policy_params"]["ridge"] == 10.0
+    assert metadata["exploration_params"]["epsilon"] == 0.01
     assert arrays["A_"].shape == (4, SCHEMA.n_features, SCHEMA.n_features)
 
 

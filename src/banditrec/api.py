@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     RecommendRequest = recommend_request_model(schema)
     RankRequest = rank_request_model(schema)
     RewardRequest = reward_request_model(settings.reward_min, settings.reward_max)
-    work = DecisionWork(metrics, float(settings.alpha), settings.reward_window_seconds)
+    work = DecisionWork(metrics, settings.alpha or 0.0, settings.reward_window_seconds)
 
     @app.get("/health", response_model=HealthResponse)
     async def health(request: Request, engine: EngineDep) -> FastJSONResponse:

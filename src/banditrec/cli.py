@@ -92,9 +92,15 @@ def train(
         list[str] | None,
         typer.Option(help="Exploration parameter key=value (repeat), e.g. temperature=0.05."),
     ] = None,
-    alpha: Annotated[float, typer.Option(min=0, help="LinUCB exploration width α.")] = 1.0,
-    ridge: Annotated[float, typer.Option(min=0, help="Ridge λ (> 0).")] = 1.0,
-    epsilon: Annotated[float, typer.Option(min=0, max=1, help="Exploration floor ε.")] = 0.05,
+    alpha: Annotated[
+        float | None, typer.Option(min=0, help="Exploration width α; default: the policy's.")
+    ] = None,
+    ridge: Annotated[
+        float | None, typer.Option(min=0, help="Ridge λ (> 0); default: the policy's.")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Exploration floor ε; default: the policy's.")
+    ] = None,
 ) -> None:
     """Train a policy (default LinUCB) on a logged-data CSV and write the model file atomically.
 
@@ -110,8 +116,8 @@ def train(
             exploration=exploration,
             exploration_params=_parse_params(exploration_param, "--exploration-param"),
             schema=feature_schema,
-            defaults={"alpha": alpha, "ridge": ridge},
-            exploration_defaults={"epsilon": epsilon},
+            defaults={k: v for k, v in {"alpha": alpha, "ridge": ridge}.items() if v is not None},
+            exploration_defaults={} if epsilon is None else {"epsilon": epsilon},
         )
         fitted = train_from_csv(data, model, feature_schema, fitted_policy)
     except (LoggedDataError, SchemaError, ModelFileError, ValueError) as exc:

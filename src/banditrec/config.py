@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8020, ge=1, le=65535)
-    alpha: float = Field(1.0, ge=0, description="LinUCB α when starting from the prior.")
-    ridge: float = Field(1.0, gt=0, description="LinUCB ridge λ when starting from the prior.")
-    epsilon: float = Field(0.05, ge=0, le=1, description="ε-greedy exploration floor.")
+    # None: the configured policy's own default (LinUCB: α = 1, λ = 10, ε = 0.01).
+    alpha: float | None = Field(None, ge=0, description="α of the policy started from the prior.")
+    ridge: float | None = Field(None, gt=0, description="Ridge λ of the policy from the prior.")
+    epsilon: float | None = Field(None, ge=0, le=1, description="ε-greedy exploration floor.")
     # The policy served when there is no model file (a model file records its own).
     policy: str = Field(
         "linucb",
@@ -113,8 +114,8 @@ class Settings(BaseSettings):
             exploration=self.exploration,
             exploration_params=self.exploration_params,
             schema=self.feature_schema if with_schema else None,
-            defaults={"alpha": self.alpha, "ridge": self.ridge},
-            exploration_defaults={"epsilon": self.epsilon},
+            defaults=_given(alpha=self.alpha, ridge=self.ridge),
+            exploration_defaults=_given(epsilon=self.epsilon),
         )
 
     @property
@@ -130,3 +131,8 @@ class Settings(BaseSettings):
     @cached_property
     def feature_schema(self) -> FeatureSchema:
         return load_default_schema() if self.schema_path is None else load_schema(self.schema_path)
+
+
+def _given(**values: float | None) -> dict[str, float]:
+    """The values that were set (None means: keep the policy's own default)."""
+    return {name: value for name, value in values.items() if value is not None}

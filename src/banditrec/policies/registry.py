@@ -75,7 +75,7 @@ def build_policy(
     ... # doctest: +ELLIPSIS
     <banditrec.policies.linear.RidgeSoftmax object at ...>
     >>> build_policy("linucb", defaults={"alpha": 0.5, "temperature": 9}).get_params()
-    {'alpha': 0.5, 'ridge': 1.0, 'gamma': 1.0, 'refresh_every': 1000}
+    {'alpha': 0.5, 'ridge': 10.0, 'gamma': 1.0, 'refresh_every': 1000}
     """
     try:
         cls = POLICIES[name]
