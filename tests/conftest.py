@@ -37,6 +37,9 @@ SEED_REQUEST: dict[str, Any] = {
     "avg_session_length": 180.0,
 }
 
+#: The seed's context alone (the body of `/v1/rank`'s "context").
+SEED_CONTEXT: dict[str, Any] = {k: v for k, v in SEED_REQUEST.items() if k != "user_id"}
+
 ACTIONS = ("show_bonus_offer", "invite_friend", "suggest_new_app", "deep_link_to_store")
 
 

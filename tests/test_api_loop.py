@@ -16,16 +16,8 @@ from fastapi.testclient import TestClient
 from banditrec.api import create_app
 from banditrec.config import Settings
 from banditrec.engine import Engine
+from conftest import SEED_CONTEXT as CONTEXT
 
-CONTEXT = {
-    "country": "AT",
-    "device": "ios",
-    "segment": "high",
-    "n_sessions": 10,
-    "days_since_install": 5,
-    "recent_engagement": 12,
-    "avg_session_length": 180.0,
-}
 ACTIONS = ["show_bonus_offer", "invite_friend", "suggest_new_app", "deep_link_to_store"]
 
 

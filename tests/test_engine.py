@@ -14,17 +14,9 @@ from banditrec.learner import Learner, SnapshotDirectory, recover_model
 from banditrec.sim import AppSimulator
 from banditrec.store import RewardOutcome, RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
+from conftest import SEED_CONTEXT as CONTEXT
 
 SCHEMA = load_default_schema()
-CONTEXT = {
-    "country": "AT",
-    "device": "ios",
-    "segment": "high",
-    "n_sessions": 10,
-    "days_since_install": 5,
-    "recent_engagement": 12,
-    "avg_session_length": 180.0,
-}
 
 
 class Clock:

@@ -10,16 +10,7 @@ import pytest
 
 from banditrec.features import OTHER, FeatureSchema, SchemaError, load_default_schema, load_schema
 from banditrec.sim import AppSimulator
-
-SEED_CONTEXT = {
-    "country": "AT",
-    "device": "ios",
-    "segment": "high",
-    "n_sessions": 10,
-    "days_since_install": 5,
-    "recent_engagement": 12,
-    "avg_session_length": 180.0,
-}
+from conftest import SEED_CONTEXT
 
 
 def test_default_schema_is_the_seeds() -> None:

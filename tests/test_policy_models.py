@@ -26,17 +26,9 @@ from banditrec.policies import (
     UniformRandom,
     build_policy,
 )
+from conftest import SEED_CONTEXT
 
 SCHEMA = load_default_schema()
-SEED_CONTEXT = {
-    "country": "AT",
-    "device": "ios",
-    "segment": "high",
-    "n_sessions": 10,
-    "days_since_install": 5,
-    "recent_engagement": 12,
-    "avg_session_length": 180.0,
-}
 
 
 # -- hybrid LinUCB --------------------------------------------------------------------
