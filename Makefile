@@ -33,7 +33,7 @@ serve:
 # Serve in the background, show simulated traffic learning live for a minute, then keep
 # serving in the foreground until Ctrl-C.
 run: train
-	@$(BIN)/banditrec serve --model data/linucb_model.npz --port $(PORT) & \
+	@$(BIN)/banditrec serve --model data/linucb_model.npz --port $(PORT) --no-access-log & \
 	server=$$!; \
 	$(BIN)/banditrec traffic --url http://127.0.0.1:$(PORT) --duration $(TRAFFIC_SECONDS) --wait 120; \
 	echo "The server is still running on http://127.0.0.1:$(PORT) (docs: /docs). Ctrl-C stops it."; \

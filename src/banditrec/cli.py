@@ -136,6 +136,7 @@ def serve(
     schema: SchemaOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = True,
 ) -> None:
     """Serve the model over HTTP (the seed's API plus docs at /docs)."""
     import uvicorn
@@ -161,6 +162,7 @@ def serve(
             port=port,
             workers=workers,
             log_level=log_level,
+            access_log=access_log,
         )
     finally:
         if workers > 1:
