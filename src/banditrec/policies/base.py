@@ -23,7 +23,17 @@ from numpy.typing import NDArray
 
 from banditrec.exploration import EpsilonGreedy, Exploration
 
-__all__ = ["Array", "Policy", "Scores", "check_gamma", "decay_weights"]
+__all__ = [
+    "Array",
+    "Batch",
+    "CountingPolicy",
+    "Policy",
+    "Scores",
+    "check_gamma",
+    "check_positive",
+    "decay_to_prior",
+    "decay_weights",
+]
 
 Array = NDArray[np.float64]
 
@@ -40,13 +50,23 @@ class Scores(NamedTuple):
     width: Array
 
 
+class Batch(NamedTuple):
+    """A checked batch of `Policy.update_batch`; `observed` is False on correction rows."""
+
+    X: Array
+    actions: NDArray[np.intp]
+    rewards: Array
+    weights: Array
+    observed: NDArray[np.bool_]
+
+
 class Policy(ABC):
     """Base class: shapes, validation, the serving distribution and the state to snapshot.
 
     Subclasses set `name` (the key in `POLICIES` and in model files) and `state_arrays`
     (the learned arrays a model file holds), implement `_init_state`, `get_params`,
-    `score`, `update` and `correct`, and may override `update_batch` with a faster,
-    equivalent version.
+    `score`, `update` and `correct`, and may override `_learn_batch` with a faster,
+    equivalent version (`update_batch` checks the batch, then hands it over).
     """
 
     name: ClassVar[str]
@@ -176,11 +196,43 @@ class Policy(ABC):
         The whole batch is checked before anything is learned.
         """
         X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        for i in range(X.shape[0]):
-            if corrections is not None and corrections[i]:
-                self.correct(X[i], int(actions[i]), float(rewards[i]))
+        n = len(actions)
+        observed = np.ones(n, dtype=bool) if corrections is None else ~np.asarray(corrections)
+        self._learn_batch(Batch(X, actions, rewards, weights, observed))
+
+    def _learn_batch(self, batch: Batch) -> None:
+        """Learn a checked batch; by default row by row with `update` and `correct`."""
+        for i in range(len(batch.actions)):
+            x, action, reward = batch.X[i], int(batch.actions[i]), float(batch.rewards[i])
+            if batch.observed[i]:
+                self.update(x, action, reward, float(batch.weights[i]))
             else:
-                self.update(X[i], int(actions[i]), float(rewards[i]), float(weights[i]))
+                self.correct(x, action, reward)
+
+    def _batch_weights(self, batch: Batch, gamma: float) -> tuple[Array, Array]:
+        """Per-row weights of a batch learned at once under forgetting factor γ.
+
+        Returns the weights of each row in the context sums (``w``; 0 for a correction,
+        whose context was already counted) and in the reward sums (``w·r``, or the delta
+        of a correction), each with the discount the row would have by the end of the
+        batch, online (`decay_weights`). The statistics held before the batch are decayed
+        here, by `_decay`, only once the weights are known.
+        """
+        observed = batch.observed
+        decay, prior_decay = decay_weights(gamma, ~observed, len(observed))
+        a_weights = batch.weights * observed * decay
+        b_weights = np.where(observed, batch.weights, 1.0) * batch.rewards * decay
+        if prior_decay != 1.0:
+            self._decay(prior_decay)
+        return a_weights, b_weights
+
+    def _count_observed(self, batch: Batch) -> None:
+        """`n_updates_` grows by the observed (not correction) rows of each action."""
+        self.n_updates_ += np.bincount(batch.actions[batch.observed], minlength=self.n_actions_)
+
+    def _decay(self, factor: float) -> None:
+        """Decay the learned statistics by `factor` (policies with a forgetting factor)."""
+        raise NotImplementedError(f"{type(self).__name__} has no forgetting factor.")
 
     def _check_batch(
         self,
@@ -226,6 +278,33 @@ class Policy(ABC):
             raise ValueError("x contains NaN or infinity; nothing was learned.")
 
 
+class CountingPolicy(Policy):
+    """A policy that learns nothing from rewards but counts them (per action).
+
+    It still checks what it is given, as every policy does (DESIGN principle 6: a bad
+    vector is rejected the same way whatever the policy); subclasses may learn more on top.
+    """
+
+    def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
+        self._check_one(x, action, reward, weight)
+        self._check_x(x)
+        self.n_updates_[action] += 1
+
+    def correct(self, x: Array, action: int, reward_delta: float) -> None:
+        self._check_one(x, action, reward_delta, 1.0)
+        self._check_x(x)
+
+    def _learn_batch(self, batch: Batch) -> None:
+        self._count_observed(batch)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Reject a parameter that is not a finite number > 0 (≥ 0 with `allow_zero`)."""
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        bound = "≥" if allow_zero else ">"
+        raise ValueError(f"{name} must be a finite number {bound} 0, got {value}.")
+
+
 def check_gamma(gamma: float) -> None:
     """Reject a forgetting factor outside (0, 1]."""
     if not 0 < gamma <= 1:  # also False for NaN
@@ -251,3 +330,10 @@ def decay_weights(
     # exp of a sum, not a product of n factors: no rounding build-up; underflow to 0 is the
     # intended limit (evidence that old is forgotten).
     return np.exp((total - ticks) * math.log(gamma)), math.exp(total * math.log(gamma))
+
+
+def decay_to_prior(A: Array, factor: float, ridge: float) -> None:
+    """A ← f·A + (1 − f)·λI in place, for one matrix or a stack of them (leading axes)."""
+    A *= factor
+    diagonal = np.einsum("...ii->...i", A)  # a writable view of every diagonal
+    diagonal += (1.0 - factor) * ridge

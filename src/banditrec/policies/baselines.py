@@ -8,19 +8,24 @@ in model files. They ignore the context when deciding, but still validate it whe
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from banditrec.exploration import EpsilonGreedy, Exploration
-from banditrec.policies.base import Array, Policy, Scores, check_gamma, decay_weights
+from banditrec.policies.base import (
+    Array,
+    Batch,
+    CountingPolicy,
+    Scores,
+    check_gamma,
+    check_positive,
+)
 
 __all__ = ["MostPopular", "UniformRandom"]
 
 
-class UniformRandom(Policy):
+class UniformRandom(CountingPolicy):
     """Every eligible action with the same probability; learns nothing but counts.
 
     Its exploration rule is always ε-greedy with ε = 1 (which is uniform), so a model file
@@ -58,29 +63,8 @@ class UniformRandom(Policy):
         zeros = np.zeros(self.n_actions_)
         return Scores(zeros, zeros, zeros)
 
-    def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
-        self._check_one(x, action, reward, weight)
-        self._check_x(x)
-        self.n_updates_[action] += 1
 
-    def correct(self, x: Array, action: int, reward_delta: float) -> None:
-        self._check_one(x, action, reward_delta, 1.0)
-        self._check_x(x)
-
-    def update_batch(
-        self,
-        X: Array,
-        actions: NDArray[np.integer[Any]],
-        rewards: Array,
-        weights: Array | None = None,
-        corrections: NDArray[np.bool_] | None = None,
-    ) -> None:
-        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        observed = actions if corrections is None else actions[~np.asarray(corrections)]
-        self.n_updates_ += np.bincount(observed, minlength=self.n_actions_)
-
-
-class MostPopular(Policy):
+class MostPopular(CountingPolicy):
     """The action with the best smoothed mean reward, whatever the context.
 
     ``score_k = (Σ w·r + a) / (Σ w + a + b)``: the posterior mean of a Beta(a, b) prior for
@@ -122,9 +106,8 @@ class MostPopular(Policy):
         self.a = a
         self.b = b
         self.gamma = gamma
-        for name, value in (("a", a), ("b", b)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+        check_positive("a", a)
+        check_positive("b", b)
         check_gamma(gamma)
 
     def get_params(self) -> dict[str, Any]:
@@ -139,35 +122,24 @@ class MostPopular(Policy):
         return Scores(mean, mean, np.zeros(self.n_actions_))
 
     def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
-        self._check_one(x, action, reward, weight)
-        self._check_x(x)
+        super().update(x, action, reward, weight)  # checks and counts
         if self.gamma != 1.0:
-            self.weight_ *= self.gamma
-            self.reward_sum_ *= self.gamma
+            self._decay(self.gamma)
         self.weight_[action] += weight
         self.reward_sum_[action] += weight * reward
-        self.n_updates_[action] += 1
 
     def correct(self, x: Array, action: int, reward_delta: float) -> None:
-        self._check_one(x, action, reward_delta, 1.0)
-        self._check_x(x)
+        super().correct(x, action, reward_delta)
         self.reward_sum_[action] += reward_delta
 
-    def update_batch(
-        self,
-        X: Array,
-        actions: NDArray[np.integer[Any]],
-        rewards: Array,
-        weights: Array | None = None,
-        corrections: NDArray[np.bool_] | None = None,
-    ) -> None:
-        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        n, K = len(actions), self.n_actions_
-        decay, prior_decay = decay_weights(self.gamma, corrections, n)
-        observed = np.ones(n, dtype=bool) if corrections is None else ~np.asarray(corrections)
-        self.weight_ *= prior_decay
-        self.reward_sum_ *= prior_decay
-        self.weight_ += np.bincount(actions, weights * observed * decay, minlength=K)
-        b_weights = np.where(observed, weights, 1.0) * rewards * decay
-        self.reward_sum_ += np.bincount(actions, b_weights, minlength=K)
-        self.n_updates_ += np.bincount(actions[observed], minlength=K)
+    def _decay(self, factor: float) -> None:
+        """The sums decay by `factor`; the prior (a, b) does not."""
+        self.weight_ *= factor
+        self.reward_sum_ *= factor
+
+    def _learn_batch(self, batch: Batch) -> None:
+        a_weights, b_weights = self._batch_weights(batch, self.gamma)
+        K = self.n_actions_
+        self.weight_ += np.bincount(batch.actions, a_weights, minlength=K)
+        self.reward_sum_ += np.bincount(batch.actions, b_weights, minlength=K)
+        super()._learn_batch(batch)  # counts

@@ -21,15 +21,21 @@ O(d³ + k³), a few tens of microseconds at d = 20 (slower than disjoint LinUCB'
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from banditrec import _kernels
 from banditrec.exploration import Exploration
-from banditrec.policies.base import Array, Policy, Scores, check_gamma, decay_weights
+from banditrec.policies.base import (
+    Array,
+    Batch,
+    Policy,
+    Scores,
+    check_gamma,
+    check_positive,
+    decay_to_prior,
+)
 
 __all__ = ["HybridLinUCB"]
 
@@ -77,10 +83,8 @@ class HybridLinUCB(Policy):
         self.alpha = alpha
         self.ridge = ridge
         self.gamma = gamma
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number ≥ 0, got {alpha}.")
-        if not (math.isfinite(ridge) and ridge > 0):
-            raise ValueError(f"ridge must be a finite number > 0, got {ridge}.")
+        check_positive("alpha", alpha, allow_zero=True)
+        check_positive("ridge", ridge)
         check_gamma(gamma)
 
     def get_params(self) -> dict[str, Any]:
@@ -163,36 +167,21 @@ class HybridLinUCB(Policy):
     def _decay(self, factor: float) -> None:
         """Every statistic decays by `factor` towards its prior (λI or 0)."""
         for A in (self.A_shared_, self.A_):
-            A *= factor
-            diagonal = np.einsum("...ii->...i", A)
-            diagonal += (1.0 - factor) * self.ridge
+            decay_to_prior(A, factor, self.ridge)
         for arr in (self.b_shared_, self.B_, self.b_):
             arr *= factor
 
-    def update_batch(
-        self,
-        X: Array,
-        actions: NDArray[np.integer[Any]],
-        rewards: Array,
-        weights: Array | None = None,
-        corrections: NDArray[np.bool_] | None = None,
-    ) -> None:
-        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        n = len(actions)
-        decay, prior_decay = decay_weights(self.gamma, corrections, n)
-        observed = np.ones(n, dtype=bool) if corrections is None else ~np.asarray(corrections)
-        a_weights = weights * observed * decay
-        b_weights = np.where(observed, weights, 1.0) * rewards * decay
-        if prior_decay != 1.0:
-            self._decay(prior_decay)
+    def _learn_batch(self, batch: Batch) -> None:
+        a_weights, b_weights = self._batch_weights(batch, self.gamma)
+        X = batch.X
         Z = self.shared_features(X)
         self.A_shared_ += (Z * a_weights[:, None]).T @ Z
         self.b_shared_ += b_weights @ Z
         for a in range(self.n_actions_):
-            rows = actions == a
+            rows = batch.actions == a
             Xa, Za, wa = X[rows], Z[rows], a_weights[rows, None]
             self.A_[a] += (Xa * wa).T @ Xa
             self.B_[a] += (Xa * wa).T @ Za
             self.b_[a] += b_weights[rows] @ Xa
-            self.n_updates_[a] += int(observed[rows].sum())
+        self._count_observed(batch)
         self.refresh()

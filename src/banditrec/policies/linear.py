@@ -7,14 +7,13 @@ default rule. Any rule can be configured on any of them; the defaults are the te
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, Softmax
-from banditrec.policies.base import Array, Scores
+from banditrec.policies.base import Array, Scores, check_positive
 from banditrec.policies.ridge import RidgePolicy
 
 __all__ = ["LinUCB", "RidgeEpsilonGreedy", "RidgeSoftmax", "SquareCB"]
@@ -74,8 +73,7 @@ class LinUCB(RidgePolicy):
     ) -> None:
         super().__init__(ridge, gamma, refresh_every, exploration)
         self.alpha = alpha
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number ≥ 0, got {alpha}.")
+        check_positive("alpha", alpha, allow_zero=True)
 
     def get_params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, **self._ridge_params()}

@@ -24,7 +24,6 @@ row order.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,15 @@ from numpy.typing import NDArray
 
 from banditrec import _kernels
 from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionError
-from banditrec.policies.base import Array, Policy, Scores, check_gamma, decay_weights
+from banditrec.policies.base import (
+    Array,
+    Batch,
+    Policy,
+    Scores,
+    check_gamma,
+    check_positive,
+    decay_to_prior,
+)
 
 __all__ = ["RidgePolicy"]
 
@@ -67,8 +74,7 @@ class RidgePolicy(Policy):
         self.ridge = ridge
         self.gamma = gamma
         self.refresh_every = refresh_every
-        if not (math.isfinite(ridge) and ridge > 0):
-            raise ValueError(f"ridge must be a finite number > 0, got {ridge}.")
+        check_positive("ridge", ridge)
         check_gamma(gamma)
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be ≥ 1, got {refresh_every}.")
@@ -161,34 +167,18 @@ class RidgePolicy(Policy):
 
     def _decay(self, factor: float) -> None:
         """A ← f·A + (1 − f)·λI and b ← f·b for every action (f = γᵗ: t ticks at once)."""
-        self.A_ *= factor
-        diagonal = np.einsum("kii->ki", self.A_)  # a writable view of every diagonal
-        diagonal += (1.0 - factor) * self.ridge
+        decay_to_prior(self.A_, factor, self.ridge)
         self.b_ *= factor
 
-    def update_batch(
-        self,
-        X: Array,
-        actions: NDArray[np.integer[Any]],
-        rewards: Array,
-        weights: Array | None = None,
-        corrections: NDArray[np.bool_] | None = None,
-    ) -> None:
-        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        n = len(actions)
+    def _learn_batch(self, batch: Batch) -> None:
         # Sufficient statistics add up (DESIGN principle 3): one matrix product per action.
         # A correction moves b only: its context was already counted in A. Under γ < 1 each
         # row enters with the discount it would have by the end of the batch, online.
-        decay, prior_decay = decay_weights(self.gamma, corrections, n)
-        observed = np.ones(n, dtype=bool) if corrections is None else ~np.asarray(corrections)
-        a_weights = weights * observed * decay
-        b_weights = np.where(observed, weights, 1.0) * rewards * decay
-        if prior_decay != 1.0:
-            self._decay(prior_decay)
+        a_weights, b_weights = self._batch_weights(batch, self.gamma)
         for a in range(self.n_actions_):
-            rows = actions == a
-            Xa = X[rows]
+            rows = batch.actions == a
+            Xa = batch.X[rows]
             self.A_[a] += (Xa * a_weights[rows, None]).T @ Xa
             self.b_[a] += b_weights[rows] @ Xa
-            self.n_updates_[a] += int(observed[rows].sum())
+        self._count_observed(batch)
         self.refresh()

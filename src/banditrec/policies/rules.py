@@ -39,10 +39,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from banditrec.exploration import Exploration
-from banditrec.policies.base import Array, Policy, Scores
+from banditrec.policies.base import Array, CountingPolicy, Scores
 
 __all__ = ["FixedRule"]
 
@@ -59,7 +58,7 @@ _OPS: dict[str, _Op] = {
 _Test = tuple[int, _Op, float]
 
 
-class FixedRule(Policy):
+class FixedRule(CountingPolicy):
     """The first matching rule's action, with the exploration floor around it.
 
     Parameters
@@ -147,27 +146,6 @@ class FixedRule(Policy):
             ):
                 score[action] = n_rules - i
         return Scores(score, score, np.zeros(self.n_actions_))
-
-    def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
-        self._check_one(x, action, reward, weight)
-        self._check_x(x)
-        self.n_updates_[action] += 1
-
-    def correct(self, x: Array, action: int, reward_delta: float) -> None:
-        self._check_one(x, action, reward_delta, 1.0)
-        self._check_x(x)
-
-    def update_batch(
-        self,
-        X: Array,
-        actions: NDArray[np.integer[Any]],
-        rewards: Array,
-        weights: Array | None = None,
-        corrections: NDArray[np.bool_] | None = None,
-    ) -> None:
-        X, actions, rewards, weights = self._check_batch(X, actions, rewards, weights)
-        observed = actions if corrections is None else actions[~np.asarray(corrections)]
-        self.n_updates_ += np.bincount(observed, minlength=self.n_actions_)
 
 
 def _check_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ one-dimensional ``N(xᵀθ_a, v²·xᵀA_a⁻¹x)``: drawing the K scalar scores
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,7 +25,7 @@ from numpy.typing import NDArray
 
 from banditrec import _kernels
 from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionError
-from banditrec.policies.base import Array, Scores
+from banditrec.policies.base import Array, Scores, check_positive
 from banditrec.policies.ridge import RidgePolicy
 
 __all__ = ["LinearThompsonSampling"]
@@ -75,8 +74,7 @@ class LinearThompsonSampling(RidgePolicy):
         super().__init__(ridge, gamma, refresh_every, exploration)
         self.v = v
         self.n_draws = n_draws
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"v must be a finite number > 0, got {v}.")
+        check_positive("v", v)
         if not 1 <= n_draws <= 1_000_000:
             raise ValueError(f"n_draws must be in [1, 1000000], got {n_draws}.")
 
