@@ -39,7 +39,9 @@ class LinearThompsonSampling(RidgePolicy):
     v
         Posterior scale v > 0: the sampled scores have standard deviation
         ``v·√(xᵀA⁻¹x)`` (v is the noise level σ of a Bayesian ridge regression; larger v
-        explores more, like LinUCB's α).
+        explores more, like LinUCB's α). The default 0.1 comes from the learning-quality
+        benchmark: v = 1 explored so much that digits' loss was 0.75 (0.28 at v = 0.1) and the
+        simulator's regret after 5,000 rounds 390 (158 at v = 0.1).
     ridge, gamma, refresh_every
         As for `RidgePolicy`.
     n_draws
@@ -56,15 +58,15 @@ class LinearThompsonSampling(RidgePolicy):
     ...     policy.update(np.ones(1), action=1, reward=1.0)
     >>> _, p = policy.distribution(np.ones(1), np.ones(2, dtype=bool),
     ...                            rng=np.random.default_rng(0))
-    >>> p.round(3).tolist()  # action 0 is unexplored: wide posterior, wins 18% of draws
-    [0.196, 0.804]
+    >>> p.round(3).tolist()  # action 0: the ε floor only; its wide posterior rarely wins
+    [0.025, 0.975]
     """
 
     name: ClassVar[str] = "thompson"
 
     def __init__(
         self,
-        v: float = 1.0,
+        v: float = 0.1,
         ridge: float = 1.0,
         gamma: float = 1.0,
         n_draws: int = 100,
