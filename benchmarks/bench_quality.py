@@ -62,22 +62,22 @@ and its standard error are printed beside each verdict.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+try:  # python -m benchmarks.<name>, or python benchmarks/<name>.py
+    from benchmarks import _machine
+except ImportError:
+    import _machine  # type: ignore[no-redef]
 from banditrec import policies as _policies
 from banditrec.exploration import EpsilonGreedy, sample_action
 from banditrec.features import load_default_schema
@@ -349,11 +349,7 @@ def peer_contenders(log: Callable[[str], None], vw_cost: str = "neg") -> list[Co
 
 
 def _installed(package: str) -> bool:
-    try:
-        version(package)
-    except PackageNotFoundError:
-        return False
-    return True
+    return _machine.installed_version(package) is not None
 
 
 # -- the online pass ----------------------------------------------------------------------
@@ -462,20 +458,7 @@ def run_simulator(
 
 
 def machine_notes() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    packages = ["numpy", "numba", "scikit-learn", "vowpalwabbit", "mabwiser"]
-    versions = ", ".join(f"{p} {version(p)}" for p in packages if _installed(p))
-    return [
-        f"date: {dt.date.today().isoformat()}",
-        f"python {platform.python_version()}, {versions}",
-        f"cpu: {cpu}; usable cores={usable}; {platform.system()} {platform.release()}",
-    ]
+    return _machine.machine_notes(["numpy", "numba", "scikit-learn", "vowpalwabbit", "mabwiser"])
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]], markdown: bool) -> None:

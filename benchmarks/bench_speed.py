@@ -42,10 +42,7 @@ contender, and their coefficients θ and scores must agree with banditrec's to 1
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -57,6 +54,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+try:  # python -m benchmarks.<name>, or python benchmarks/<name>.py
+    from benchmarks import _machine
+except ImportError:
+    import _machine  # type: ignore[no-redef]
 from banditrec.exploration import EpsilonGreedy, sample_action
 from banditrec.policies import LinUCB
 
@@ -431,26 +432,7 @@ def bench_setting(
 
 
 def machine_notes() -> list[str]:
-    import numba
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = f"numpy {np.__version__}, numba {numba.__version__}"
-    if mabwiser_available():
-        from importlib.metadata import version
-
-        versions += f", mabwiser {version('mabwiser')}"
-    return [
-        f"date: {dt.date.today().isoformat()}",
-        f"python {platform.python_version()} ({platform.python_implementation()}), {versions}",
-        f"cpu: {cpu}; cpu_count={os.cpu_count()}, usable={usable}; {platform.system()} "
-        f"{platform.release()}",
-    ]
+    return _machine.machine_notes(["numpy", "numba", "mabwiser"])
 
 
 def table_rows(results: list[Result]) -> list[list[str]]:
