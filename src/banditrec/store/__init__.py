@@ -28,11 +28,16 @@ __all__ = [
     "RewardResult",
     "RewardRules",
     "StoreError",
+    "StoreUnavailableError",
 ]
 
 
 class StoreError(RuntimeError):
     """The event log cannot be opened or used."""
+
+
+class StoreUnavailableError(StoreError):
+    """The event log's server cannot be reached now; the call may succeed later (HTTP 503)."""
 
 
 class RewardOutcome(StrEnum):
