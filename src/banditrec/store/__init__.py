@@ -85,6 +85,7 @@ class DecisionRecord:
     probabilities: NDArray[np.float64]
     scores: NDArray[np.float64]
     deferred: bool = False
+    user_id: str | None = None  # whose decision (privacy requests delete by it); optional
 
     @property
     def action(self) -> str:
