@@ -523,6 +523,14 @@ def test_an_added_action_starts_from_the_prior_and_the_others_keep_their_state(
 # `LinUCB.distribution` (and the ridge-mean policies') under ε-greedy is one compiled call,
 # and so is an update with its counters; the linear kernels are compiled with
 # fastmath={"reassoc", "contract"}. These tests pin that nothing but speed changed.
+#
+# What is compared bit for bit and what within a tolerance: a strict kernel (no fast-math:
+# the exploration rules, `spd_inverse`) computes one IEEE 754 result, whatever the CPU and
+# whatever the function it is inlined into, so it is compared exactly. A fast-math kernel
+# inlined into a fused one is the same source but another LLVM compilation: reassociation
+# and FMA contraction may be scheduled differently there (by the instruction set, by the
+# LLVM version), so the fused and the split results are compared within a few ulps (1e-13
+# relative), not bitwise. Replicas run one code path: they are compared exactly.
 
 
 class _ArgmaxOnly(EpsilonGreedy):
@@ -547,7 +555,7 @@ FUSED_CASES: dict[str, Callable[[], Policy]] = {
 
 
 @pytest.mark.parametrize("factory", list(FUSED_CASES.values()), ids=list(FUSED_CASES))
-def test_the_fused_epsilon_greedy_distribution_is_bitwise_the_two_step_one(
+def test_the_fused_epsilon_greedy_distribution_is_the_two_step_one(
     factory: Callable[[], Policy],
 ) -> None:
     rng = np.random.default_rng(21)
@@ -559,10 +567,16 @@ def test_the_fused_epsilon_greedy_distribution_is_bitwise_the_two_step_one(
             for eligible in masks:
                 scores, p = policy.distribution(x, eligible, rng)
                 expected = policy.score(x)
+                # Fast-math scores, fused and split: equal to rounding (see above).
                 for got, want in zip(scores, expected, strict=True):
-                    np.testing.assert_array_equal(got, want)
+                    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+                # The strict ε-greedy rule on the served scores: one IEEE result, exactly.
                 np.testing.assert_array_equal(
-                    p, policy.exploration.probabilities(expected.score, eligible)
+                    p, policy.exploration.probabilities(scores.score, eligible)
+                )
+                # No action changed sides of a tie for a rounding of its score.
+                np.testing.assert_allclose(
+                    p, policy.exploration.probabilities(expected.score, eligible), rtol=1e-15
                 )
         with pytest.raises(NoEligibleActionError, match="No eligible action"):
             policy.distribution(np.ones(D), np.zeros(K, dtype=bool), rng)
@@ -610,7 +624,12 @@ def test_the_fused_update_kernel_is_rank_one_update_then_the_counters() -> None:
         n_updates[a] += 1
         np.testing.assert_array_equal(fused.n_updates_, n_updates)
         for name in ("A_", "A_inv_", "b_", "theta_"):
-            np.testing.assert_array_equal(getattr(fused, name), getattr(split, name))
+            # The fast-math update, fused or called alone: equal to rounding (see above);
+            # 30 updates can compound it a little, hence 1e-12 of the array's scale.
+            want = getattr(split, name)
+            np.testing.assert_allclose(
+                getattr(fused, name), want, rtol=0, atol=1e-12 * max(1.0, np.abs(want).max())
+            )
     names = ("A_", "A_inv_", "b_", "theta_", "n_updates_", "_since_refresh")
     before = {name: getattr(fused, name).copy() for name in names}
     for bad in (np.nan, np.inf, -np.inf):
@@ -647,7 +666,8 @@ def test_an_action_is_refreshed_exactly_after_refresh_every_of_its_updates() -> 
     np.testing.assert_array_equal(policy._since_refresh, [0, 4])
     exact = np.empty((6, 6))
     assert _kernels.spd_inverse(policy.A_[0], exact)
-    np.testing.assert_array_equal(policy.A_inv_[0], exact)  # just refreshed: the Cholesky one
+    # Just refreshed: the Cholesky inverse, bit for bit (`spd_inverse` is strict IEEE code).
+    np.testing.assert_array_equal(policy.A_inv_[0], exact)
     np.testing.assert_allclose(policy.theta_[0], exact @ policy.b_[0], rtol=1e-12, atol=1e-14)
 
 
@@ -677,7 +697,10 @@ def test_fast_math_kernels_match_numpy_at_every_vector_width(d: int) -> None:
         np.testing.assert_allclose(policy.theta_[a], A_inv @ policy.b_[a], rtol=0, atol=1e-12)
         assert s.mean[a] == pytest.approx(policy.theta_[a] @ x, rel=1e-13, abs=1e-13)
         assert s.width[a] == pytest.approx(alpha * np.sqrt(x @ policy.A_inv_[a] @ x), rel=1e-13)
-    np.testing.assert_array_equal(s.score, s.mean + s.width)
+    # score = mean + width, up to the FMA the "contract" licence allows (mean + α·√q in one
+    # rounding instead of two): within a few ulps of the larger term.
+    scale = np.maximum(np.abs(s.mean), np.abs(s.width))
+    assert (np.abs(s.score - (s.mean + s.width)) <= 4 * np.finfo(float).eps * scale).all()
 
 
 def test_fast_math_keeps_nan_and_infinity_visible() -> None:
@@ -708,6 +731,8 @@ def test_fast_math_keeps_nan_and_infinity_visible() -> None:
 def test_replicas_applying_the_same_events_in_order_agree_bit_for_bit(
     factory: Callable[[], Policy],
 ) -> None:
+    # Bitwise on purpose: two replicas run one code path on one machine (across instruction
+    # sets fast-math may round differently: see `banditrec._kernels`).
     rng = np.random.default_rng(24)
     n_actions, d = 5, 20
     first, second = factory().reset(n_actions, d), factory().reset(n_actions, d)

@@ -83,18 +83,34 @@ class NumericField:
         return [self.name]
 
     def apply(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Transform an array of already range-checked raw values."""
-        out = np.log1p(values) if self.transform in ("log1p", "log1p_scale") else values
+        """Transform an array of already range-checked raw values.
+
+        Bit for bit `apply_one` on each value, on any CPU: the logarithm is libm's
+        `math.log1p`, mapped over the values, never `np.log1p`, whose SIMD loops are chosen at
+        run time for the CPU (on AVX-512 it differs from libm by 1 ulp in 21% of the default
+        schema's rows). The map costs ~65 ns a value: `vectorize_many` of 1M rows of the
+        default schema (3 log fields) takes 0.50 s instead of 0.30 s. The rest, a
+        subtraction, a division and a clip, is exactly rounded by IEEE 754 in numpy as in
+        Python (no ufunc fuses two of them into an FMA), so it agrees on every CPU.
+        """
+        out = values
+        if self.transform in ("log1p", "log1p_scale"):
+            out = np.fromiter(map(_log1p, values.tolist()), dtype=np.float64, count=len(values))
         if self.transform in ("scale", "log1p_scale"):
             out = np.clip((out - self.center) / self.scale, -self.clip, self.clip)
         return np.asarray(out, dtype=np.float64)
 
     def apply_one(self, value: float) -> float:
-        """`apply` for one value, with scalar math (the same libm calls, the same result)."""
-        out = math.log1p(value) if self.transform in ("log1p", "log1p_scale") else value
+        """`apply` for one value, in scalar math: the same `math.log1p`, the same bits."""
+        out = _log1p(value) if self.transform in ("log1p", "log1p_scale") else value
         if self.transform in ("scale", "log1p_scale"):
             out = min(max((out - self.center) / self.scale, -self.clip), self.clip)
         return float(out)
+
+
+#: The one logarithm of the encoder, for a row served and a column trained alike (see
+#: `NumericField.apply`).
+_log1p = math.log1p
 
 
 Field = CategoricalField | NumericField
