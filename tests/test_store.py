@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +192,87 @@ def test_two_processes_write_one_log_without_losing_anything(tmp_path: Path) -> 
     assert [e.seq for e in events] == list(range(1, 401))
     assert {e.event_id for e in events} == {f"w{w}-{i}" for w in (1, 2) for i in range(200)}
     store.close()
+
+
+def test_each_log_has_its_own_identity_kept_across_opens(tmp_path: Path) -> None:
+    first = SQLiteEventStore(tmp_path / "a.db", "h1")
+    log_id = first.log_id()
+    first.close()
+    again = SQLiteEventStore(tmp_path / "a.db", "h1")
+    assert again.log_id() == log_id and len(log_id) == 32
+    again.close()
+    other = SQLiteEventStore(tmp_path / "b.db", "h1")
+    assert other.log_id() != log_id
+    other.close()
+    (tmp_path / "a.db").unlink()  # a log deleted and made anew is another log
+    renewed = SQLiteEventStore(tmp_path / "a.db", "h1")
+    assert renewed.log_id() != log_id
+    renewed.close()
+
+
+def test_a_released_lease_is_free_at_once(store: SQLiteEventStore) -> None:
+    assert store.acquire_lease("snapshot", "w1", now=0.0, ttl_seconds=900.0)
+    store.release_lease("snapshot", "w2")  # not the holder: nothing happens
+    assert not store.acquire_lease("snapshot", "w2", now=1.0, ttl_seconds=900.0)
+    store.release_lease("snapshot", "w1")
+    assert store.acquire_lease("snapshot", "w2", now=2.0, ttl_seconds=900.0)
+    store.release_lease("snapshot", "w1")  # no longer the holder: w2 keeps it
+    assert not store.acquire_lease("snapshot", "w1", now=3.0, ttl_seconds=900.0)
+
+
+def test_the_backlog_counts_closed_windows_waiting_for_their_default(tmp_path: Path) -> None:
+    rules = RewardRules(window_seconds=10.0, default_reward=0.0)
+    store = SQLiteEventStore(tmp_path / "e.db", "h1")
+    store.log_decisions([decision(f"e{i}", 1000.0 + i) for i in range(5)], rules)
+    store.log_decisions([decision("deferred", 1000.0, deferred=True)], rules)
+    store.record_reward("e0", 1.0, 1001.0, rules)  # rewarded: no default due
+    assert store.pending_backlog(now=1010.5) == 0  # e1 closes at 1011
+    assert store.pending_backlog(now=1012.5) == 2  # e1, e2
+    assert store.pending_backlog(now=10**9) == 4  # never the deferred one
+    assert store.apply_default_rewards(now=1012.5, rules=rules, limit=1) == {"c": 1}
+    assert store.pending_backlog(now=1012.5) == 1
+    assert store.apply_default_rewards(now=10**9, rules=rules, limit=10) == {"c": 3}
+    assert store.pending_backlog(now=10**9) == 0
+    defaulted = [e.event_id for e in store.learn_events_after(1)]
+    assert defaulted == ["e1", "e2", "e3", "e4"]  # in the order their windows closed
+    store.close()
+
+
+_OPEN_AS_NOBODY = """
+import sys
+from banditrec.store import StoreError
+from banditrec.store.sqlite import SQLiteEventStore
+try:
+    SQLiteEventStore(sys.argv[1], "h1")
+except StoreError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root (and setpriv) to open the log as another user",
+)
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_log_file_this_process_cannot_write_is_refused_clearly(suffix: str) -> None:
+    # Root writes any file, so the store is opened as `nobody` in a subprocess; the files
+    # live in a directory that user can enter (pytest's tmp_path is root's alone).
+    directory = Path(tempfile.mkdtemp(prefix="banditrec-perm-", dir="/tmp"))
+    try:
+        directory.chmod(0o777)
+        path = directory / "events.db"
+        SQLiteEventStore(path, "h1").close()
+        for name in ("events.db", "events.db-wal", "events.db-shm", "events.db-writers.lock"):
+            (directory / name).touch()
+            (directory / name).chmod(0o666)
+        (directory / f"events.db{suffix}").chmod(0o644)  # root's, read-only for nobody
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-c", _OPEN_AS_NOBODY, str(path)],
+            capture_output=True, text=True, timeout=60, cwd=directory,
+        )  # fmt: skip
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert f"The event log file {path}{suffix} is not readable and writable" in result.stdout
+    finally:
+        shutil.rmtree(directory)

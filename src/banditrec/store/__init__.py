@@ -11,6 +11,7 @@ events after the snapshot's log offset. Every backend keeps three things:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -122,6 +123,20 @@ class LearnEvent:
     def correction(self) -> bool:
         return self.kind is LearnKind.correction
 
+    @property
+    def fingerprint(self) -> str:
+        """A digest of everything the event holds, its seq included.
+
+        A snapshot records the fingerprint of the last event it applied: a log restored
+        from an older copy, which then grew again, reuses the same seqs for other events,
+        and only their content tells the two histories apart.
+        """
+        digest = hashlib.blake2b(digest_size=16)
+        head = f"{int(self.seq)}|{self.event_id}|{self.kind.value}|{int(self.action_index)}|"
+        digest.update(f"{head}{float(self.reward)!r}|{float(self.weight)!r}|".encode())
+        digest.update(np.ascontiguousarray(self.x, dtype=np.float64).tobytes())
+        return digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class RewardResult:
@@ -157,10 +172,16 @@ class EventStore(Protocol):
     def apply_default_rewards(
         self, now: float, rules: RewardRules, limit: int = 1000
     ) -> dict[str, int]:
-        """Learn the default reward for pending decisions whose window closed.
+        """Learn the default reward for at most `limit` pending decisions whose window closed
+        (those that closed first).
 
         Returns the number of decisions defaulted, by action.
         """
+        ...
+
+    def pending_backlog(self, now: float) -> int:
+        """How many decisions' windows closed before `now` unrewarded and still wait for
+        their default reward."""
         ...
 
     def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
@@ -173,6 +194,18 @@ class EventStore(Protocol):
 
     def acquire_lease(self, name: str, owner: str, now: float, ttl_seconds: float) -> bool:
         """Hold the lease `name` for `ttl_seconds` if it is free, expired or already ours."""
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give up the lease `name` if `owner` holds it (otherwise do nothing)."""
+        ...
+
+    def log_id(self) -> str:
+        """The log's identity: a random id made when the log was created, never changed.
+
+        Snapshots record it, so a snapshot of another log (a log reset or replaced) is
+        recognised at start-up instead of silently skipping the new log's events.
+        """
         ...
 
     def append_action_change(self, kind: LearnKind, action: str, now: float) -> int:

@@ -20,6 +20,7 @@ import functools
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +138,7 @@ class SQLiteEventStore:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(self.path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         # One connection for writes and one for reads, each behind a lock: the API writes
@@ -150,12 +152,22 @@ class SQLiteEventStore:
         if fcntl is not None:
             turn = self.path.with_name(self.path.name + "-writers.lock")
             self._turn_fd = os.open(turn, os.O_RDWR | os.O_CREAT, 0o644)
-        with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('encoding_hash', ?)", (encoding_hash,))
-            stored = db.execute("SELECT value FROM meta WHERE key = 'encoding_hash'").fetchone()[0]
+        try:
+            with self._transaction() as db:
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('encoding_hash', ?)", (encoding_hash,)
+                )
+                # The log's identity, made once with the log (see `log_id`).
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"Cannot use the event log {self.path}: {exc}.") from None
+        stored = meta["encoding_hash"]
+        self._log_id: str = meta["log_id"]
         if stored != encoding_hash:
             self.close()
             raise StoreError(
@@ -395,20 +407,33 @@ class SQLiteEventStore:
         by_action: dict[str, int] = {}
         with self._transaction() as db:
             expired = db.execute(
-                "SELECT event_id, action_index, action, x FROM decisions "
+                "SELECT seq, event_id, action_index, action, x FROM decisions "
                 "WHERE state = 'pending' AND deadline < ? ORDER BY deadline LIMIT ?",
                 (now, limit),
             ).fetchall()
-            for event_id, action_index, action, x in expired:
-                by_action[action] = by_action.get(action, 0) + 1
-                self._append_learn_event(
-                    db, event_id, "default", action_index, x, rules.default_reward, now
-                )
-                db.execute(
-                    "UPDATE decisions SET state = 'defaulted', reward_total = ? WHERE event_id = ?",
-                    (rules.default_reward, event_id),
-                )
+            if not expired:
+                return by_action
+            reward = rules.default_reward
+            db.executemany(
+                "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
+                "created_at) VALUES (?, 'default', ?, ?, ?, 1.0, ?)",
+                [(event_id, index, x, reward, now) for _, event_id, index, _, x in expired],
+            )
+            db.executemany(
+                "UPDATE decisions SET state = 'defaulted', reward_total = ? WHERE seq = ?",
+                [(reward, seq) for seq, *_ in expired],
+            )
+        for row in expired:
+            by_action[row[3]] = by_action.get(row[3], 0) + 1
         return by_action
+
+    def pending_backlog(self, now: float) -> int:
+        # Counted on the partial index of pending decisions by deadline.
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT count(*) FROM decisions WHERE state = 'pending' AND deadline < ?", (now,)
+            ).fetchone()
+        return int(row[0])
 
     # -- the learn stream --------------------------------------------------------------
 
@@ -479,9 +504,36 @@ class SQLiteEventStore:
             row = db.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()
         return bool(row[0] == owner)
 
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def log_id(self) -> str:
+        return self._log_id
+
     def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:
         with self._read_lock:
             return int(self._read.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a database whose files this process cannot write, with a clear message.
+
+    SQLite opens an unwritable ``-shm`` file read-only and maps it into memory; reading past
+    its end then kills the process with SIGBUS, with no log line at all.
+    """
+    suffixes = ("", "-wal", "-shm", "-writers.lock")
+    for file in (path.with_name(path.name + suffix) for suffix in suffixes):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            raise StoreError(
+                f"The event log file {file} is not readable and writable by this process "
+                f"(user id {os.geteuid()}); give it the server's owner or permissions."
+            )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"The event log's directory {path.parent} is not writable by this process "
+            f"(user id {os.geteuid()}); SQLite creates its -wal and -shm files there."
+        )
 
 
 def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
