@@ -106,12 +106,16 @@ def running_server(
     """`banditrec serve` on a free loopback port with its log, snapshots and `settings`
     (``BANDITREC_<NAME>``) in `tmp_path`, ready when /health answers."""
     port = free_port()
+    # An explicit --model must exist; without one the server starts from the prior when the
+    # configured model path is absent.
+    model_args = [] if model is None else ["--model", str(model)]
     command = [
-        sys.executable, "-m", "banditrec", "serve",
-        "--model", str(model or tmp_path / "no-model.npz"),
+        sys.executable, "-m", "banditrec", "serve", *model_args,
         "--port", str(port), "--log-level", "warning", *args,
     ]  # fmt: skip
     env = server_env(tmp_path, **settings)
+    if model is None:
+        env.setdefault("BANDITREC_MODEL_PATH", str(tmp_path / "no-model.npz"))
     with running_process(command, tmp_path, f"http://127.0.0.1:{port}", env, timeout) as server:
         yield server
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
 import time
+from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +22,7 @@ from banditrec.features import SchemaError, load_default_schema, load_schema
 from banditrec.logged_data import LoggedDataError, write_logged_csv
 from banditrec.policies import POLICIES, build_policy
 from banditrec.sim import AppSimulator
-from banditrec.snapshot import ModelFileError
+from banditrec.snapshot import ModelFileError, load_model
 from banditrec.training import train_from_csv
 
 app = typer.Typer(
@@ -34,6 +37,24 @@ DEFAULT_MODEL = Path("data/linucb_model.npz")
 SchemaOption = Annotated[
     Path | None, typer.Option(help="Feature schema file (TOML/JSON); default: the seed's.")
 ]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"banditrec {package_version('banditrec')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """banditrec: a self-hosted contextual-bandit decision engine."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -128,32 +149,93 @@ def train(
     )
 
 
-@app.command()
+class LogLevel(StrEnum):
+    """uvicorn's log levels (also the `banditrec` logger's)."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
+def _settings_epilog() -> str:
+    """Every BANDITREC_* setting with its default and meaning, from `Settings` itself."""
+    lines = ["Settings (environment variables; the options above set some of them):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else json.dumps(default, default=str)
+        about = f": {field.description}" if field.description else ""
+        lines.append(f"BANDITREC_{name.upper()} (default {shown}){about}")
+    # Typer's help joins single line breaks; a blank line keeps one setting per line.
+    return "\n\n".join(lines)
+
+
+@app.command(epilog=_settings_epilog())
 def serve(
-    model: Annotated[Path, typer.Option(help="Model file to serve.")] = DEFAULT_MODEL,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model file to serve; it must exist. Default: BANDITREC_MODEL_PATH or "
+            f"{DEFAULT_MODEL}, served from the policy's prior (with a warning) when absent."
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(help="SQLite event log (BANDITREC_DB_PATH; default data/events.db)."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8020,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8020,
     schema: SchemaOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Log level of uvicorn and banditrec.")
+    ] = LogLevel.info,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = True,
 ) -> None:
     """Serve the model over HTTP (the seed's API plus docs at /docs)."""
     import uvicorn
+    from pydantic import ValidationError
+
+    from banditrec.server import LimitedHttpToolsProtocol, port_problem
 
     # Settings travel through the environment so that every worker process sees them.
-    os.environ["BANDITREC_MODEL_PATH"] = str(model)
-    if workers > 1:
-        # Worker processes add up their metrics through files in one fresh directory, which
-        # prometheus-client must see in the environment before it is first imported.
-        metrics_dir = Path(tempfile.mkdtemp(prefix="banditrec-metrics-"))
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    if model is not None:
+        if not model.is_file():
+            raise _fail(
+                f"The model file {model} does not exist. Train one with `banditrec train "
+                f"--model {model}`, or leave out --model to serve from the prior."
+            )
+        os.environ["BANDITREC_MODEL_PATH"] = str(model)
+    if db is not None:
+        os.environ["BANDITREC_DB_PATH"] = str(db)
     if schema is not None:
         os.environ["BANDITREC_SCHEMA_PATH"] = str(schema)
     try:
-        Settings().feature_schema  # noqa: B018 - fail here, with a clear message, not in a worker
-    except SchemaError as exc:
+        # Fail here, in one line, rather than with a traceback in every worker.
+        settings = Settings()
+        if settings.model_path.exists():
+            load_model(settings.model_path, settings.feature_schema)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"BANDITREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"Invalid settings: {problems}.") from None
+    except (SchemaError, ModelFileError) as exc:
         raise _fail(str(exc)) from None
+    problem = port_problem(host, port)
+    if problem is not None:
+        raise _fail(
+            f"{problem} Stop the server that holds it (`fuser -k {port}/tcp` or "
+            f"`lsof -i :{port}` finds it) or pick another port with --port."
+        )
+    metrics_dir = None
+    if workers > 1:
+        # Worker processes add up their metrics through files in one fresh directory, which
+        # prometheus-client must see in the environment before it is first imported.
+        metrics_dir = new_metrics_dir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         uvicorn.run(
             "banditrec.api:create_app",
@@ -161,12 +243,55 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_level=log_level,
+            http=LimitedHttpToolsProtocol,
+            log_level=log_level.value,
+            log_config=_log_config(log_level),
             access_log=access_log,
         )
     finally:
-        if workers > 1:
+        if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _log_config(level: LogLevel) -> dict[str, Any]:
+    """uvicorn's logging configuration, plus a handler for the `banditrec` logger (its
+    start-up and learner lines), in uvicorn's format, on standard error."""
+    import uvicorn.config
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["banditrec"] = {
+        "handlers": ["default"],
+        "level": uvicorn.config.LOG_LEVELS[level.value],
+        "propagate": False,
+    }
+    return config
+
+
+METRICS_PREFIX = "banditrec-metrics-"
+
+
+def new_metrics_dir() -> Path:
+    """A fresh directory for the workers' metrics files, named with this process's id.
+
+    Directories left by a server that was killed (`kill -9` runs no clean-up) are removed
+    first: their owner's process id no longer exists.
+    """
+    tmp = Path(tempfile.gettempdir())
+    for path in tmp.glob(f"{METRICS_PREFIX}*"):
+        owner = path.name.removeprefix(METRICS_PREFIX).partition("-")[0]
+        if owner.isdigit() and not _alive(int(owner)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=tmp))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @app.command()

@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     schema_path: Path | None = Field(
         None, description="Feature schema file (TOML or JSON); default: the seed's app schema."
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8020, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Interface to bind (`banditrec serve --host`).")
+    port: int = Field(8020, ge=1, le=65535, description="Port (`banditrec serve --port`).")
     # None: the configured policy's own default (LinUCB: α = 1, λ = 10, ε = 0.01).
     alpha: float | None = Field(None, ge=0, description="α of the policy started from the prior.")
     ridge: float | None = Field(None, gt=0, description="Ridge λ of the policy from the prior.")
@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     )
     seed: int | None = Field(None, description="Seed of the decision sampler (None: random).")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
+    # The HTTP server's own bounds (banditrec.server), so that one client cannot exhaust it.
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers of one request; more get 431."
+    )
+    request_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request (headers and body) must arrive within this many seconds of its "
+        "first byte, or of the connection; else 408 and the connection is closed.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per worker process; more are refused (503)."
+    )
 
     api_keys: ApiKeys = Field(
         default_factory=dict,
@@ -80,18 +93,28 @@ class Settings(BaseSettings):
         "NORMAL", description="NORMAL survives a process crash; FULL also a power loss."
     )
     snapshot_dir: Path = Field(Path("data/snapshots"), description="Model snapshots.")
-    snapshot_every_events: int = Field(10_000, ge=1)
-    snapshot_every_seconds: float = Field(300.0, gt=0)
+    snapshot_every_events: int = Field(
+        10_000, ge=1, description="A snapshot every this many learn events..."
+    )
+    snapshot_every_seconds: float = Field(
+        300.0, gt=0, description="...or every this many seconds, whichever comes first."
+    )
     poll_interval_seconds: float = Field(
         0.05, gt=0, le=1, description="How often a worker applies other workers' learn events."
     )
 
     # Rewards.
-    reward_window_seconds: float = Field(3600.0, gt=0)
-    default_reward: float = 0.0
-    reward_aggregation: Literal["earliest", "sum"] = "earliest"
-    reward_min: float = 0.0
-    reward_max: float = 1.0
+    reward_window_seconds: float = Field(
+        3600.0, gt=0, description="Rewards later than this after their decision get 410."
+    )
+    default_reward: float = Field(
+        0.0, description="Learned for a decision with no reward when its window closes."
+    )
+    reward_aggregation: Literal["earliest", "sum"] = Field(
+        "earliest", description="earliest: the first reward wins; sum: clipped to the range."
+    )
+    reward_min: float = Field(0.0, description="Lowest reward accepted (422 below).")
+    reward_max: float = Field(1.0, description="Highest reward accepted (422 above).")
 
     @model_validator(mode="after")
     def _check_reward_range(self) -> Settings:
