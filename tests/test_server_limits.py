@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -65,18 +64,11 @@ def still_serving(server: Server) -> None:
 
 def test_a_header_over_the_limit_gets_431_and_the_connection_is_closed(server: Server) -> None:
     with connect(server) as sock:
-        # 1 MB of one header value, never ended: refused after about 4 KiB, not read whole.
+        # One header value of 8 KB, never ended: refused, and the connection closed.
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Pad: " + b"a" * 8192)
-        try:
-            sock.sendall(b"a" * 1_000_000)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed by the server while we were still sending: what we want
-        try:
-            response = read_until_closed(sock)
-        except ConnectionResetError:  # unread bytes on a closed socket reset it
-            response = b"HTTP/1.1 431 (reset)"
+        response = read_until_closed(sock)
     assert status(response) == 431
-    assert b"The request headers are too large." in response or b"(reset)" in response
+    assert response.endswith(b"The request headers are too large.\n")
     still_serving(server)
 
 
