@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 from banditrec.api import base_model
 from banditrec.cli import app
 from banditrec.config import Settings
+from banditrec.evaluation import make_candidate
 from banditrec.exploration import EpsilonGreedy, InverseGapWeighting, Softmax
 from banditrec.features import load_default_schema
-from banditrec.policies import FixedRule, LinearThompsonSampling, LinUCB, SquareCB
+from banditrec.policies import POLICIES, FixedRule, LinearThompsonSampling, LinUCB, SquareCB
 from banditrec.snapshot import ModelFileError, load_model, read_metadata
 
 SCHEMA = load_default_schema()
@@ -190,3 +191,73 @@ def test_a_file_of_an_unknown_policy_is_refused_by_name(model_file: Path) -> Non
     _rewrite_metadata(model_file, policy="neural_ucb")
     with pytest.raises(ModelFileError, match="holds a 'neural_ucb' policy; this banditrec knows"):
         load_model(model_file, SCHEMA)
+
+
+# -- one factory: serve, train and evaluate ---------------------------------------------
+
+# Per default rule, one of its parameters given alone: the others must keep the *policy's*
+# defaults (LinUCB's ε = 0.01, softmax's τ = 0.1), not the rule class's.
+RULE_PARAM: dict[str, dict[str, float]] = {
+    "epsilon_greedy": {"tie_tolerance": 1e-9},
+    "softmax": {"epsilon": 0.02},
+    "igw": {"epsilon": 0.02},
+}
+# Per policy, a constructor parameter away from its default.
+POLICY_PARAM: dict[str, dict[str, Any]] = {
+    "popular": {"a": 2.0},
+    "fixed_rule": {"rules": RULES},
+    "uniform": {},
+}
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for name, cls in POLICIES.items():
+        cases.append(pytest.param(name, {}, None, {}, id=f"{name}-defaults"))
+        params = POLICY_PARAM.get(name, {"ridge": 3.0})
+        if params:
+            cases.append(pytest.param(name, params, None, {}, id=f"{name}-policy-param"))
+        if getattr(cls, "configurable_exploration", True):
+            rule = RULE_PARAM[cls.default_exploration().name]
+            cases.append(pytest.param(name, {}, None, rule, id=f"{name}-rule-param"))
+            other = ("softmax", {"temperature": 0.3})
+            cases.append(pytest.param(name, {}, *other, id=f"{name}-other-rule"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "params", "rule", "rule_params"), _cases())
+def test_serve_train_and_evaluate_build_the_same_policy(
+    name: str,
+    params: dict[str, Any],
+    rule: str | None,
+    rule_params: dict[str, float],
+    data_file: Path,
+    tmp_path: Path,
+) -> None:
+    # serve: the settings' policy (the prior when there is no model file).
+    served = Settings(
+        policy=name, policy_params=params, exploration=rule, exploration_params=rule_params
+    ).build_policy()
+    # train: `banditrec train` with the same options, as recorded in its model file.
+    model = tmp_path / "m.npz"
+    options = [f"--param={k}={json.dumps(v)}" for k, v in params.items()]
+    options += [f"--exploration={rule}"] if rule else []
+    options += [f"--exploration-param={k}={json.dumps(v)}" for k, v in rule_params.items()]
+    result = invoke("train", "--data", str(data_file), "--model", str(model), "--policy", name,
+                    *options)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trained = read_metadata(model)
+    # evaluate: a candidate of the same parameters (rule parameters by their full name).
+    spec = {**params, **{f"exploration.{k}": v for k, v in rule_params.items()}}
+    if rule:
+        spec["exploration"] = rule
+    candidate = make_candidate(name, spec).build(SCHEMA)
+
+    def as_json(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    assert as_json(served.get_params()) == trained["policy_params"]
+    assert as_json(candidate.get_params()) == trained["policy_params"]
+    assert served.exploration == candidate.exploration
+    assert served.exploration.name == candidate.exploration.name == trained["exploration"]
+    assert as_json(served.exploration.get_params()) == trained["exploration_params"]

@@ -2,7 +2,9 @@
 
 A candidate is a registered policy (`banditrec.policies.POLICIES`) with some of its constructor
 parameters and of its exploration rule's (`banditrec.exploration.EXPLORATIONS`); every value is
-checked and given its parameter's type before anything runs.
+checked and given its parameter's type before anything runs. A candidate is built by
+`banditrec.policies.build_policy`, the factory `serve` and `train` use, so a candidate and a
+served or trained policy given the same parameters are the same policy.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from banditrec.evaluation.config import EvaluationError
 from banditrec.exploration import EXPLORATIONS
-from banditrec.policies import POLICIES, Policy
+from banditrec.policies import POLICIES, Policy, build_policy
+
+if TYPE_CHECKING:
+    from banditrec.features import FeatureSchema
 
 __all__ = [
     "Candidate",
@@ -33,8 +38,9 @@ __all__ = [
     "unique",
 ]
 
-# Default grid when no candidate is given: the LinUCB knobs that matter most when serving.
-_DEFAULT_LINUCB_GRID: dict[str, list[Any]] = {"alpha": [0.1, 0.5, 1.0, 2.0], "epsilon": [0.05, 0.1]}
+# Default grid when no candidate is given: the LinUCB knobs that matter most when serving,
+# around and including what `serve` runs by default (α = 1, ε = 0.01).
+_DEFAULT_LINUCB_GRID: dict[str, list[Any]] = {"alpha": [0.1, 0.5, 1.0, 2.0], "epsilon": [0.01, 0.1]}
 
 
 class CandidateError(EvaluationError):
@@ -54,9 +60,13 @@ class Candidate:
     params: tuple[tuple[str, Any], ...] = ()
     label: str = ""
 
-    def build(self) -> Policy:
-        """A fresh, unfitted policy with these parameters."""
-        return _build(self.policy, dict(self.params))
+    def build(self, schema: FeatureSchema | None = None) -> Policy:
+        """A fresh, unfitted policy with these parameters, by `build_policy`.
+
+        `schema` fills in what the schema knows (``feature_names`` and ``actions`` of
+        `FixedRule`), as it does for `serve` and `train`.
+        """
+        return _build(self.policy, dict(self.params), schema)
 
 
 def _signature(cls: type[Any]) -> dict[str, inspect.Parameter]:
@@ -89,10 +99,7 @@ def _exploration_class(policy_cls: type[Policy], params: Mapping[str, Any]) -> t
                 f"{', '.join(sorted(EXPLORATIONS))}."
             )
         return EXPLORATIONS[name]
-    try:
-        return type(policy_cls().exploration)
-    except (TypeError, ValueError, AttributeError):
-        return None
+    return type(policy_cls.default_exploration())
 
 
 def _checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,7 +126,10 @@ def _checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return coerced
 
 
-def _build(policy: str, params: Mapping[str, Any]) -> Policy:
+def _build(policy: str, params: Mapping[str, Any], schema: FeatureSchema | None = None) -> Policy:
+    """The policy of checked parameters, split into the policy's and its rule's for
+    `build_policy`: a rule parameter starts from the policy's default rule (LinUCB's
+    ``tie_tolerance`` alone keeps its ε = 0.01), as it does for `serve` and `train`."""
     cls = _policy_class(policy)
     own = _signature(cls)
     kwargs = {k: v for k, v in params.items() if k in own}
@@ -128,12 +138,12 @@ def _build(policy: str, params: Mapping[str, Any]) -> Policy:
         for k, v in params.items()
         if k not in own and k != "exploration"
     }
-    if "exploration" in params or rule_kwargs:
-        rule = _exploration_class(cls, params)
-        if rule is None:
-            raise CandidateError(f"Policy {policy!r} takes no exploration rule.")
-        kwargs["exploration"] = rule(**rule_kwargs)
-    return cls(**kwargs)
+    rule_name = params.get("exploration")
+    if (rule_name is not None or rule_kwargs) and _exploration_class(cls, params) is None:
+        raise CandidateError(f"Policy {policy!r} takes no exploration rule.")
+    return build_policy(
+        policy, kwargs, exploration=rule_name, exploration_params=rule_kwargs, schema=schema
+    )
 
 
 def _coerce(policy: str, name: str, value: Any, default: Any) -> Any:
