@@ -18,6 +18,7 @@ from banditrec.logged_data import write_logged_csv
 from banditrec.policies import LinUCB
 from banditrec.sim import AppSimulator
 from banditrec.training import train_from_csv
+from redis_server import redis_server  # noqa: F401  (the fixture, for every test module)
 
 # In CI the property tests run a fixed set of examples (derandomized): a red build then
 # always means a change broke something, never that a new random example was drawn.
