@@ -1,7 +1,12 @@
 """The one orchestrator: decide → log → respond; reward → join → learn.
 
-The API, the CLI and the simulator all decide through `Engine.decide`, so what is served,
-what is logged and what is evaluated offline are the same thing (DESIGN principle 1).
+Every served decision is made by `Engine.decide`: the HTTP API calls `Engine.rank`, which
+decides and logs, and the CLI's `banditrec traffic` drives that API over HTTP. Offline
+evaluation (`banditrec evaluate`) samples its candidates' actions with the two calls `decide`
+makes (`Policy.distribution`, then `exploration.sample_action`), so what is served, what is
+logged and what is evaluated offline come from the same distribution (DESIGN principle 1).
+The simulator does not decide: `AppSimulator.simulate_logged` draws the data of a uniform
+random logging policy.
 
 Serving adds the event log: `Engine.rank` logs every decision (group commit) before it
 returns, `Engine.reward` joins a reward to its decision and learns it at once, and
@@ -221,13 +226,19 @@ class Engine:
         store, log = self._require_log()
         return await log.call(store.activate, event_id, self.clock(), self.rules)
 
-    async def apply_default_rewards(self) -> dict[str, int]:
-        """Learn the default reward of decisions whose window closed without a reward.
+    async def apply_default_rewards(
+        self, limit: int = 1000, now: float | None = None
+    ) -> dict[str, int]:
+        """Learn the default reward of at most `limit` decisions whose window closed before
+        `now` (default: the clock) without a reward, those that closed first.
 
-        Returns the number of decisions defaulted, by action.
+        Returns the number of decisions defaulted, by action. The write goes through this
+        process's writer thread like decisions do, so a batch delays the decisions waiting
+        behind it by its own duration: keep `limit` to a few thousand.
         """
         store, log = self._require_log()
-        by_action = await log.call(store.apply_default_rewards, self.clock(), self.rules)
+        now = self.clock() if now is None else now
+        by_action = await log.call(store.apply_default_rewards, now, self.rules, limit)
         if by_action:
             self.catch_up()
         return by_action
@@ -305,6 +316,7 @@ class Engine:
                 self.applied_offset,
                 self._all_names,
                 self.model.disabled,
+                log_id=self.model.log_id,
             )
 
     def _require_log(self) -> tuple[EventStore, _GroupCommitLog]:

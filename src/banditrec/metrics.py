@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, get_args
 
 from prometheus_client import (
@@ -105,6 +105,18 @@ class _Families:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.learner_faults = Counter(
+            "banditrec_learner_faults",
+            "Learner steps and snapshot attempts that failed (each is retried with backoff).",
+            registry=registry,
+        )
+        # "livemax": 1 while any live worker's learner is failing.
+        self.learner_fault = Gauge(
+            "banditrec_learner_fault",
+            "1 while the learner is failing (see /health for the fault), else 0.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.request_seconds = Histogram(
             "banditrec_http_request_duration_seconds",
             "Time to answer an HTTP request, by route template, method and status code.",
@@ -150,6 +162,31 @@ class _ModelInfo(Collector):
         yield family
 
 
+class _Backlog(Collector):
+    """``banditrec_default_reward_backlog``, counted in the event log when scraped.
+
+    The backlog belongs to the log, not to a worker: whichever worker answers the scrape
+    counts it, so there is nothing to add up across processes.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        try:
+            count = self.source()
+        except Exception:  # the log is unreachable: the other metrics still answer
+            return
+        yield GaugeMetricFamily(
+            "banditrec_default_reward_backlog",
+            "Decisions whose reward window closed without a reward and that still wait for "
+            "their default reward.",
+            value=float(count),
+        )
+
+
 class Metrics:
     """banditrec's Prometheus metrics, with one cheap method per event.
 
@@ -182,8 +219,10 @@ class Metrics:
             families = _Families(self.registry)
         self._families = families
         self._model_info = _ModelInfo()
+        self._backlog = _Backlog()
         if self.registry is not None:
             self.registry.register(self._model_info)
+            self.registry.register(self._backlog)
 
         # Children cached by label values: `Counter.labels` validates and locks on every call.
         self._decisions: dict[str, Counter] = {}
@@ -191,6 +230,8 @@ class Metrics:
         self._default_rewards: dict[str, Counter] = {}
         self._requests: dict[tuple[str, str, int], Histogram] = {}
         self._joins = families.joins
+        self._learner_faults = families.learner_faults
+        self._learner_fault = families.learner_fault
         self._model_updates = families.model_updates
         for action in actions:
             self._decision_child(action)
@@ -238,6 +279,18 @@ class Metrics:
         self._model_info.version = version
         self._model_updates.set(n_updates)
 
+    def learner_failed(self) -> None:
+        """Count a learner step or snapshot attempt that failed."""
+        self._learner_faults.inc()
+
+    def learner_faulty(self, faulty: bool) -> None:
+        """Record whether the learner is failing now (1) or healthy (0)."""
+        self._learner_fault.set(1.0 if faulty else 0.0)
+
+    def watch_backlog(self, count: Callable[[], int]) -> None:
+        """Report ``count()`` as the default-reward backlog whenever metrics are scraped."""
+        self._backlog.source = count
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record an HTTP request's duration by route template, method and status code."""
         key = (route, method, status)
@@ -260,6 +313,7 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
         registry.register(self._model_info)
+        registry.register(self._backlog)
         return registry
 
     def _decision_child(self, action: str) -> Counter:

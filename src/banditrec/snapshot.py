@@ -6,14 +6,21 @@ the counts. Loading uses ``allow_pickle=False``, so a model file can never execu
 a model is refused when its schema hash differs from the schema the server runs with.
 
 Writes are atomic: a temporary file in the same directory, fsync, then rename, so a reader or
-a crash never sees half a model.
+a crash never sees half a model. A crash between the two leaves the temporary file, named after
+the writing process; `remove_stale_temp_files` removes those of processes that are gone.
+
+A snapshot also records the event log it was learned from (`Model.log_id`) and the last learn
+event it applied (`Model.log_tip`), so that a snapshot of another log, or of a log that was
+restored from an older copy, is never taken for a summary of this one.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -27,10 +34,23 @@ from banditrec.exploration import exploration_from_params
 from banditrec.features import FeatureSchema
 from banditrec.policies import POLICIES, Policy
 
-__all__ = ["FORMAT_VERSION", "Model", "ModelFileError", "load_model", "model_bytes", "save_model"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Model",
+    "ModelFileError",
+    "load_model",
+    "model_bytes",
+    "remove_stale_temp_files",
+    "save_model",
+]
+
+logger = logging.getLogger("banditrec.snapshot")
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
+#: `save_model`'s temporary files: ``.<name>.<writer pid>.<random>.tmp`` (before the pid was
+#: part of the name: ``.<name>.<random>.tmp``).
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+?\.npz)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.tmp$")
 
 
 class ModelFileError(ValueError):
@@ -42,7 +62,9 @@ class Model:
     """A policy together with the schema it was trained under and its provenance.
 
     `actions` are the schema's actions followed by those added at run time; `disabled` are
-    the ones that must not be served (their learned state is kept).
+    the ones that must not be served (their learned state is kept). A snapshot records
+    the event log it summarises: `log_id` (`EventStore.log_id`) and `log_tip`, the
+    `LearnEvent.fingerprint` of the learn event at `log_offset` (None for offset 0).
     """
 
     policy: Policy
@@ -52,6 +74,8 @@ class Model:
     log_offset: int = 0
     actions: tuple[str, ...] = ()
     disabled: frozenset[str] = frozenset()
+    log_id: str | None = None
+    log_tip: str | None = None
 
     def __post_init__(self) -> None:
         if not self.actions:
@@ -87,7 +111,9 @@ def save_model(model: Model, path: str | Path) -> None:
     data = model_bytes(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name tells a crashed writer's leftover from a file being written.
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -109,6 +135,8 @@ def model_bytes(model: Model) -> bytes:
         "version": model.version,
         "created_at": model.created_at,
         "log_offset": model.log_offset,
+        "log_id": model.log_id,
+        "log_tip": model.log_tip,
         "schema": model.schema.to_dict(),
         "schema_hash": model.schema.hash,
         "encoding_hash": model.schema.encoding_hash,
@@ -127,6 +155,60 @@ def model_bytes(model: Model) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Remove the temporary files that crashed `save_model` calls left in `directory`.
+
+    A file is stale when the process that wrote it is gone; the calling process counts as
+    gone (it calls this before it writes). Returns the files removed.
+
+    Examples
+    --------
+    >>> import os, tempfile, pathlib
+    >>> directory = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (directory / f".model.npz.{os.getpid()}.x1y2.tmp").write_bytes(b"half a model")
+    >>> [p.name[-8:] for p in remove_stale_temp_files(directory)]
+    ['x1y2.tmp']
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        match = _TEMP_NAME.match(path.name)
+        if match is None or _writer_alive(match["pid"]):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another process starting beside us removed it first
+            continue
+        except OSError as exc:
+            logger.warning("Could not remove the stale temporary file %s: %s", path, exc)
+            continue
+        removed.append(path)
+    if removed:
+        logger.warning(
+            "Removed %d temporary file(s) left in %s by interrupted writes: %s.",
+            len(removed),
+            directory,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
+def _writer_alive(pid: str | None) -> bool:
+    if pid is None or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -205,6 +287,8 @@ def load_model(path: str | Path, schema: FeatureSchema) -> Model:
         log_offset=int(metadata.get("log_offset", 0)),
         actions=actions,
         disabled=frozenset(metadata.get("disabled", ())),
+        log_id=metadata.get("log_id"),
+        log_tip=metadata.get("log_tip"),
     )
 
 
