@@ -314,17 +314,39 @@ def test_any_count_outside_its_range_is_422(served: Served) -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("{bad json", "not valid JSON"),
-        ('{"user_id": "u123", "country": "AT",', "not valid JSON"),
         ("", "Field required"),
         ("[1, 2]", "valid dictionary"),
         ("null", "valid dictionary"),
     ],
 )
-def test_invalid_json_is_422_naming_body(served: Served, text: str, reason: str) -> None:
+def test_a_body_that_is_not_an_object_is_422_naming_body(
+    served: Served, text: str, reason: str
+) -> None:
     with learns_nothing(served):
         response = post_raw(served, text)
     assert_validation_error(response, "body", reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (b"{bad json", "Expecting property name enclosed in double quotes at line 1, column 2"),
+        (
+            b'{"user_id": "u123", "country": "AT",',
+            "Expecting property name enclosed in double quotes at line 1, column 37",
+        ),
+        ('{"user_id": "\u00e9"}'.encode("latin-1"), "it is not UTF-8 text"),
+    ],
+)
+def test_a_body_that_is_not_json_is_400(served: Served, text: bytes, reason: str) -> None:
+    with learns_nothing(served):
+        response = post_raw(served, text)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_json",
+        "message": f"The request body is not valid JSON: {reason}.",
+        "detail": [],
+    }
 
 
 # -- unknown categories: the explicit "other" bucket -------------------------------------------

@@ -77,8 +77,14 @@ def test_rank_returns_a_full_ranking_and_logs_the_decision(client: TestClient) -
 def test_rank_with_a_subset_and_a_repeated_client_event_id(client: TestClient) -> None:
     first = rank(client, actions=["suggest_new_app"], event_id="order-42")
     assert first["action_id"] == "suggest_new_app" and first["probability"] == 1.0
+    assert first["replayed"] is False and first["context_mismatch"] is False
     again = client.post("/v1/rank", json={"context": CONTEXT, "event_id": "order-42"}).json()
-    assert again == first  # idempotent: the decision logged the first time
+    # Idempotent: the decision logged the first time, flagged as such.
+    assert again == first | {"replayed": True}
+    other = {**CONTEXT, "n_sessions": 99}
+    mismatch = client.post("/v1/rank", json={"context": other, "event_id": "order-42"}).json()
+    assert mismatch == first | {"replayed": True, "context_mismatch": True}
+    assert engine_of(client).store.count("decisions") == 1  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

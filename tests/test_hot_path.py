@@ -1,8 +1,9 @@
 """The hot path: decisions and rewards answered without FastAPI's machinery, identically.
 
-Every request is sent twice, to two apps with the same model and seed: one as served (valid
-requests take the hot path) and one with a dependency override, which turns the hot path off,
-so FastAPI answers everything. Status, body and the decisions made must be the same.
+Every request is sent twice, to two apps with the same model and seed: one as served (the
+decision and reward routes take the hot path, errors included) and one built with
+``hot_path=False``, where FastAPI routes everything. Status, headers, body and the
+decisions made must be the same.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from fastapi.testclient import TestClient
 
 from banditrec import api
 from banditrec.api import create_app
-from banditrec.auth import Role, require
 from banditrec.config import Settings
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import SEED_REQUEST
@@ -27,6 +27,7 @@ from conftest import SEED_REQUEST
 WRITER_KEY = "w" * 24
 READER_KEY = "r" * 24
 KEYS = {WRITER_KEY: "writer", READER_KEY: "reader"}
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(autouse=True)
@@ -38,13 +39,13 @@ def _no_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def hot_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each request to a hot route was answered by the hot path."""
+    """Whether each request the served app's guard handed on was answered by the hot path."""
     calls: list[bool] = []
     original = api.HotRoutes.__call__
 
     async def spy(self: api.HotRoutes, scope: Any, *args: Any) -> bool:
         answered = await original(self, scope, *args)
-        if not scope["app"].dependency_overrides:  # the served app, not its FastAPI twin
+        if scope["app"].state.hot_path:  # the served app, not its FastAPI twin
             calls.append(answered)
         return answered
 
@@ -60,11 +61,10 @@ def _client(tmp_path: Path, model: Path, name: str, hot: bool, **settings: Any) 
             snapshot_dir=tmp_path / f"{name}-snapshots",
             seed=0,
             **settings,
-        )
+        ),
+        hot_path=hot,
     )
-    if not hot:  # any override sends every request through FastAPI
-        guard = require(Role.writer)
-        app.dependency_overrides[guard] = guard
+    app.state.hot_path = hot
     return TestClient(app)
 
 
@@ -80,10 +80,12 @@ def pair(tmp_path: Path, model_file: Path) -> Iterator[tuple[TestClient, TestCli
 def _same(pair: tuple[TestClient, TestClient], path: str, **kwargs: Any) -> dict[str, Any]:
     hot, slow = (client.post(path, **kwargs) for client in pair)
     assert hot.status_code == slow.status_code, (hot.text, slow.text)
-    assert hot.headers["content-type"] == slow.headers["content-type"]
+    for name in ("content-type", "content-length", "www-authenticate"):
+        assert hot.headers.get(name) == slow.headers.get(name), name
     body, expected = hot.json(), slow.json()
     for answer in (body, expected):
-        answer.pop("event_id", None)  # random
+        if isinstance(answer, dict) and "error" not in answer:
+            answer.pop("event_id", None)  # random
     assert body == expected
     return {"status": hot.status_code, **hot.json()}
 
@@ -96,7 +98,7 @@ def test_decisions_are_the_same_on_both_paths(
         assert _same(pair, "/recommend_action", json=request)["status"] == 200
     rank = {"context": SEED_REQUEST, "excluded_actions": ["invite_friend"]}
     assert _same(pair, "/v1/rank", json=rank)["status"] == 200
-    assert hot_calls.count(True) == 21
+    assert hot_calls == [True] * 21
 
 
 def test_rewards_and_their_errors_are_the_same_on_both_paths(
@@ -108,51 +110,72 @@ def test_rewards_and_their_errors_are_the_same_on_both_paths(
     assert _same(pair, f"/v1/events/{event_id}/reward", json={"value": 1.0})["duplicate"]
     assert _same(pair, "/v1/events/nope/reward", json={"value": 1.0})["status"] == 404
     assert _same(pair, f"/v1/events/{event_id}/reward", json={"value": 7.0})["status"] == 422
-    assert hot_calls == [True, True, True, True, False]
+    replay = _same(pair, "/v1/rank", json={"context": SEED_REQUEST, "event_id": event_id})
+    assert replay["replayed"] is True and replay["context_mismatch"] is False
+    assert hot_calls == [True] * 6
 
 
 @pytest.mark.parametrize(
-    ("body", "headers"),
+    "path",
     [
-        ({**SEED_REQUEST, "n_sessions": -1}, None),
-        ({**SEED_REQUEST, "n_sessions": "10"}, None),
-        ({k: v for k, v in SEED_REQUEST.items() if k != "device"}, None),
-        ([SEED_REQUEST], None),
-        (None, None),
+        "/v1/events/" + "e" * 60_000 + "/reward",  # too long
+        "/v1/events/.../reward",  # only dots
+        "/v1/events/has%20space/reward",
     ],
 )
-def test_bad_requests_are_answered_by_fastapi(
-    pair: tuple[TestClient, TestClient],
-    hot_calls: list[bool],
-    body: Any,
-    headers: dict[str, str] | None,
+def test_bad_event_ids_are_the_same_on_both_paths(
+    pair: tuple[TestClient, TestClient], hot_calls: list[bool], path: str
 ) -> None:
-    assert _same(pair, "/recommend_action", json=body, headers=headers)["status"] == 422
-    assert hot_calls == [False]
+    answer = _same(pair, path, json={"value": 1.0})
+    assert answer["status"] == 422 and answer["detail"][0]["field"] == "event_id"
+    assert hot_calls == [True]
 
 
 @pytest.mark.parametrize(
-    "content", [b'{"n_sessions": NaN}', b"{", b"", '{"user_id": "\u00e9"'.encode("latin-1")]
+    ("body", "field"),
+    [
+        ({**SEED_REQUEST, "n_sessions": -1}, "n_sessions"),
+        ({**SEED_REQUEST, "n_sessions": "10"}, "n_sessions"),
+        ({**SEED_REQUEST, "recent_engagement": 10**30}, "recent_engagement"),
+        ({k: v for k, v in SEED_REQUEST.items() if k != "device"}, "device"),
+        ([SEED_REQUEST], "body"),
+        (None, "body"),
+    ],
 )
-def test_unparsable_bodies_are_answered_by_fastapi(
-    pair: tuple[TestClient, TestClient], hot_calls: list[bool], content: bytes
+def test_bad_requests_are_the_same_on_both_paths(
+    pair: tuple[TestClient, TestClient], hot_calls: list[bool], body: Any, field: str
 ) -> None:
-    headers = {"content-type": "application/json"}
-    # 422, or 400 for bytes that are not UTF-8: FastAPI's answers, whatever they are.
-    assert _same(pair, "/recommend_action", content=content, headers=headers)["status"] >= 400
-    assert hot_calls == [False]
+    answer = _same(pair, "/recommend_action", json=body)
+    assert answer["status"] == 422 and answer["detail"][0]["field"] == field
+    assert hot_calls == [True]
 
 
-def test_the_first_content_type_decides_as_in_fastapi(
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b'{"n_sessions": NaN}', 422),  # Python's JSON reads it; the model refuses it
+        (b"", 422),  # body: Field required
+        (b"{", 400),
+        ('{"user_id": "\u00e9"}'.encode("latin-1"), 400),  # not UTF-8
+    ],
+)
+def test_unparsable_bodies_are_the_same_on_both_paths(
+    pair: tuple[TestClient, TestClient], hot_calls: list[bool], content: bytes, status: int
+) -> None:
+    assert _same(pair, "/recommend_action", content=content, headers=JSON)["status"] == status
+    assert hot_calls == [True]
+
+
+def test_the_first_content_type_decides_on_both_paths(
     pair: tuple[TestClient, TestClient], hot_calls: list[bool]
 ) -> None:
-    # The guard reads the last Content-Type, FastAPI the first: not JSON for FastAPI.
+    # Starlette reads the first Content-Type header; so does the guard, for both paths.
     headers = [("content-type", "text/plain"), ("content-type", "application/json")]
     content = json.dumps(SEED_REQUEST).encode()
     answers = [c.post("/recommend_action", content=content, headers=headers) for c in pair]
-    assert answers[0].status_code == answers[1].status_code == 422
+    assert answers[0].status_code == answers[1].status_code == 415
     assert answers[0].json() == answers[1].json()
-    assert hot_calls == [False]
+    assert hot_calls == []  # the guard answered before either path
 
 
 def test_keys_are_checked_on_the_hot_path(
@@ -175,14 +198,27 @@ def test_keys_are_checked_on_the_hot_path(
         ]:
             answer = _same(pair, "/recommend_action", json=SEED_REQUEST, headers=headers)
             assert answer["status"] == status
-        assert hot_calls == [True, True, False, False, False, False]
+        # The key is checked before the body: no key and a bad body is a 401.
+        assert _same(pair, "/recommend_action", json=[1])["status"] == 401
+        assert hot_calls == [True] * 7
+
+
+def test_other_routes_and_methods_go_to_fastapi(
+    pair: tuple[TestClient, TestClient], hot_calls: list[bool]
+) -> None:
+    assert _same(pair, "/v1/events/e1/activate")["status"] == 404
+    assert _same(pair, "/v1/nothing-here", json={})["status"] == 404
+    assert _same(pair, "/health", json={})["status"] == 405
+    assert hot_calls == [False, False, False]
 
 
 def test_hot_requests_are_timed_under_their_route(pair: tuple[TestClient, TestClient]) -> None:
     hot = pair[0]
     hot.post("/recommend_action", json=SEED_REQUEST)
+    hot.post("/v1/events/nope/reward", json={"value": 1.0})
     metrics = hot.get("/metrics").text
     assert 'route="/recommend_action",status="200"' in metrics
+    assert 'route="/v1/events/{event_id}/reward",status="404"' in metrics
 
 
 def test_the_checkpointer_copies_the_wal_into_the_database(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ from fastapi.security.base import SecurityBase
 from pydantic import BeforeValidator
 
 __all__ = [
+    "SECURITY_REQUIREMENT",
+    "SECURITY_SCHEMES",
     "Admin",
     "ApiKeys",
     "AuthError",
@@ -101,7 +103,21 @@ def _check_key_table(value: object) -> object:
         )
     if any(not isinstance(key, str) or not key or key != key.strip() for key in value):
         raise ValueError("API keys must be non-empty strings without surrounding whitespace.")
+    if not all(_sendable(key) for key in value):
+        raise ValueError(
+            "API keys must be printable Latin-1 text: HTTP headers carry no other "
+            "characters, so such a key could never authenticate; use random ASCII keys."
+        )
     return value
+
+
+def _sendable(key: str) -> bool:
+    # HTTP header values are Latin-1 bytes, and control characters end or corrupt them.
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return all(ch.isprintable() or ch == " " for ch in key)
 
 
 ApiKeys = Annotated[dict[str, Role], BeforeValidator(_check_key_table)]
@@ -143,6 +159,23 @@ def auth_error_handler(_: Request, exc: Exception) -> JSONResponse:
 _MISSING = (
     "This route needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
 )
+
+#: The OpenAPI security schemes of a key table: either header carries a key.
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "BearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, as `Authorization: Bearer <key>`.",
+    },
+    "ApiKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key, as `X-API-Key: <key>`.",
+    },
+}
+#: An OpenAPI operation's ``security``: a key in either header.
+SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 
 
 class _Guard(SecurityBase):

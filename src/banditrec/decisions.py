@@ -1,15 +1,13 @@
 """The work of the decision and reward routes: a validated request in, a response body out.
 
-Each is written once and called by two paths: the FastAPI route (documented, and answering
-every error) and the hot path (`HotRoutes`), which answers requests that are in order
-without FastAPI's per-request overhead. Neither path builds a body or maps a reward outcome
+Each is written once; the routes declared in `banditrec.api.routes` call it, on the FastAPI
+route and on the hot path alike. Neither path builds a body or maps a reward outcome
 to a status itself, so the two cannot answer differently.
 """
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
 from numpy.typing import NDArray
 
 from banditrec.engine import Engine
@@ -19,27 +17,10 @@ from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
 
 __all__ = [
     "DecisionWork",
-    "EngineDep",
-    "engine_of",
-    "get_engine",
     "rank_body",
     "recommend_body",
     "reward_body",
 ]
-
-
-def engine_of(app: FastAPI) -> Engine:
-    """The engine `app`'s lifespan started."""
-    engine: Engine = app.state.engine
-    return engine
-
-
-async def get_engine(request: Request) -> Engine:  # async: no thread-pool hop
-    """The FastAPI dependency giving a route the engine."""
-    return engine_of(request.app)
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 class DecisionWork:
@@ -72,16 +53,24 @@ class DecisionWork:
         return recommend_body(record, user_id, self.alpha(engine))
 
     async def rank(self, engine: Engine, body: Any) -> dict[str, Any]:
-        """The Personalizer-shaped decision: `body` is a validated ``RankRequest``."""
+        """The Personalizer-shaped decision: `body` is a validated ``RankRequest``.
+
+        A client event id that was logged before returns the first decision, flagged
+        ``replayed`` (and ``context_mismatch`` if that decision's context differs).
+        """
         eligible = engine.eligible_mask(body.actions, body.excluded_actions)
+        context: dict[str, Any] = body.context.model_dump()
+        started = engine.clock()
         record = await self._decide(
-            engine,
-            body.context.model_dump(),
-            eligible,
-            event_id=body.event_id,
-            deferred=body.defer_activation,
+            engine, context, eligible, event_id=body.event_id, deferred=body.defer_activation
         )
-        return rank_body(record)
+        content = rank_body(record)
+        # A decision made for this request is stamped after `started` (deciding takes
+        # microseconds); the first decision of a repeated id was stamped before it.
+        if body.event_id is not None and record.created_at < started:
+            content["replayed"] = True
+            content["context_mismatch"] = record.context != context
+        return content
 
     async def reward(self, engine: Engine, body: Any, event_id: str) -> dict[str, Any]:
         """Report the reward in `body` (a validated ``RewardRequest``) for `event_id`."""
@@ -135,6 +124,8 @@ def rank_body(record: DecisionRecord) -> dict[str, Any]:
         ],
         "model_version": record.model_version,
         "deferred": record.deferred,
+        "replayed": False,
+        "context_mismatch": False,
     }
 
 

@@ -1,33 +1,63 @@
-"""Domain errors and the one mapping from them to HTTP answers.
+"""The one error contract: every error the service answers, its status, code and body.
 
-The engine, the schema and the routes raise plain exceptions that say what went wrong in one
-sentence; `ERROR_STATUS` is the only place that turns them into statuses, and
-`domain_error_answer` the only function that renders them: the app's exception handler
-(`domain_error`) and the hot path both call it. Request validation errors get their own
-handler, which names every field that failed and why.
+Every error answer has the body `banditrec.schemas.ErrorResponse`,
+``{"error": <snake_case code>, "message": <one sentence>, "detail": [{"field", "message"}]}``
+(``detail`` is empty unless a request failed validation). `error_answer` is the only
+function that turns an exception into an answer: the FastAPI exception handlers
+(`handle_error`) and the hot path both call it, so the two cannot answer differently.
+
+The statuses and codes, as documented in ``docs/design.md``:
+
+====  ==========================  =========================================================
+400   ``invalid_json``            the body is not JSON (syntax, or not UTF-8)
+401   ``missing_api_key``,        no key, or a key that is not configured
+      ``invalid_api_key``
+403   ``insufficient_role``       a known key whose role is too low
+404   ``event_not_found``,        an unknown event or action; ``not_found``: no such route
+      ``action_not_found``,
+      ``not_found``
+405   ``method_not_allowed``      the route exists, not with this method
+409   ``action_exists``,          adding an action that exists; a reward for a deferred
+      ``event_not_activated``     event not activated yet (recorded, not learned)
+410   ``reward_window_closed``    the reward came after its window (recorded, not learned)
+413   ``payload_too_large``       the body is larger than ``max_body_bytes``
+415   ``unsupported_media_type``  a non-empty body whose Content-Type is not JSON
+422   ``validation_error``,       a field failed validation (each one named in ``detail``);
+      ``invalid_context``,        a context the schema refuses; an unknown action name;
+      ``unknown_action``,         every action excluded
+      ``no_eligible_action``
+500   ``internal_error``          a bug: the traceback is logged, never sent
+503   ``store_unavailable``       the event log cannot be reached now; retry later
+====  ==========================  =========================================================
 """
 
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from banditrec.auth import AuthError
 from banditrec.engine import ActionExistsError, UnknownActionError
 from banditrec.exploration import NoEligibleActionError
 from banditrec.features import SchemaError
 from banditrec.responses import FastJSONResponse, error_body
+from banditrec.store import StoreUnavailableError
 
 __all__ = [
+    "ANSWERED_ERRORS",
     "DOMAIN_ERRORS",
-    "ERROR_STATUS",
     "ActionNotFoundError",
     "EventNotActivatedError",
     "EventNotFoundError",
+    "InvalidJSONError",
+    "RequestValidationError",
     "RewardRejectedError",
     "RewardWindowClosedError",
-    "domain_error",
-    "domain_error_answer",
-    "validation_error",
+    "error_answer",
+    "handle_error",
+    "handle_server_error",
 ]
 
 
@@ -45,8 +75,8 @@ class ActionNotFoundError(LookupError):
 class RewardRejectedError(Exception):
     """A reward that is recorded but not learned: late, or for a deferred event.
 
-    Its ``error`` code is `code`, in snake case, rather than the class name: the client
-    branches on it (retrying later does not help a late reward; activating first does).
+    The client branches on its code: retrying later does not help a late reward;
+    activating first does.
     """
 
     code: ClassVar[str]
@@ -54,8 +84,6 @@ class RewardRejectedError(Exception):
 
 class RewardWindowClosedError(RewardRejectedError):
     """The reward came after its decision's reward window closed."""
-
-    code = "reward_window_closed"
 
     def __init__(self, event_id: str, window_seconds: float) -> None:
         super().__init__(
@@ -67,8 +95,6 @@ class RewardWindowClosedError(RewardRejectedError):
 class EventNotActivatedError(RewardRejectedError):
     """The reward is for a deferred decision that was never activated."""
 
-    code = "event_not_activated"
-
     def __init__(self, event_id: str) -> None:
         super().__init__(
             f"Event {event_id!r} was deferred and has not been activated; activate it first. "
@@ -76,44 +102,116 @@ class EventNotActivatedError(RewardRejectedError):
         )
 
 
-#: Domain errors and the HTTP status each maps to; the message is the error's own sentence.
-ERROR_STATUS: dict[type[Exception], int] = {
-    SchemaError: 422,
-    UnknownActionError: 422,
-    NoEligibleActionError: 422,
-    EventNotFoundError: 404,
-    ActionNotFoundError: 404,
-    ActionExistsError: 409,
-    EventNotActivatedError: 409,
-    RewardWindowClosedError: 410,
+class InvalidJSONError(ValueError):
+    """The request body is not JSON: 400 ``invalid_json``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The request body is not valid JSON: {reason}.")
+
+
+class RequestValidationError(ValueError):
+    """Path parameters or the body failed validation: 422, every field named in ``detail``.
+
+    Parameters
+    ----------
+    errors
+        Pydantic's errors (``ValidationError.errors()``).
+    prefix
+        Prepended to each error's location: the name of a path parameter, or nothing for
+        the body (whose fields are named as they are in it, ``context.n_sessions``).
+    """
+
+    def __init__(self, errors: Iterable[Mapping[str, Any]], prefix: str = "") -> None:
+        self.detail = [_field_error(error, prefix) for error in errors]
+        super().__init__("; ".join(d["message"] for d in self.detail))
+
+    @classmethod
+    def from_pydantic(cls, exc: ValidationError, prefix: str = "") -> "RequestValidationError":
+        return cls(exc.errors(include_url=False, include_input=False), prefix)
+
+
+def _field_error(error: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    loc = [prefix] if prefix else []
+    loc += [str(part) for part in error["loc"]]
+    field = ".".join(loc) or "body"
+    message = str(error["msg"]).rstrip(".")
+    return {"field": field, "message": f"{field}: {message}."}
+
+
+#: Domain errors: status and code; the message is the error's own sentence.
+_DOMAIN: dict[type[Exception], tuple[int, str]] = {
+    SchemaError: (422, "invalid_context"),
+    UnknownActionError: (422, "unknown_action"),
+    NoEligibleActionError: (422, "no_eligible_action"),
+    EventNotFoundError: (404, "event_not_found"),
+    ActionNotFoundError: (404, "action_not_found"),
+    ActionExistsError: (409, "action_exists"),
+    EventNotActivatedError: (409, "event_not_activated"),
+    RewardWindowClosedError: (410, "reward_window_closed"),
+    StoreUnavailableError: (503, "store_unavailable"),
 }
-DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(ERROR_STATUS)
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(_DOMAIN)
+
+#: Every exception `error_answer` renders; anything else is a bug (500).
+ANSWERED_ERRORS: tuple[type[Exception], ...] = (
+    AuthError,
+    InvalidJSONError,
+    RequestValidationError,
+    HTTPException,
+    *DOMAIN_ERRORS,
+)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
-def domain_error_answer(exc: Exception) -> tuple[int, dict[str, Any]]:
-    """The status and body answering domain error `exc` (one of `DOMAIN_ERRORS`)."""
+def error_answer(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, body and extra headers answering `exc` (one of `ANSWERED_ERRORS`)."""
+    if isinstance(exc, AuthError):
+        return exc.status, error_body(exc.code, exc.message), exc.headers
+    if isinstance(exc, InvalidJSONError):
+        return 400, error_body("invalid_json", str(exc)), {}
+    if isinstance(exc, RequestValidationError):
+        return 422, error_body("validation_error", str(exc), exc.detail), {}
+    if isinstance(exc, HTTPException):
+        return _http_answer(exc)
     # The most specific class mapped, as Starlette picks exception handlers.
-    status = next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
-    code = exc.code if isinstance(exc, RewardRejectedError) else type(exc).__name__
-    return status, error_body(code, str(exc))
+    status, code = next(_DOMAIN[cls] for cls in type(exc).__mro__ if cls in _DOMAIN)
+    return status, error_body(code, str(exc)), {}
 
 
-def domain_error(_: Request, exc: Exception) -> FastJSONResponse:
-    """The exception handler of every domain error."""
-    status, content = domain_error_answer(exc)
-    return FastJSONResponse(content, status)
+def _http_answer(exc: HTTPException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    # Starlette raises these for requests that match no route (404) or not its method (405).
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        message = "No route matches this path; the routes are listed at /docs."
+    elif exc.status_code == 405:
+        allowed = headers.get("allow", headers.get("Allow", ""))
+        message = f"This route does not accept this method; it accepts {allowed}."
+    else:
+        message = str(exc.detail).rstrip(".") + "."
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return exc.status_code, error_body(code, message), headers
 
 
-def validation_error(_: Request, exc: Exception) -> FastJSONResponse:
-    """422 in the app's error body, naming every field that failed and why."""
-    assert isinstance(exc, RequestValidationError)
-    detail = []
-    for error in exc.errors():
-        if error["type"] == "json_invalid":
-            detail.append({"field": "body", "message": "The request body is not valid JSON."})
-            continue
-        loc = [str(part) for part in error["loc"] if part != "body"]
-        field = ".".join(loc) or "body"
-        detail.append({"field": field, "message": f"{field}: {error['msg']}."})
-    message = "; ".join(d["message"] for d in detail)
-    return FastJSONResponse(error_body("validation_error", message, detail), 422)
+def handle_error(_: Request, exc: Exception) -> FastJSONResponse:
+    """The app's exception handler for every class in `ANSWERED_ERRORS`."""
+    status, content, headers = error_answer(exc)
+    return FastJSONResponse(content, status, headers=headers or None)
+
+
+def handle_server_error(_: Request, exc: Exception) -> FastJSONResponse:
+    """500 in the error body; the traceback goes to the log, never to the client.
+
+    Starlette re-raises `exc` after this answer, and the server (uvicorn) logs it with its
+    traceback: logging it here too would print every bug twice.
+    """
+    body = error_body(
+        "internal_error", "The server failed to answer this request; the error is logged."
+    )
+    return FastJSONResponse(body, 500)

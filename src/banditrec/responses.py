@@ -1,12 +1,13 @@
 """JSON responses: the app's response class, the raw ASGI form, and the error body's shape.
 
-Every answer the service writes is JSON rendered by orjson. Routes return `FastJSONResponse`;
-the ASGI layers in front of FastAPI (`RequestGuard`, `HotRoutes`) answer with `send_json`,
-which writes the same bytes and headers without building a `Response`. Errors share one
-shape, `error_body`: ``{"error": <code>, "message": <one sentence>, "detail": [...]}``.
+Every answer the service writes is JSON rendered by orjson. FastAPI routes return
+`FastJSONResponse`; the ASGI layers in front of FastAPI (`RequestGuard`, `HotRoutes`) answer
+with `send_json`, which writes the same bytes and headers without building a `Response`.
+Errors share one shape, `error_body`: ``{"error": <code>, "message": <one sentence>,
+"detail": [...]}`` (`banditrec.schemas.ErrorResponse`).
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -26,15 +27,19 @@ class FastJSONResponse(JSONResponse):
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
-async def send_json(send: Send, status: int, content: Any) -> None:
+async def send_json(
+    send: Send, status: int, content: Any, headers: Mapping[str, str] | None = None
+) -> None:
     """Answer with `content` as JSON: the bytes and headers `FastJSONResponse` would send."""
     payload = orjson.dumps(content)
-    headers = [(b"content-length", str(len(payload)).encode()), _JSON_CONTENT_TYPE]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    raw = [(b"content-length", str(len(payload)).encode()), _JSON_CONTENT_TYPE]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
 
 def error_body(error: str, message: str, detail: Iterable[Any] = ()) -> dict[str, Any]:
-    """The body of every error: a snake-case or class-name `error` code, one sentence that
-    tells the client what to do, and per-field `detail` (empty unless validation failed)."""
+    """The body of every error: a snake_case `error` code, one sentence that tells the client
+    what to do, and per-field `detail` (empty unless validation failed)."""
     return {"error": error, "message": message, "detail": list(detail)}

@@ -1,5 +1,11 @@
 """HTTP request and response bodies.
 
+Unknown keys: a context may carry keys the schema does not know, which are ignored (apps
+send what they have, and a schema can drop a field without breaking them); the envelope of a
+``/v1`` body is strict, so a typo like ``"exluded_actions"`` is a 422, never silently
+ignored. ``/recommend_action``'s flat body is a context plus ``user_id``, so it follows the
+context's rule.
+
 The request body of `/recommend_action` is built from the feature schema, so a team that
 replaces the schema gets validation (types, ranges, empty strings, NaN) and OpenAPI docs for
 its own context fields without writing a line of pydantic.
@@ -7,13 +13,23 @@ its own context fields without writing a line of pydantic.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from banditrec.features import CategoricalField, FeatureSchema
 
-__all__ = ["HealthResponse", "RecommendResponse", "context_model", "recommend_request_model"]
+__all__ = [
+    "ErrorResponse",
+    "EventId",
+    "HealthResponse",
+    "RankResponse",
+    "RecommendResponse",
+    "context_model",
+    "rank_request_model",
+    "recommend_request_model",
+    "reward_request_model",
+]
 
 #: Longest accepted string value; anything longer is a client bug, not a category.
 MAX_STRING_LENGTH = 128
@@ -61,7 +77,11 @@ def recommend_request_model(schema: FeatureSchema) -> type[BaseModel]:
 
 
 class HealthResponse(BaseModel):
-    status: str = "ok"
+    status: Literal["ok", "degraded"] = Field(
+        description="ok, or degraded while a fault is reported: decisions are still "
+        "served, but learning or snapshots are failing (see faults)."
+    )
+    faults: list[str] = Field(description="One sentence per fault; empty when ok.")
     model_loaded: bool = Field(description="False when serving from the prior (no model file).")
     n_actions: int
     alpha: float
@@ -82,19 +102,39 @@ class RecommendResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    field: str
-    message: str
+    field: str = Field(description="The field that failed, as a dotted path: context.n_sessions.")
+    message: str = Field(description="What is wrong with it, naming the field.")
 
 
 class ErrorResponse(BaseModel):
-    error: str
-    message: str
-    detail: list[ErrorDetail] = []
+    """The body of every error answer (see the table in ``banditrec.errors``)."""
+
+    error: str = Field(description="A snake_case code to branch on, e.g. validation_error.")
+    message: str = Field(description="One sentence that says what is wrong and what to do.")
+    detail: list[ErrorDetail] = Field(
+        [], description="Every field that failed validation (empty for other errors)."
+    )
+
+
+#: Event ids: what URLs carry unchanged. Ids made only of dots are refused: clients and
+#: proxies normalise "/v1/events/../reward" away, so such an event could never be rewarded.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+def _not_only_dots(value: str) -> str:
+    if not value.strip("."):
+        raise ValueError(
+            "an id made only of dots cannot be used in a URL (clients normalise '.' and "
+            "'..' away); use letters or digits too"
+        )
+    return value
 
 
 EventId = Annotated[
     str,
-    StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._:-]{1,128}$"),
+    StringConstraints(strict=True, pattern=EVENT_ID_PATTERN),
+    AfterValidator(_not_only_dots),
+    Field(description="1 to 128 characters from A-Z a-z 0-9 . _ : - (not only dots)."),
 ]
 
 
@@ -152,6 +192,16 @@ class RankResponse(BaseModel):
     )
     model_version: str
     deferred: bool = False
+    replayed: bool = Field(
+        False,
+        description="True when the event id was logged before: this is the first decision, "
+        "returned again (nothing new was logged).",
+    )
+    context_mismatch: bool = Field(
+        False,
+        description="True when a replayed decision was made for another context than this "
+        "request's: the client reused an event id by mistake.",
+    )
 
 
 class RewardResponse(BaseModel):
@@ -192,5 +242,7 @@ class AddActionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action_id: Annotated[
-        str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+        str,
+        StringConstraints(strict=True, pattern=EVENT_ID_PATTERN),
+        AfterValidator(_not_only_dots),  # it is a path segment of the enable/disable routes
     ] = Field(description="Name of the new action.")

@@ -1,27 +1,50 @@
-"""`RequestGuard`: bodies over the size limit and bodies that are not JSON stop here.
+"""`RequestGuard`: bodies over the size limit and non-empty bodies that are not JSON stop here.
 
-It is the innermost middleware and the one that reads the request body, so it also hands
-that body to the hot path (`HotRoutes`) before FastAPI sees the request.
+It is the innermost middleware and the only one that reads the request body: it leaves the
+body in the scope (`BODY_KEY`) for the routes, and hands it to the hot path (`HotRoutes`)
+before FastAPI sees the request. The content type is read here and nowhere else.
 """
 
 from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from banditrec.api.route import BODY_KEY, header
 from banditrec.responses import error_body, send_json
 
-__all__ = ["BodyHandler", "RequestGuard"]
+__all__ = ["BodyHandler", "RequestGuard", "is_json"]
 
 #: Called with the scope, the whole body and `send`; returns whether it answered the request
 #: (`HotRoutes` is one).
 BodyHandler = Callable[[Scope, bytes, Send], Awaitable[bool]]
+
+_NOT_JSON = (
+    "The request body must be JSON (Content-Type: application/json); "
+    "a route without a body accepts an empty one with any content type."
+)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type value names JSON: ``application/json`` or ``application/*+json``.
+
+    >>> is_json("application/json; charset=utf-8"), is_json("application/ld+json")
+    (True, True)
+    >>> is_json("text/plain"), is_json("")
+    (False, False)
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class RequestGuard:
     """Pure ASGI middleware: 413 for bodies over the limit, 415 for non-JSON bodies.
 
     Pure ASGI (not `BaseHTTPMiddleware`) so the body is counted as it streams in, also when
-    the client sends no Content-Length, and reading stops at the limit.
+    the client sends no Content-Length, and reading stops at the limit. An empty body is
+    always let through (whatever its content type): routes without a body take it, and
+    routes with one answer 422 "body: Field required".
     """
 
     def __init__(
@@ -35,21 +58,18 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        length = header(scope, b"content-length")
+        if length and (not length.isdigit() or int(length) > self.max_body_bytes):
             await _error(send, 413, "payload_too_large", self._too_large)
             return
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if (length is None or length != b"0") and not (
-            content_type == b"application/json" or content_type.endswith(b"+json")
-        ):
-            reason = "The request body must be JSON (Content-Type: application/json)."
-            await _error(send, 415, "unsupported_media_type", reason)
+        # The first Content-Type header, as Starlette and FastAPI read it.
+        json_body = is_json(header(scope, b"content-type"))
+        if not json_body and length not in ("", "0"):
+            await _error(send, 415, "unsupported_media_type", _NOT_JSON)
             return
 
         # Read the body here, up to the limit, then hand it to the app: an error raised from
-        # inside the app's `receive` would become FastAPI's 400, not a 413.
+        # inside the app's `receive` would become a 400, not a 413.
         chunks: list[bytes] = []
         received = 0
         while True:
@@ -65,6 +85,10 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if body and not json_body:  # streamed without a Content-Length
+            await _error(send, 415, "unsupported_media_type", _NOT_JSON)
+            return
+        scope[BODY_KEY] = body
         if self.hot_routes is not None and await self.hot_routes(scope, body, send):
             return
         replayed = False
