@@ -72,3 +72,45 @@ def test_the_command_prints_both_tables_and_the_target(
     assert "| banditrec linucb (default) |" in out
     assert "| proposed: linucb alpha=0.3, epsilon=0.01 |" in out
     assert "overall:" in out or "Target not checked" in out
+    assert f"Seeds: base seed {bq.REPORTING_SEED}: reporting seeds" in out
+
+
+@pytest.mark.parametrize(
+    ("delta", "se", "verdict"),
+    [
+        (-0.003, 0.009, "tie"),  # iris, current defaults vs MABWiser: within 1 s.e.
+        (-0.061, 0.009, "better"),
+        (-0.017, 0.009, "tie"),  # below 0 by less than 2 s.e.: not a win
+        (+16.4, 12.7, "tie"),
+        (+168.0, 11.0, "worse"),
+        (-1.0, float("nan"), "tie"),  # one pair: no standard error, nothing significant
+    ],
+)
+def test_a_verdict_needs_a_paired_difference_beyond_two_standard_errors(
+    bq: ModuleType, delta: float, se: float, verdict: str
+) -> None:
+    assert bq.Comparison(delta, se, 10).verdict == verdict
+
+
+def test_a_tie_fails_the_target(bq: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    ours = bq.Contender("linucb", "banditrec linucb (default)", "banditrec", None, "")
+    peer = bq.Contender("mabwiser", "MABWiser LinUCB", "mabwiser", None, "")
+    clear = {("linucb", "wine"): bq.Cell([0.10, 0.12, 0.11, 0.13])}
+    clear[("mabwiser", "wine")] = bq.Cell([0.20, 0.23, 0.21, 0.22])
+    assert bq.check_targets(ours, [ours, peer], ["wine"], clear, None)
+    noisy = {("linucb", "iris"): bq.Cell([0.10, 0.30, 0.12, 0.28])}
+    noisy[("mabwiser", "iris")] = bq.Cell([0.20, 0.20, 0.21, 0.20])
+    assert not bq.check_targets(ours, [ours, peer], ["iris"], noisy, None)
+    out = capsys.readouterr().out
+    assert "NOT met: a tie (within 2 s.e.)" in out
+    assert "overall: NOT met (0 significantly better, 1 ties, 0 significantly worse)" in out
+
+
+def test_reports_run_on_seeds_that_did_not_choose_the_defaults(bq: ModuleType) -> None:
+    assert "reporting seeds" in bq.seeds_note(bq.REPORTING_SEED, 10, 5, True)
+    for seed in bq.CHOOSING_SEEDS:
+        assert "USED TO CHOOSE" in bq.seeds_note(seed, 10, 5, True)
+    # The simulator streams of base 2020 are seeds 2020-2024: 2024 chose the defaults.
+    assert "USED TO CHOOSE" in bq.seeds_note(2020, 10, 5, True)
+    assert "reporting seeds" in bq.seeds_note(2020, 10, 5, False)
+    assert bq.REPORTING_SEED not in bq.CHOOSING_SEEDS
