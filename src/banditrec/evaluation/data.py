@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
 from numpy.typing import NDArray
 
+from banditrec.archive import Archive, ArchivedDecision, ArchivedReward, ArchiveError
 from banditrec.evaluation.config import (
     PROGRESS_EVERY,
     EvaluationError,
@@ -21,10 +28,9 @@ from banditrec.evaluation.config import (
 )
 from banditrec.features import FeatureSchema
 from banditrec.logged_data import LoggedDataError, read_logged_csv
-from banditrec.store import StoreError
-from banditrec.store.sqlite import SQLiteEventStore
+from banditrec.store import DecisionRecord, StoreError
 
-__all__ = ["LoggedRounds", "load_csv", "load_event_log"]
+__all__ = ["LoggedRounds", "ReadOnlyEventLog", "load_csv", "load_event_log"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,19 @@ class LoggedRounds:
 
 
 def load_event_log(
-    path: str | Path, schema: FeatureSchema, progress: ProgressCallback | None = None
+    path: str | Path | None,
+    schema: FeatureSchema,
+    progress: ProgressCallback | None = None,
+    *,
+    archive: str | Path | None = None,
 ) -> LoggedRounds:
     """Read the decisions of an event log that have a known reward (rewarded or defaulted).
+
+    The log is the live SQLite file `path`, a Parquet archive directory (`archive`, or `path`
+    when it is a directory; see `banditrec.archive`), or both: archived decisions first, then
+    the live ones, each event id once, so a log read half archived gives the same rounds as
+    read whole. The SQLite file is opened read-only (`ReadOnlyEventLog`): reading never
+    writes to it, and a server may go on writing meanwhile.
 
     Decisions still pending or never activated (deferred) are skipped and counted. Actions are
     aligned by name: the schema's actions first, then those added at run time, in order of
@@ -90,27 +106,99 @@ def load_event_log(
     the request) is not eligible there. Only the decisions present when reading starts are
     read, so a log that a server keeps writing to gives a consistent snapshot.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"The event log {path} does not exist.")
+    live = None if path is None else Path(path)
+    if live is not None and live.is_dir():
+        if archive is not None:
+            raise EvaluationError(
+                f"{live} is a directory; give the event log file and the archive directory."
+            )
+        live, archive = None, live
+    if live is None and archive is None:
+        raise EvaluationError("Give an event log file, an archive directory or both.")
+    label = " and ".join(str(p) for p in (archive, live) if p is not None)
+    source: dict[str, Any] = {
+        "kind": "event_log",
+        "path": str(live if live is not None else archive),
+        "encoding_hash": schema.encoding_hash,
+    }
+    if archive is not None:
+        source["archive"] = str(archive)
+    progress = progress or no_progress
     try:
-        store = SQLiteEventStore(path, schema.encoding_hash)
-    except (StoreError, sqlite3.Error) as exc:
-        raise EvaluationError(f"Cannot read the event log {path}: {exc}") from None
-    try:
-        return _read_store(store, path, schema, progress or no_progress)
-    except sqlite3.Error as exc:
-        raise EvaluationError(f"Cannot read the event log {path}: {exc}.") from None
-    finally:
-        store.close()
+        stored = None if archive is None else Archive(archive, schema.encoding_hash)
+        if live is None:
+            rounds = _read(None, stored, label, schema, progress)
+        else:
+            rounds = _read_live(live, stored, label, schema, progress)
+    except (StoreError, ArchiveError) as exc:
+        raise EvaluationError(str(exc)) from None
+    except (sqlite3.Error, OSError, pa.ArrowException) as exc:
+        raise EvaluationError(f"Cannot read the event log {label}: {exc}.") from None
+    return replace(rounds, source=source)
 
 
-def _read_store(
-    store: SQLiteEventStore, path: Path, schema: FeatureSchema, progress: ProgressCallback
+def _read_live(
+    path: Path,
+    archive: Archive | None,
+    label: str,
+    schema: FeatureSchema,
+    progress: ProgressCallback,
 ) -> LoggedRounds:
-    total = store.count("decisions")
+    # A log that no process had open is read without locks (so without creating the -wal
+    # and -shm files); should a writer have opened it meanwhile, it is read again, shared.
+    for lock_free in (None, False):
+        with ReadOnlyEventLog(path, schema.encoding_hash, lock_free=lock_free) as log:
+            try:
+                rounds = _read(log, archive, label, schema, progress)
+            except (sqlite3.DatabaseError, EvaluationError):
+                if not log.changed():
+                    raise
+                continue  # a page the writer was changing: whatever failed, read again
+            if not log.changed():
+                return rounds
+    raise EvaluationError(f"The event log {path} changed while it was read; try again.")
+
+
+def _read(
+    log: ReadOnlyEventLog | None,
+    archive: Archive | None,
+    label: str,
+    schema: FeatureSchema,
+    progress: ProgressCallback,
+) -> LoggedRounds:
+    """The rounds of the archive's decisions, then of the live log's not archived."""
+    # The live log's snapshot is taken first (by counting): a decision that retention moves
+    # to the archive after it is in both, and read once; none can be in neither.
+    live_total = 0 if log is None else log.count()
+    total = live_total + (0 if archive is None else archive.count_decisions())
     if total == 0:
-        raise EvaluationError(f"The event log {path} has no decisions; nothing to evaluate.")
+        raise EvaluationError(f"The event log {label} has no decisions; nothing to evaluate.")
+
+    def decisions() -> Iterator[tuple[DecisionRecord, Any]]:
+        archived: set[str] = set()
+        if archive is not None:
+            for record, reward in archive.iter_decisions():
+                if log is not None:
+                    archived.add(record.event_id)
+                yield record, reward
+        if log is not None:
+            for record, reward in itertools.islice(log.iter_decisions(), live_total):
+                if record.event_id not in archived:
+                    yield record, reward
+
+    short = Path(log.path if log is not None else label).name
+    return _rounds_of(decisions(), total, label, short, schema, progress)
+
+
+def _rounds_of(
+    decisions: Iterator[tuple[DecisionRecord, Any]],
+    total: int,
+    path: str,
+    short: str,
+    schema: FeatureSchema,
+    progress: ProgressCallback,
+) -> LoggedRounds:
+    """`LoggedRounds` of the decisions (at most `total`) with a known reward."""
     d = schema.n_features
     names = list(schema.actions)
     index = {name: k for k, name in enumerate(names)}
@@ -130,10 +218,10 @@ def _read_store(
 
     counts = {"decisions": 0, "pending": 0, "never_activated": 0}
     n = 0
-    for i, (record, total_reward) in enumerate(itertools.islice(store.iter_decisions(), total)):
+    for i, (record, total_reward) in enumerate(decisions):
         counts["decisions"] += 1
         if i % PROGRESS_EVERY == 0:
-            progress("read", i, total, path.name)
+            progress("read", i, total, short)
         if total_reward is None:
             counts["never_activated" if record.deferred else "pending"] += 1
             continue
@@ -156,7 +244,7 @@ def _read_store(
         eligible[n, k] = True
         logged[n, pos] = record.probabilities
         n += 1
-    progress("read", total, total, path.name)
+    progress("read", total, total, short)
     counts["used"] = n
     if n == 0:
         raise EvaluationError(
@@ -173,11 +261,169 @@ def _read_store(
         propensity=propensity[:n],
         reward=reward[:n],
         eligible=eligible[:n],
-        source={"kind": "event_log", "path": str(path), "encoding_hash": schema.encoding_hash},
+        source={},
         counts=counts,
         logged_dist=logged[:n],
         created_at=created[:n],
     )
+
+
+class ReadOnlyEventLog:
+    """A banditrec SQLite event log opened read-only: for evaluation and export.
+
+    It never writes to the database, never takes the writers' lock, and reads one snapshot:
+    the log as it was when opened (a server may go on writing meanwhile). A log that no
+    process has open (no ``-wal`` file beside it) is read lock-free, as an immutable file, so
+    that not even the ``-wal`` and ``-shm`` files are created beside it; `changed` then says
+    whether a writer opened the log while it was read (read it again: the next opening
+    shares that writer's snapshot machinery). The tables are read as the SQLite backend
+    writes them.
+
+    Parameters
+    ----------
+    path
+        The database file; it must exist.
+    encoding_hash
+        When given, a log of another feature encoding is refused.
+    lock_free
+        None: lock-free when no process has the log open; False: never.
+    """
+
+    def __init__(
+        self, path: str | Path, encoding_hash: str | None = None, lock_free: bool | None = None
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"The event log {self.path} does not exist.")
+        self._wal = self.path.with_name(self.path.name + "-wal")
+        journal = self.path.with_name(self.path.name + "-journal")
+        if lock_free is None:
+            lock_free = not self._wal.exists() and not journal.exists()
+        self._stamp = _stamp(self.path) if lock_free else None
+        mode = "immutable=1" if lock_free else "mode=ro"
+        try:
+            self._db = sqlite3.connect(
+                f"file:{quote(str(self.path.absolute()))}?{mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the event log {self.path}: {exc}.") from None
+        try:
+            self._check(encoding_hash)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check(self, encoding_hash: str | None) -> None:
+        try:
+            self._db.execute("BEGIN")  # one read transaction until closed: one snapshot
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a readable SQLite database: {exc}.") from None
+        if not {"meta", "decisions", "rewards"} <= tables:
+            raise StoreError(f"{self.path} is not a banditrec event log: it has no decisions.")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'encoding_hash'").fetchone()
+        stored = "" if row is None else str(row[0])
+        if encoding_hash is not None and stored != encoding_hash:
+            raise StoreError(
+                f"The event log {self.path} belongs to schema {stored[:12]}…, not to the "
+                f"configured schema {encoding_hash[:12]}…; evaluate with the schema the log "
+                "was written with."
+            )
+        self.encoding_hash = stored
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
+        self._user_column = "user_id" if "user_id" in columns else "NULL"
+
+    def __enter__(self) -> ReadOnlyEventLog:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def changed(self) -> bool:
+        """True when the log was read lock-free and a writer has opened it since."""
+        if self._stamp is None:
+            return False
+        return self._wal.exists() or _stamp(self.path) != self._stamp
+
+    def count(self) -> int:
+        """The number of decisions."""
+        return int(self._db.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+    def iter_decision_rows(self, batch_size: int = 10_000) -> Iterator[ArchivedDecision]:
+        """Every decision in log order with its reward total, state and user id."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS}, {self._user_column} FROM decisions "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _decision_of(row)
+            last = rows[-1][0]
+
+    def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
+        """Every decision in log order with its learned reward total (None if none yet)."""
+        for row in self.iter_decision_rows(batch_size):
+            yield row.record, row.reward_total
+
+    def iter_rewards(self, batch_size: int = 10_000) -> Iterator[ArchivedReward]:
+        """Every reward received, in order."""
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, event_id, received_at, value, outcome FROM rewards "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield ArchivedReward(*row[1:])
+            last = rows[-1][0]
+
+
+_COLUMNS = (
+    "seq, event_id, created_at, model_version, context, x, actions, eligible, action_index, "
+    "probability, probabilities, scores, state, reward_total"
+)
+
+
+def _decision_of(row: tuple[Any, ...]) -> ArchivedDecision:
+    (_seq, event_id, created_at, version, context, x, actions, eligible, index, p, ps, scores,
+     state, total, user_id) = row  # fmt: skip
+    record = DecisionRecord(
+        event_id=event_id,
+        created_at=created_at,
+        model_version=version,
+        context=orjson.loads(context),
+        x=np.frombuffer(x, dtype=np.float64),
+        actions=tuple(orjson.loads(actions)),
+        eligible=tuple(orjson.loads(eligible)),
+        action_index=index,
+        probability=p,
+        probabilities=np.frombuffer(ps, dtype=np.float64),
+        scores=np.frombuffer(scores, dtype=np.float64),
+        deferred=state == "inactive",
+        user_id=user_id,
+    )
+    return ArchivedDecision(record, total, state, user_id)
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def load_csv(path: str | Path, schema: FeatureSchema) -> LoggedRounds:
