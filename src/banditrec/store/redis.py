@@ -16,9 +16,10 @@ when Redis has applied it:
   replies, so every acknowledged decision and reward survives a crash of Redis (``kill -9``),
   of the machine and a power loss. Each write then waits for one fsync.
 - ``appendonly yes`` + ``appendfsync everysec`` (Redis's default for AOF): the file is
-  written at once but fsynced once a second. A crash of Redis alone loses nothing the kernel
-  already has; a ``kill -9`` during a write or a power loss / kernel crash can lose up to
-  about the last second of acknowledged writes.
+  written before the reply but fsynced once a second, so a power loss or a kernel crash can
+  lose about the last second of acknowledged writes. A ``kill -9`` of Redis usually loses
+  nothing (the kernel has the data), except while a slow fsync makes Redis postpone its
+  writes: then up to about 2 s.
 - ``appendonly no`` (RDB snapshots only, or no persistence): everything since the last
   snapshot is lost when Redis stops. Not suitable for the event log.
 
