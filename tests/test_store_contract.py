@@ -213,9 +213,25 @@ def test_unknown_late_and_inactive_rewards_are_recorded_not_learned(store: Any) 
     assert store.record_reward("e1", 1.0, 1100.0, RULES).outcome is RewardOutcome.learned
 
 
+def test_rewards_posted_together_are_joined_in_order(store: Any) -> None:
+    store.log_decisions([decision("e1"), decision("e2")], SUM_RULES)
+    results = store.record_rewards(
+        [("e1", 0.5, 1001.0), ("e2", 2.0, 1001.0), ("e1", 0.25, 1002.0), ("e9", 1.0, 1002.0)],
+        SUM_RULES,
+    )
+    assert [(r.event_id, r.outcome, r.total) for r in results] == [
+        ("e1", RewardOutcome.learned, 0.5),
+        ("e2", RewardOutcome.learned, 1.0),
+        ("e1", RewardOutcome.summed, 0.75),
+        ("e9", RewardOutcome.unknown, None),
+    ]
+    assert [e.seq for e in store.learn_events_after(0)] == [1, 2, 3]
+
+
 def test_deferred_decisions_learn_only_after_activation(store: Any) -> None:
     store.log_decisions([decision("d1", deferred=True)], RULES)
     assert store.activate("missing", 2000.0, RULES) is None
+    assert store.pending_backlog(1e12) == 0  # no window yet: never waits for a default
     assert store.apply_default_rewards(1e12, RULES) == {}  # inactive: no window, no default
     assert store.activate("d1", 2000.0, RULES) is True
     assert store.activate("d1", 2001.0, RULES) is False
