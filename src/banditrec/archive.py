@@ -169,7 +169,8 @@ class ArchiveWriter:
             {_LAYOUT_KEY: ARCHIVE_LAYOUT, _TABLE_KEY: table, _HASH_KEY: self.encoding_hash}
         )
         first, last = math.inf, -math.inf
-        temporary = self.directory / f".{table}-{uuid.uuid4().hex}.parquet.tmp"
+        token = uuid.uuid4().hex
+        temporary = self.directory / f".{table}-{token}.parquet.tmp"  # hidden: not a file yet
         try:
             with open(temporary, "wb") as sink:
                 with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
@@ -181,8 +182,8 @@ class ArchiveWriter:
             if first > last:  # no rows
                 temporary.unlink()
                 return None
-            path = self.directory / f"{table}-{_name_time(first, -1)}-{_name_time(last, 1)}-"
-            path = path.with_name(f"{path.name}{uuid.uuid4().hex}.parquet")
+            name = f"{table}-{_name_time(first, -1)}-{_name_time(last, 1)}-{token}.parquet"
+            path = self.directory / name
             _publish(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
@@ -218,7 +219,11 @@ class Archive:
 
     def count_decisions(self) -> int:
         """Rows in the decision files (an upper bound of distinct decisions)."""
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files("decisions"))
+        total = 0
+        for path in self.files("decisions"):
+            with self._open(path, "decisions") as file:
+                total += file.metadata.num_rows
+        return total
 
     def size_bytes(self) -> int:
         """Bytes on disk of the directory's files, leftovers of interrupted writes included."""
@@ -238,25 +243,27 @@ class Archive:
         """Like `iter_decisions`, with each decision's state and user id."""
         seen: set[str] = set()
         for path in self._files_between("decisions", start, end):
-            for batch in self._open(path, "decisions").iter_batches(batch_size=10_000):
-                for row in _decisions_of(batch, start, end):
-                    if row.record.event_id not in seen:
-                        seen.add(row.record.event_id)
-                        yield row
+            with self._open(path, "decisions") as file:
+                for batch in file.iter_batches(batch_size=10_000):
+                    for row in _decisions_of(batch, start, end):
+                        if row.record.event_id not in seen:
+                            seen.add(row.record.event_id)
+                            yield row
 
     def iter_rewards(
         self, start: float | None = None, end: float | None = None
     ) -> Iterator[ArchivedReward]:
         """Rewards with ``start <= received_at < end``, in file order."""
         for path in self._files_between("rewards", start, end):
-            for batch in self._open(path, "rewards").iter_batches(batch_size=10_000):
-                columns = batch.to_pydict()
-                for event_id, received_at, value, outcome in zip(
-                    columns["event_id"], columns["received_at"], columns["value"],
-                    columns["outcome"], strict=True,
-                ):  # fmt: skip
-                    if _within(received_at, start, end):
-                        yield ArchivedReward(event_id, received_at, value, outcome)
+            with self._open(path, "rewards") as file:
+                for batch in file.iter_batches(batch_size=10_000):
+                    columns = batch.to_pydict()
+                    for event_id, received_at, value, outcome in zip(
+                        columns["event_id"], columns["received_at"], columns["value"],
+                        columns["outcome"], strict=True,
+                    ):  # fmt: skip
+                        if _within(received_at, start, end):
+                            yield ArchivedReward(event_id, received_at, value, outcome)
 
     def delete_user(self, user_id: str) -> int:
         """Remove a user's decisions, and the rewards of those decisions, from every file.
@@ -268,15 +275,19 @@ class Archive:
         """
         removed_ids: set[str] = set()
         for path in self.files("decisions"):
-            table = self._open(path, "decisions").read()
+            with self._open(path, "decisions") as file:
+                users = file.read(columns=["user_id"])["user_id"]  # most files: not affected
+                if not pc.any(pc.fill_null(pc.equal(users, user_id), False)).as_py():
+                    continue
+                table = file.read()
             mine = pc.fill_null(pc.equal(table["user_id"], user_id), False)
-            if pc.any(mine).as_py():
-                removed_ids.update(table.filter(mine)["event_id"].to_pylist())
-                self._rewrite(path, table.filter(pc.invert(mine)))
+            removed_ids.update(table.filter(mine)["event_id"].to_pylist())
+            self._rewrite(path, table.filter(pc.invert(mine)))
         if removed_ids:
             wanted = pa.array(sorted(removed_ids), pa.string())
             for path in self.files("rewards"):
-                table = self._open(path, "rewards").read()
+                with self._open(path, "rewards") as file:
+                    table = file.read()
                 theirs = pc.is_in(table["event_id"], value_set=wanted)
                 if pc.any(theirs).as_py():
                     self._rewrite(path, table.filter(pc.invert(theirs)))
@@ -310,7 +321,14 @@ class Archive:
 
     def _open(self, path: Path, table: str) -> pq.ParquetFile:
         file = pq.ParquetFile(path)
-        meta = file.schema_arrow.metadata or {}
+        try:
+            self._check(path, table, file.schema_arrow.metadata or {})
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    def _check(self, path: Path, table: str, meta: dict[bytes, bytes]) -> None:
         layout = meta.get(_LAYOUT_KEY, b"?").decode()
         if layout != ARCHIVE_LAYOUT:
             raise ArchiveError(
@@ -328,7 +346,6 @@ class Archive:
                 f"not under {self.encoding_hash[:12]}… (the configured schema); read it with "
                 "the schema it was written with."
             )
-        return file
 
 
 class Exported(NamedTuple):
