@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from banditrec import evaluation as ev
-from banditrec.archive import ArchiveWriter
+from banditrec.archive import Archive, ArchiveWriter, export_log
 from banditrec.evaluation.data import ReadOnlyEventLog
 from banditrec.features import load_default_schema, load_schema
 from banditrec.store import DecisionRecord, RewardRules
@@ -64,7 +64,7 @@ def make_log(path: Path, n: int = 400, seed: int = 3) -> None:
         store.activate(f"e{i:04d}", T0 + i + 1, RULES)
     rewards = [(f"e{i:04d}", float(rng.random()), T0 + i + 2) for i in range(n) if i % 3]
     store.record_rewards(rewards, RULES)
-    store.apply_default_rewards(T0 + n - 100, RULES, limit=n)  # the oldest default
+    store.apply_default_rewards(T0 + 0.75 * n, RULES, limit=n)  # the oldest are defaulted
     store.close()
 
 
@@ -249,3 +249,39 @@ def test_an_archive_of_another_encoding_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ev.EvaluationError, match=r"The event log .*empty has no decisions"):
         ev.load_event_log(tmp_path / "empty", SCHEMA)
+
+
+def test_the_reader_reads_what_the_store_reads(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.db", n=120)
+    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
+    try:
+        expected = list(store.iter_decisions(batch_size=7))
+    finally:
+        store.close()
+    with ReadOnlyEventLog(tmp_path / "events.db", SCHEMA.encoding_hash) as log:
+        got = list(log.iter_decisions(batch_size=7))
+        states = [row.state for row in log.iter_decision_rows()]
+    assert len(got) == len(expected) == 120
+    for (a, total_a), (b, total_b) in zip(got, expected, strict=True):
+        assert total_a == total_b
+        for name in ("x", "probabilities", "scores"):
+            assert getattr(a, name).tobytes() == getattr(b, name).tobytes()
+        assert a == DecisionRecord(**{**vars(b), "x": a.x, "probabilities": a.probabilities,
+                                      "scores": a.scores})  # fmt: skip
+    assert set(states) == {"inactive", "pending", "rewarded", "defaulted"}
+
+
+def test_user_ids_are_read_once_the_log_has_them(tmp_path: Path) -> None:
+    # The live store gains a user_id column (issue 8); the reader takes it when it is there.
+    make_log(tmp_path / "events.db", n=12)
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        db.execute("ALTER TABLE decisions ADD COLUMN user_id TEXT")
+        db.execute("UPDATE decisions SET user_id = 'u' || (seq % 3) WHERE seq % 4 > 0")
+    with ReadOnlyEventLog(tmp_path / "events.db") as log:
+        users = [(row.user_id, row.record.user_id) for row in log.iter_decision_rows()]
+        export_log(log, tmp_path / "archive", encoding_hash=SCHEMA.encoding_hash)
+    expected = [None if s % 4 == 0 else f"u{s % 3}" for s in range(1, 13)]
+    assert users == list(zip(expected, expected, strict=True))
+    archive = Archive(tmp_path / "archive", SCHEMA.encoding_hash)
+    assert [row.user_id for row in archive.iter_decision_rows()] == expected
+    assert archive.delete_user("u1") == expected.count("u1") == 3
