@@ -229,8 +229,8 @@ def test_bad_logs_get_clear_errors_and_are_left_alone(tmp_path: Path) -> None:
     make_log(tmp_path / "events.db", n=20)
     other = load_schema(other_schema_toml(tmp_path / "other.toml"))
     before = files(tmp_path)
-    with pytest.raises(ev.EvaluationError, match=r"belongs to schema [0-9a-f]{12}…, not to the "
-                       r"configured schema [0-9a-f]{12}…; evaluate with the schema"):  # fmt: skip
+    wrong = r"belongs to schema [0-9a-f]{12}…, not to the configured schema [0-9a-f]{12}…; "
+    with pytest.raises(ev.EvaluationError, match=wrong + "read it with the schema it was written"):
         ev.load_event_log(tmp_path / "events.db", other)
     assert files(tmp_path) == before
     refused(None, "Give an event log file, an archive directory or both.")

@@ -330,8 +330,8 @@ class ReadOnlyEventLog:
         if encoding_hash is not None and stored != encoding_hash:
             raise StoreError(
                 f"The event log {self.path} belongs to schema {stored[:12]}…, not to the "
-                f"configured schema {encoding_hash[:12]}…; evaluate with the schema the log "
-                "was written with."
+                f"configured schema {encoding_hash[:12]}…; read it with the schema it was "
+                "written with."
             )
         self.encoding_hash = stored
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
