@@ -98,7 +98,7 @@ def test_decisions_round_trip_bit_for_bit(tmp_path: Path) -> None:
         assert_same(got.record, rec)
         assert (got.reward_total, got.state, got.user_id) == (total, state, user_id)
         assert got.record.user_id == user_id
-    pairs = list(Archive(tmp_path).iter_decisions())
+    pairs = list(Archive(tmp_path).iter_decisions(batch_size=4))
     assert [(r.event_id, t) for r, t in pairs] == [(r.event_id, t) for r, t, _, _ in written]
 
 

@@ -230,33 +230,37 @@ class Archive:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
 
     def iter_decisions(
-        self, start: float | None = None, end: float | None = None
+        self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000
     ) -> Iterator[tuple[DecisionRecord, Any]]:
         """Decisions with ``start <= created_at < end`` and their reward totals, like
-        `banditrec.store.EventStore.iter_decisions`; each event id once (the first copy)."""
-        for row in self.iter_decision_rows(start, end):
+        `banditrec.store.EventStore.iter_decisions`; each event id once (the first copy).
+
+        Files are read in name order, rows in file order: the log's order when the files
+        were written by retention, oldest first.
+        """
+        for row in self.iter_decision_rows(start, end, batch_size=batch_size):
             yield row.record, row.reward_total
 
     def iter_decision_rows(
-        self, start: float | None = None, end: float | None = None
+        self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000
     ) -> Iterator[ArchivedDecision]:
         """Like `iter_decisions`, with each decision's state and user id."""
         seen: set[str] = set()
         for path in self._files_between("decisions", start, end):
             with self._open(path, "decisions") as file:
-                for batch in file.iter_batches(batch_size=10_000):
+                for batch in file.iter_batches(batch_size=batch_size):
                     for row in _decisions_of(batch, start, end):
                         if row.record.event_id not in seen:
                             seen.add(row.record.event_id)
                             yield row
 
     def iter_rewards(
-        self, start: float | None = None, end: float | None = None
+        self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000
     ) -> Iterator[ArchivedReward]:
         """Rewards with ``start <= received_at < end``, in file order."""
         for path in self._files_between("rewards", start, end):
             with self._open(path, "rewards") as file:
-                for batch in file.iter_batches(batch_size=10_000):
+                for batch in file.iter_batches(batch_size=batch_size):
                     columns = batch.to_pydict()
                     for event_id, received_at, value, outcome in zip(
                         columns["event_id"], columns["received_at"], columns["value"],
