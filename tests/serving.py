@@ -113,9 +113,7 @@ def running_server(
         sys.executable, "-m", "banditrec", "serve", *model_args,
         "--port", str(port), "--log-level", "warning", *args,
     ]  # fmt: skip
-    env = server_env(tmp_path, **settings)
-    if model is None:
-        env.setdefault("BANDITREC_MODEL_PATH", str(tmp_path / "no-model.npz"))
+    env = server_env(tmp_path, **settings)  # no model: the default path, absent in tmp_path
     with running_process(command, tmp_path, f"http://127.0.0.1:{port}", env, timeout) as server:
         yield server
 

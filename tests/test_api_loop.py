@@ -255,3 +255,53 @@ def test_metrics_count_decisions_rewards_and_latency(client: TestClient) -> None
     assert "banditrec_reward_joins_total 2.0" in text
     assert 'route="/v1/rank"' in text and "banditrec_http_request_duration_seconds" in text
     assert "banditrec_model_updates 1.0" in text
+
+
+# -- event ids: the same rules on rank and reward -------------------------------------------
+
+
+def _rows(client: TestClient, table: str) -> int:
+    db = sqlite3.connect(engine_of(client).store.path)  # type: ignore[union-attr]
+    try:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("event_id", "message"),
+    [
+        ("e" * 60_000, "String should match pattern '^[A-Za-z0-9._:-]{1,128}$'"),
+        ("e" * 129, "String should match pattern"),
+        ("has space", "String should match pattern"),
+        ("...", "an id made only of dots cannot be used in a URL"),
+    ],
+)
+def test_a_bad_reward_event_id_is_422_and_records_nothing(
+    client: TestClient, event_id: str, message: str
+) -> None:
+    rank(client)
+    with model_changes(client, expected=False):
+        response = client.post(f"/v1/events/{event_id}/reward", json={"value": 1.0})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "validation_error" and body["detail"][0]["field"] == "event_id"
+    assert body["message"].startswith("event_id: ") and message in body["message"]
+    assert event_id not in response.text or len(event_id) < 10  # a long id is not echoed
+    assert _rows(client, "rewards") == 0 and _rows(client, "learn_events") == 0
+    activate = client.post(f"/v1/events/{event_id}/activate")
+    assert activate.status_code == 422 and message in activate.json()["message"]
+
+
+@pytest.mark.parametrize("event_id", [".", "..", "...", "e" * 129])
+def test_rank_refuses_ids_that_cannot_be_rewarded(client: TestClient, event_id: str) -> None:
+    response = client.post("/v1/rank", json={"context": CONTEXT, "event_id": event_id})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "event_id"
+    assert _rows(client, "decisions") == 0
+
+
+def test_ids_with_dots_and_letters_are_fine(client: TestClient) -> None:
+    event_id = rank(client, event_id="v1.2..order")["event_id"]
+    reward = client.post(f"/v1/events/{event_id}/reward", json={"value": 1.0})
+    assert reward.status_code == 200 and reward.json()["learned"] is True

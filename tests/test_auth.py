@@ -238,6 +238,10 @@ def test_key_table_parses_roles_from_json() -> None:
         ({"secret-1": ["admin"]}, "Unknown API key role(s) ['admin']"),
         ({" secret-1": "admin"}, "non-empty strings without surrounding whitespace"),
         ({"": "admin"}, "non-empty strings without surrounding whitespace"),
+        ({"secret-1€": "admin"}, "must be printable ASCII text"),
+        ({"secret-1\u2603": "writer"}, "might never authenticate"),
+        ({"secret-1é": "writer"}, "must be printable ASCII text"),
+        ({"secret-1\x07": "reader"}, "must be printable ASCII text"),
     ],
 )
 def test_key_table_errors_never_show_a_key(table: dict[str, str], message: str) -> None:
@@ -245,3 +249,12 @@ def test_key_table_errors_never_show_a_key(table: dict[str, str], message: str) 
         KeySettings.model_validate({"api_keys": table})
     assert message in str(caught.value)
     assert "secret-1" not in str(caught.value)
+
+
+def test_settings_refuse_a_key_outside_latin_1_at_start_up() -> None:
+    from banditrec.config import Settings
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(api_keys={"writer-key-0123456789": "writer", "clé-€-0123456789": "admin"})
+    assert "API keys must be printable ASCII text" in str(caught.value)
+    assert "0123456789" not in str(caught.value)
