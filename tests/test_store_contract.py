@@ -140,6 +140,19 @@ def test_decisions_are_read_back_bitwise(store: Any) -> None:
     assert store.get_decision("missing") is None
 
 
+def test_user_ids_are_logged(
+    open_log: Opener, backend: str, request: pytest.FixtureRequest
+) -> None:
+    not_in_sqlite_yet(backend, request, "user_id column")
+    store = open_log()
+    store.log_decisions([DecisionRecord(**{**decision("e1").__dict__, "user_id": "u-7"})], RULES)
+    store.log_decisions([decision("e2")], RULES)
+    assert [(d.event_id, d.user_id) for d, _ in store.iter_decisions()] == [
+        ("e1", "u-7"),
+        ("e2", None),
+    ]
+
+
 def test_a_repeated_event_id_returns_the_first_decision(store: Any) -> None:
     first = decision("e1")
     store.log_decisions([first], RULES)
