@@ -285,3 +285,23 @@ def test_user_ids_are_read_once_the_log_has_them(tmp_path: Path) -> None:
     archive = Archive(tmp_path / "archive", SCHEMA.encoding_hash)
     assert [row.user_id for row in archive.iter_decision_rows()] == expected
     assert archive.delete_user("u1") == expected.count("u1") == 3
+
+
+def test_an_open_store_is_read_through_the_protocol(tmp_path: Path) -> None:
+    # Any EventStore (a Redis log, say) is read through iter_decisions, beside an archive.
+    make_log(tmp_path / "events.db")
+    whole = ev.load_event_log(tmp_path / "events.db", SCHEMA)
+    shutil.copy(tmp_path / "events.db", tmp_path / "live.db")
+    retain(tmp_path / "live.db", tmp_path / "archive", archived=300, deleted=150)
+    store = SQLiteEventStore(tmp_path / "live.db", SCHEMA.encoding_hash)
+    try:
+        rounds = ev.load_event_log(store, SCHEMA, archive=tmp_path / "archive")
+    finally:
+        store.close()
+    same_rounds(rounds, whole)
+    assert rounds.source["path"] == str(tmp_path / "live.db")
+    # One that cannot count its decisions is read into memory first.
+    uncounted = Archive(tmp_path / "archive", SCHEMA.encoding_hash)
+    assert not hasattr(uncounted, "count")
+    part = ev.load_event_log(uncounted, SCHEMA)
+    assert part.counts["decisions"] == 300 and part.source["path"] == "Archive"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -28,7 +28,7 @@ from banditrec.evaluation.config import (
 )
 from banditrec.features import FeatureSchema
 from banditrec.logged_data import LoggedDataError, read_logged_csv
-from banditrec.store import DecisionRecord, StoreError
+from banditrec.store import DecisionRecord, EventStore, StoreError
 
 __all__ = ["LoggedRounds", "ReadOnlyEventLog", "load_csv", "load_event_log"]
 
@@ -86,7 +86,7 @@ class LoggedRounds:
 
 
 def load_event_log(
-    path: str | Path | None,
+    path: str | Path | EventStore | None,
     schema: FeatureSchema,
     progress: ProgressCallback | None = None,
     *,
@@ -98,7 +98,8 @@ def load_event_log(
     when it is a directory; see `banditrec.archive`), or both: archived decisions first, then
     the live ones, each event id once, so a log read half archived gives the same rounds as
     read whole. The SQLite file is opened read-only (`ReadOnlyEventLog`): reading never
-    writes to it, and a server may go on writing meanwhile.
+    writes to it, and a server may go on writing meanwhile. `path` may also be a store
+    already open (any `banditrec.store.EventStore`, e.g. a Redis log opened read-only).
 
     Decisions still pending or never activated (deferred) are skipped and counted. Actions are
     aligned by name: the schema's actions first, then those added at run time, in order of
@@ -106,6 +107,8 @@ def load_event_log(
     the request) is not eligible there. Only the decisions present when reading starts are
     read, so a log that a server keeps writing to gives a consistent snapshot.
     """
+    if path is not None and not isinstance(path, str | os.PathLike):
+        return _read_store(path, archive, schema, progress or no_progress)
     live = None if path is None else Path(path)
     if live is not None and live.is_dir():
         if archive is not None:
@@ -116,13 +119,7 @@ def load_event_log(
     if live is None and archive is None:
         raise EvaluationError("Give an event log file, an archive directory or both.")
     label = " and ".join(str(p) for p in (archive, live) if p is not None)
-    source: dict[str, Any] = {
-        "kind": "event_log",
-        "path": str(live if live is not None else archive),
-        "encoding_hash": schema.encoding_hash,
-    }
-    if archive is not None:
-        source["archive"] = str(archive)
+    source = _source(live if live is not None else archive, archive, schema)
     progress = progress or no_progress
     try:
         stored = None if archive is None else Archive(archive, schema.encoding_hash)
@@ -135,6 +132,30 @@ def load_event_log(
     except (sqlite3.Error, OSError, pa.ArrowException) as exc:
         raise EvaluationError(f"Cannot read the event log {label}: {exc}.") from None
     return replace(rounds, source=source)
+
+
+def _read_store(
+    store: EventStore,
+    archive: str | Path | None,
+    schema: FeatureSchema,
+    progress: ProgressCallback,
+) -> LoggedRounds:
+    where = str(getattr(store, "path", type(store).__name__))
+    label = " and ".join(str(p) for p in (archive, where) if p is not None)
+    source = _source(where, archive, schema)
+    try:
+        stored = None if archive is None else Archive(archive, schema.encoding_hash)
+        rounds = _read(store, stored, label, schema, progress)
+    except (StoreError, ArchiveError) as exc:
+        raise EvaluationError(str(exc)) from None
+    return replace(rounds, source=source)
+
+
+def _source(where: Any, archive: str | Path | None, schema: FeatureSchema) -> dict[str, Any]:
+    source = {"kind": "event_log", "path": str(where), "encoding_hash": schema.encoding_hash}
+    if archive is not None:
+        source["archive"] = str(archive)
+    return source
 
 
 def _read_live(
@@ -160,7 +181,7 @@ def _read_live(
 
 
 def _read(
-    log: ReadOnlyEventLog | None,
+    log: ReadOnlyEventLog | EventStore | None,
     archive: Archive | None,
     label: str,
     schema: FeatureSchema,
@@ -169,7 +190,16 @@ def _read(
     """The rounds of the archive's decisions, then of the live log's not archived."""
     # The live log's snapshot is taken first (by counting): a decision that retention moves
     # to the archive after it is in both, and read once; none can be in neither.
-    live_total = 0 if log is None else log.count()
+    live: Iterable[tuple[DecisionRecord, Any]] = ()
+    live_total = 0
+    if log is not None:
+        counter = getattr(log, "count", None)
+        if counter is not None:
+            live_total = int(counter("decisions"))
+            live = itertools.islice(log.iter_decisions(), live_total)
+        else:  # a store that cannot count: its decisions now, in memory
+            live = list(log.iter_decisions())
+            live_total = len(live)
     total = live_total + (0 if archive is None else archive.count_decisions())
     if total == 0:
         raise EvaluationError(f"The event log {label} has no decisions; nothing to evaluate.")
@@ -181,12 +211,11 @@ def _read(
                 if log is not None:
                     archived.add(record.event_id)
                 yield record, reward
-        if log is not None:
-            for record, reward in itertools.islice(log.iter_decisions(), live_total):
-                if record.event_id not in archived:
-                    yield record, reward
+        for record, reward in live:
+            if record.event_id not in archived:
+                yield record, reward
 
-    short = Path(log.path if log is not None else label).name
+    short = Path(str(getattr(log, "path", label))).name
     return _rounds_of(decisions(), total, label, short, schema, progress)
 
 
@@ -354,9 +383,11 @@ class ReadOnlyEventLog:
             return False
         return self._wal.exists() or _stamp(self.path) != self._stamp
 
-    def count(self) -> int:
-        """The number of decisions."""
-        return int(self._db.execute("SELECT count(*) FROM decisions").fetchone()[0])
+    def count(self, table: Literal["decisions", "rewards"] = "decisions") -> int:
+        """The number of decisions (or rewards)."""
+        if table not in ("decisions", "rewards"):
+            raise ValueError(f"Cannot count {table!r}: only decisions and rewards.")
+        return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def iter_decision_rows(self, batch_size: int = 10_000) -> Iterator[ArchivedDecision]:
         """Every decision in log order with its reward total, state and user id."""
