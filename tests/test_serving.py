@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import sqlite3
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from banditrec.engine import Engine, prior_model
 from banditrec.features import load_default_schema
@@ -155,3 +161,137 @@ def test_two_workers_learn_from_each_others_rewards(tmp_path: Path) -> None:
         for name in ("A_", "b_"):
             assert relative_difference(state[name], expected[name]) < 1e-9, name
         assert state["n_updates_"].sum() == 300
+
+
+# -- the reliability soak: default rewards keep up with full decision traffic -------------
+
+_RANK_SCRIPT = """
+wrk.method = "POST"
+wrk.path = "/v1/rank"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '%s'
+"""
+
+
+def backlog_of(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "banditrec_default_reward_backlog":
+                return float(sample.value)
+    raise AssertionError("/metrics has no banditrec_default_reward_backlog")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_soak_the_default_reward_backlog_stays_flat_at_full_decision_rate(
+    tmp_path: Path,
+) -> None:
+    # Decisions as fast as the server serves them (wrk, 16 connections), none rewarded, a
+    # 1 s window: every decision needs its default reward 1 s later. The old sweep defaulted
+    # at most 1,000 per second, so its backlog grew by (rate - 1,000) every second.
+    script = tmp_path / "rank.lua"
+    script.write_text(_RANK_SCRIPT % json.dumps({"context": contexts(1, 21)[0]}))
+    seconds = 8
+    with running_server(tmp_path, reward_window_seconds="1", seed="2") as server:
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(script), server.url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        samples: list[tuple[float, float]] = []
+        started = time.monotonic()
+        while wrk.poll() is None:
+            samples.append((time.monotonic() - started, backlog_of(server.url)))
+            time.sleep(0.25)
+        assert wrk.returncode == 0, wrk.stdout.read() if wrk.stdout else ""
+        decisions = int(sqlite3.connect(tmp_path / "events.db").execute(
+            "SELECT count(*) FROM decisions").fetchone()[0])  # fmt: skip
+        # Traffic stopped: the last windows close within 1 s and are swept.
+        wait_for(lambda: backlog_of(server.url) == 0)
+    rate = decisions / seconds
+    assert rate > 2_000, f"{rate:.0f} decisions/s is too slow to tell a capped sweep apart"
+    late = [backlog for at, backlog in samples if at > seconds / 2]
+    # A sweep every second defaults all that is due: the backlog stays about one second of
+    # decisions (1.3 s at most here, at 5,200/s). A sweep capped at 1,000/s let it grow to
+    # over 6 s of decisions by the end (38,000 at 6,200/s).
+    assert max(late) < 3.0 * rate, (rate, samples)
+    db = sqlite3.connect(tmp_path / "events.db")
+    states = dict(db.execute("SELECT state, count(*) FROM decisions GROUP BY state").fetchall())
+    defaults = db.execute("SELECT count(*) FROM learn_events WHERE kind = 'default'").fetchone()
+    db.close()
+    assert states == {"defaulted": decisions} and defaults[0] == decisions
+
+
+# -- a restored log, and the snapshot lease across restarts -------------------------------
+
+
+def test_a_log_restored_from_an_older_copy_learns_every_new_reward(tmp_path: Path) -> None:
+    with running_server(tmp_path, seed="4") as server, httpx.Client(base_url=server.url) as http:
+        post_rewards(http, contexts(100, 22), seed=5)
+        backup = sqlite3.connect(tmp_path / "backup.db")
+        live = sqlite3.connect(tmp_path / "events.db")
+        live.backup(backup)  # the operator's backup, at offset 100
+        live.close()
+        backup.close()
+        post_rewards(http, contexts(200, 23), seed=6)
+        snapshot = http.post("/v1/admin/snapshot").json()
+        assert snapshot["log_offset"] == 300
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"events.db{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(tmp_path / "backup.db", tmp_path / "events.db")  # restored
+
+    with running_server(tmp_path, seed="4") as server, httpx.Client(base_url=server.url) as http:
+        outcomes = post_rewards(http, contexts(250, 24), seed=7)
+        assert outcomes == ["learned"] * 250
+        model = http.get("/v1/model").json()
+        live_model = fetch_live_model(server.url)
+        log = server.log()
+    assert "model-000000000300.npz is at offset 300, past the end of this log (100)" in log
+    assert model["log_offset"] == 350 and model["n_updates"] == 350  # none skipped
+    expected = model_rebuilt_from_the_log(tmp_path / "events.db")
+    for name in ("A_", "b_"):
+        assert relative_difference(live_model[name], expected[name]) < 1e-9, name
+    np.testing.assert_array_equal(live_model["n_updates_"], expected["n_updates_"])
+
+
+def test_a_stopped_server_releases_the_snapshot_lease(tmp_path: Path) -> None:
+    settings = {"seed": "6", "snapshot_every_events": "20"}
+    with running_server(tmp_path, **settings) as server, httpx.Client(base_url=server.url) as http:
+        post_rewards(http, contexts(30, 25), seed=8)
+        wait_for(lambda: bool(snapshot_offsets(tmp_path)))
+        assert lease_rows(tmp_path) == 1
+    # SIGTERM: shut down cleanly, lease given up (it lived 900 s before, 10 s now).
+    assert lease_rows(tmp_path) == 0
+    with running_server(tmp_path, **settings) as server, httpx.Client(base_url=server.url) as http:
+        post_rewards(http, contexts(30, 26), seed=9)
+        # At once, not when a lease left by the stopped server expires.
+        wait_for(lambda: max(snapshot_offsets(tmp_path)) >= 50, seconds=5.0)
+
+
+def post_rewards(http: httpx.Client, pool: list[dict[str, object]], seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    outcomes = []
+    for context in pool:
+        event_id = http.post("/v1/rank", json={"context": context}).json()["event_id"]
+        answer = http.post(
+            f"/v1/events/{event_id}/reward", json={"value": float(rng.random() < 0.4)}
+        )
+        outcomes.append(answer.json()["status"])
+    return outcomes
+
+
+def snapshot_offsets(tmp_path: Path) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in SnapshotDirectory(tmp_path / "snapshots").paths()]
+
+
+def lease_rows(tmp_path: Path) -> int:
+    db = sqlite3.connect(tmp_path / "events.db")
+    n = int(db.execute("SELECT count(*) FROM leases").fetchone()[0])
+    db.close()
+    return n
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {seconds} s"
+        time.sleep(0.05)
