@@ -295,3 +295,59 @@ def test_decision_is_cheap() -> None:
     metrics = Metrics(ACTIONS)
     best = min(timeit.repeat(lambda: metrics.decision("invite_friend"), number=10_000, repeat=3))
     assert best / 10_000 < 20e-6
+
+
+def test_learner_faults_and_the_default_reward_backlog() -> None:
+    metrics = Metrics(ACTIONS)
+    body = exposition(metrics)
+    assert value(body, "banditrec_default_reward_backlog") is None  # no log watched yet
+    assert value(body, "banditrec_learner_faults_total") == 0
+    backlog = [42]
+    metrics.watch_backlog(lambda: backlog[0])
+    metrics.learner_failed()
+    metrics.learner_failed()
+    metrics.learner_faulty(True)
+    body = exposition(metrics)
+    assert value(body, "banditrec_default_reward_backlog") == 42
+    assert value(body, "banditrec_learner_faults_total") == 2
+    assert value(body, "banditrec_learner_fault") == 1
+    backlog[0] = 0  # counted afresh at every scrape
+    metrics.learner_faulty(False)
+    body = exposition(metrics)
+    assert value(body, "banditrec_default_reward_backlog") == 0
+    assert value(body, "banditrec_learner_fault") == 0
+
+
+def test_an_unreachable_log_leaves_out_the_backlog_not_the_other_metrics() -> None:
+    metrics = Metrics(ACTIONS)
+
+    def unreachable() -> int:
+        raise RuntimeError("The event log is closed.")
+
+    metrics.watch_backlog(unreachable)
+    metrics.decision("invite_friend")
+    body = exposition(metrics)
+    assert value(body, "banditrec_default_reward_backlog") is None
+    assert value(body, "banditrec_decisions_total", action="invite_friend") == 1
+
+
+FAULTY_READER = textwrap.dedent(
+    """
+    from banditrec.metrics import Metrics, metrics_response
+
+    metrics = Metrics()
+    metrics.watch_backlog(lambda: 7)
+    metrics.learner_failed()
+    metrics.learner_faulty(True)
+    print(metrics_response(metrics).body.decode())
+    """
+)
+
+
+def test_multiprocess_mode_shows_the_backlog_and_a_live_workers_fault(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    run(WORKER, env, "1", "1")  # a healthy worker, gone
+    body = run(FAULTY_READER, env)
+    assert value(body, "banditrec_default_reward_backlog") == 7
+    assert value(body, "banditrec_learner_faults_total") == 1
+    assert value(body, "banditrec_learner_fault") == 1
