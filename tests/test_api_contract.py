@@ -151,6 +151,9 @@ def test_openapi_documents_the_one_error_body_where_it_is_returned(client: TestC
     }  # fmt: skip
     assert statuses[("post", "/v1/admin/snapshot")] == {"413", "415", "500"}
     assert statuses[("get", "/health")] == {"500"}
+    refs = set(re.findall(r"#/components/schemas/(\w+)", str(spec)))
+    assert refs <= set(spec["components"]["schemas"])  # every model it names is in it
+    assert {"RankRequest", "RecommendRequest", "RewardRequest", "Context"} <= refs
     reward = spec["paths"]["/v1/events/{event_id}/reward"]["post"]
     assert reward["parameters"][0]["schema"]["pattern"] == "^[A-Za-z0-9._:-]{1,128}$"
     body = reward["requestBody"]["content"]["application/json"]["schema"]["$ref"]

@@ -64,7 +64,6 @@ def _client(tmp_path: Path, model: Path, name: str, hot: bool, **settings: Any) 
         ),
         hot_path=hot,
     )
-    app.state.hot_path = hot
     return TestClient(app)
 
 

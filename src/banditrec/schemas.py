@@ -232,6 +232,11 @@ class ModelResponse(BaseModel):
     exploration_params: dict[str, float | int]
 
 
+class SnapshotResponse(BaseModel):
+    path: str = Field(description="The snapshot file written.")
+    log_offset: int = Field(description="The last learn event it includes.")
+
+
 class ActionInfo(BaseModel):
     action_id: str
     enabled: bool = Field(description="Disabled actions are never served (probability 0).")

@@ -56,6 +56,7 @@ def create_app(
     )
     state = app.state
     state.settings, state.metrics, state.serving = settings, metrics, serving
+    state.hot_path = hot_path
     state.api_keys = settings.api_keys
     state.decisions = DecisionWork(metrics, settings.alpha or 0.0, settings.reward_window_seconds)
     hot_routes = HotRoutes()

@@ -29,6 +29,7 @@ from banditrec.schemas import (
     RankResponse,
     RecommendResponse,
     RewardResponse,
+    SnapshotResponse,
     rank_request_model,
     recommend_request_model,
     reward_request_model,
@@ -201,7 +202,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/v1/admin/model", export_model, None, Role.admin, responses=_EXPORT_RESPONSES
     ),
-    Route("POST", "/v1/admin/snapshot", snapshot, None, Role.admin),
+    Route("POST", "/v1/admin/snapshot", snapshot, SnapshotResponse, Role.admin),
     Route("GET", "/v1/actions", list_actions, list[ActionInfo], Role.reader),
     Route(
         "POST", "/v1/admin/actions", add_action, list[ActionInfo], Role.admin,
