@@ -318,3 +318,237 @@ def test_serve_fails_on_a_model_trained_under_another_schema(
     assert "was trained with schema" in log and "retrain the model" in log
     with pytest.raises(httpx.TransportError):  # and nothing is listening
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+
+
+# -- the operator's details (issue 7, items 10 and 17) ----------------------------------------
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m banditrec ARGS` in a real process; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "banditrec", *args],
+        cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=STARTUP_TIMEOUT,
+    )  # fmt: skip
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = run_cli("--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"banditrec {version('banditrec')}"
+
+
+def test_serve_refuses_an_unknown_log_level_with_the_choices(tmp_path: Path) -> None:
+    done = run_cli("serve", "--log-level", "verbose", "--port", str(free_port()), cwd=tmp_path)
+    assert done.returncode == 2
+    message = flat(done.stderr)
+    assert "Invalid value for '--log-level'" in message
+    assert "'verbose' is not one of 'critical', 'error', 'warning', 'info', 'debug'" in message
+    assert "KeyError" not in message and "Traceback" not in message
+
+
+def test_serve_refuses_an_explicit_model_path_that_does_not_exist(tmp_path: Path) -> None:
+    port = free_port()
+    done = run_cli("serve", "--model", "data/linucb_modle.npz", "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 1
+    assert flat(done.stderr) == (
+        "error: The model file data/linucb_modle.npz does not exist. Train one with "
+        "`banditrec train --model data/linucb_modle.npz`, or leave out --model to serve "
+        "from the prior."
+    )
+    with pytest.raises(httpx.TransportError):  # nothing started
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    assert not (tmp_path / "data").exists()  # and no event log was created
+
+
+def test_serve_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("serve", "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 1
+    message = flat(done.stderr)
+    assert message.startswith(f"error: Port {port} on 127.0.0.1 is already in use")
+    assert f"fuser -k {port}/tcp" in message and "--port" in message
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    done = run_cli("serve", "--port", str(free_port()), cwd=tmp_path, BANDITREC_MAX_CONNECTIONS="0")
+    assert done.returncode == 1
+    message = flat(done.stderr)
+    assert message.startswith("error: Invalid settings: BANDITREC_MAX_CONNECTIONS:")
+    assert "greater than or equal to 1" in message and "Traceback" not in message
+
+
+def test_serve_without_a_model_file_logs_the_prior_and_the_replay_in_uvicorn_format(
+    tmp_path: Path,
+) -> None:
+    """The default model path may be absent (prior, with a warning); the `banditrec`
+    logger's lines appear at INFO; --db puts the event log where it says."""
+    port = free_port()
+    db = tmp_path / "logs" / "mine.db"
+    (tmp_path / "logs").mkdir()
+    args = [sys.executable, "-m", "banditrec", "serve", "--port", str(port), "--db", str(db),
+            "--no-access-log"]  # fmt: skip
+    with running(args, tmp_path, port, BANDITREC_SNAPSHOT_DIR=str(tmp_path / "snaps")) as url:
+        assert httpx.get(f"{url}/health", timeout=5).json()["model_loaded"] is False
+        assert db.exists()
+        log = (tmp_path / f"server-{port}.log").read_text()
+    assert "WARNING:  No model file at data/linucb_model.npz: serving from the prior." in log
+    assert "learn events replayed." in log
+    assert any(line.startswith("INFO:     Model from ") for line in log.splitlines())
+    assert not (tmp_path / "data" / "events.db").exists()
+
+
+def test_serve_help_lists_every_setting_with_its_default(tmp_path: Path) -> None:
+    from banditrec.config import Settings
+
+    done = run_cli("serve", "--help", cwd=tmp_path, COLUMNS="300")
+    assert done.returncode == 0
+    text = flat(done.stdout)
+    for name in Settings.model_fields:
+        assert f"BANDITREC_{name.upper()} (default" in text
+    assert "BANDITREC_MAX_CONNECTIONS (default 1000): Open connections per worker" in text
+    assert 'BANDITREC_DB_PATH (default "data/events.db"): SQLite event log.' in text
+
+
+def test_train_rows_learns_only_the_first_rows(data_file: Path, tmp_path: Path) -> None:
+    model = tmp_path / "first.npz"
+    result = invoke("train", "--data", str(data_file), "--model", str(model), "--rows", "50")
+    assert result.exit_code == 0, result.output
+    assert "Trained on 50 rounds" in flat(result.output)
+    assert load_model(model, SCHEMA).n_updates == 50
+
+
+def test_serve_removes_metrics_directories_of_dead_servers(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """`kill -9` of a multi-worker server leaves its metrics directory; the next start
+    removes the ones whose owner is gone, and keeps a live owner's."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    orphan = tmp / f"banditrec-metrics-{dead.stdout.strip()}-abc123"
+    live = tmp / f"banditrec-metrics-{os.getpid()}-def456"
+    for directory in (orphan, live):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"x")
+    port = free_port()
+    args = [sys.executable, "-m", "banditrec", "serve", "--model", str(model_file),
+            "--port", str(port), "--workers", "2", "--log-level", "warning"]  # fmt: skip
+    env = {"TMPDIR": str(tmp), "BANDITREC_DB_PATH": str(tmp_path / "events.db"),
+           "BANDITREC_SNAPSHOT_DIR": str(tmp_path / "snaps")}  # fmt: skip
+    with running_process(args, tmp_path, f"http://127.0.0.1:{port}", clean_env(**env)) as server:
+        assert not orphan.exists()
+        assert live.exists()
+        own = [p.name for p in tmp.glob("banditrec-metrics-*") if p != live]
+        assert own and all(
+            name.startswith(f"banditrec-metrics-{server.process.pid}-") for name in own
+        )
+
+
+# -- make run ---------------------------------------------------------------------------------
+
+
+def make_checkout(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The Makefile and pyproject.toml in a scratch directory, with a venv whose bin/ is
+    this interpreter's, marked installed; and the make command that never reinstalls."""
+    root = Path(__file__).resolve().parents[1]
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copyfile(root / name, checkout / name)
+    venv = checkout / "venv"
+    venv.mkdir()
+    (venv / "bin").symlink_to(Path(sys.executable).parent)
+    for name in ("pyvenv.cfg", "lib", "lib64"):  # so that venv/bin/python is this venv
+        if (Path(sys.prefix) / name).exists():
+            (venv / name).symlink_to(Path(sys.prefix) / name)
+    (venv / ".installed").touch()
+    # -o: treat the install stamp as up to date whatever its age, so the test never runs
+    # pip (which would re-point the shared environment's editable install here).
+    return checkout, ["make", "--no-print-directory", "VENV=venv", "-o", "venv/.installed"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_reports_a_busy_port_before_doing_anything(tmp_path: Path) -> None:
+    """A second `make run` while the first still serves: a clear error naming the port
+    and how to free it or pick another, before simulating, training or serving."""
+    import socket
+
+    checkout, make = make_checkout(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [*make, "run", f"PORT={port}"],
+            cwd=checkout, env=clean_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode != 0
+    message = flat(done.stderr)
+    assert f"make run: Port {port} on 127.0.0.1 is already in use by another process." in message
+    assert f"fuser -k {port}/tcp" in message and f"make run PORT={port + 1}" in message
+    assert not (checkout / "data").exists()  # nothing simulated, trained or logged
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_reuses_data_and_model_and_fails_loudly_when_the_server_does(
+    tmp_path: Path,
+) -> None:
+    """Data and model are files: present, they are reused (and said so). When the server
+    cannot start, the traffic phase stops at once and make fails with a message, instead
+    of waiting or printing that the server is running."""
+    checkout, make = make_checkout(tmp_path)
+    env = clean_env()
+    first = subprocess.run([*make, "data/linucb_model.npz", "ROWS=300"], cwd=checkout, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    model_bytes = (checkout / "data" / "linucb_model.npz").read_bytes()
+    # A schema file that does not exist: the server refuses to start.
+    done = subprocess.run(
+        [*make, "run", f"PORT={free_port()}", "TRAFFIC_SECONDS=5"],
+        cwd=checkout, env=env | {"BANDITREC_SCHEMA_PATH": str(tmp_path / "nope.toml")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = flat(done.stdout + done.stderr)
+    assert "Reusing data/bandit_simulated.csv" in out
+    assert "Reusing data/linucb_model.npz" in out
+    assert (checkout / "data" / "linucb_model.npz").read_bytes() == model_bytes
+    assert done.returncode != 0
+    assert "Cannot read the schema file" in out
+    assert "exited before it answered" in out
+    assert "make run: the traffic phase failed (see above); the server was stopped." in out
+    assert "The server is still running" not in out
+
+
+def test_long_files_are_written_in_chunks_with_the_same_bytes_and_report_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from banditrec import logged_data
+    from banditrec.policies import LinUCB
+    from banditrec.sim import AppSimulator
+    from banditrec.training import train_from_csv
+
+    logged = AppSimulator().simulate_logged(250, np.random.default_rng(0))
+    logged_data.write_logged_csv(logged, tmp_path / "whole.csv")
+    monkeypatch.setattr(logged_data, "WRITE_CHUNK_ROWS", 100)
+    calls: list[tuple[str, int, int]] = []
+    logged_data.write_logged_csv(logged, tmp_path / "chunked.csv", lambda *a: calls.append(a))
+    assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert calls == [("writing", 100, 250), ("writing", 200, 250), ("writing", 250, 250)]
+
+    stages: list[tuple[str, int, int]] = []
+    train_from_csv(
+        tmp_path / "whole.csv", tmp_path / "m.npz", SCHEMA, LinUCB(),
+        progress=lambda *a: stages.append(a),
+    )  # fmt: skip
+    assert [s[0] for s in stages][:2] == ["reading", "checking"]
+    assert stages[-1] == ("learning", 1, 1)
+    checks = [s for s in stages if s[0] in ("checking", "encoding")]
+    assert checks[-1][1] == checks[-1][2]  # the last check completes its bar

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from rich.console import Console
 
+from banditrec.features import load_default_schema
 from banditrec.sim import AppSimulator
-from banditrec.traffic import TrafficError, _users, run_traffic
+from banditrec.snapshot import load_model
+from banditrec.traffic import TrafficError, _Tally, _users, run_traffic
 from serving import free_port, running_server
 
 RANK_FIELDS = {
@@ -73,12 +82,67 @@ def test_duration_bounds_a_run_and_delayed_rewards_are_all_reported(server: str)
 
 def test_users_are_json_contexts_fixed_by_the_seed() -> None:
     users = list(islice(_users(AppSimulator(), seed=3, batch=7), 20))
-    assert users == list(islice(_users(AppSimulator(), seed=3, batch=7), 20))
-    for context, mu, u in users:
+    again = list(islice(_users(AppSimulator(), seed=3, batch=7), 20))
+    assert [user[:3] for user in users] == [user[:3] for user in again]  # NaN != NaN
+    for context, mu, u, reference in users:
         assert set(context) == RANK_FIELDS  # user_id is not part of the rank context
         json.dumps(context)  # python scalars only
         assert len(mu) == 4
         assert 0 <= u < 1
+        assert math.isnan(reference)  # no reference model given
+
+
+def test_a_reference_model_scores_the_same_users_exactly(model_file: Path) -> None:
+    model = load_model(model_file, load_default_schema())
+    plain = list(islice(_users(AppSimulator(), seed=3, batch=7), 20))
+    scored = list(islice(_users(AppSimulator(), seed=3, batch=7, reference=model.policy), 20))
+    assert [user[:3] for user in scored] == [user[:3] for user in plain]  # the same users
+    schema, eligible = load_default_schema(), np.ones(4, dtype=bool)
+    for context, mu, _, reference in scored:
+        x = schema.vectorize(context)
+        expected = float(model.policy.distribution(x, eligible)[1] @ np.asarray(mu))
+        assert reference == pytest.approx(expected, rel=1e-12)
+        assert min(mu) <= reference <= max(mu)
+
+
+def test_the_display_shows_no_nan_before_the_first_round() -> None:
+    tally = _Tally(AppSimulator(), window=10, has_reference=True)
+    console = Console(file=io.StringIO(), width=200)
+    console.print(tally.render())
+    console.print(tally.line())
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "nan" not in text.lower()
+    assert "—" in text and "waiting for the first round" in text
+    tally.add([0.1, 0.2, 0.3, 0.4], action=3, reward=1.0, reference=0.35)
+    console.print(tally.render())
+    assert "0.4000" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_rate_paces_the_users_and_the_reference_is_reported(server: str, model_file: Path) -> None:
+    start = time.monotonic()
+    report = run_traffic(
+        server, n_requests=40, rate=20, seed=2, reference=model_file, display="none"
+    )
+    # User i is sent at i / rate seconds: the 40th at 1.95 s, whatever the server's speed.
+    assert time.monotonic() - start >= 39 / 20
+    assert (report.n_rounds, report.n_errors) == (40, 0)
+    # The reference is the trained model's exact expected value on the same users.
+    assert report.total.uniform < report.total.reference <= report.total.oracle
+
+
+def test_waiting_stops_when_the_server_process_is_gone(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    start = time.monotonic()
+    with pytest.raises(TrafficError, match=f"The server \\(process {process.pid}\\) exited"):
+        run_traffic(
+            f"http://127.0.0.1:{free_port()}",
+            n_requests=10,
+            wait_for_server=60,
+            server_pid=process.pid,
+            display="none",
+        )
+    assert time.monotonic() - start < 30  # not the whole minute of waiting
 
 
 class FailingHandler(BaseHTTPRequestHandler):

@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -19,7 +21,7 @@ from rich.console import Console
 
 from banditrec.config import Settings
 from banditrec.features import SchemaError, load_default_schema, load_schema
-from banditrec.logged_data import LoggedDataError, write_logged_csv
+from banditrec.logged_data import LoggedDataError, Progress, write_logged_csv
 from banditrec.policies import POLICIES, build_policy
 from banditrec.sim import AppSimulator
 from banditrec.snapshot import ModelFileError, load_model
@@ -57,6 +59,34 @@ def _main(
     """banditrec: a self-hosted contextual-bandit decision engine."""
 
 
+#: Inputs at least this long show a progress bar (a few seconds of work or more).
+LONG_INPUT_ROWS = 200_000
+LONG_INPUT_BYTES = 20_000_000
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[Progress | None]:
+    """A progress callback drawing bars on standard error, or None when `show` is false.
+
+    The bars are transient: once done they give way to the command's one-line summary.
+    """
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=1)
@@ -70,8 +100,13 @@ def simulate(
 ) -> None:
     """Simulate the seed's app logged by a uniform random policy, and write it as CSV."""
     start = time.perf_counter()
-    logged = AppSimulator().simulate_logged(rows, np.random.default_rng(seed))
-    write_logged_csv(logged, out)
+    with _progress(rows >= LONG_INPUT_ROWS) as progress:
+        if progress is not None:
+            progress("simulating", 0, 1)
+        logged = AppSimulator().simulate_logged(rows, np.random.default_rng(seed))
+        if progress is not None:
+            progress("simulating", 1, 1)
+        write_logged_csv(logged, out, progress)
     mu = np.stack([logged[f"expected_reward_{a}"] for a in AppSimulator().actions], axis=1)
     console.print(
         f"Wrote {rows:,} rows to {out} in {time.perf_counter() - start:.1f} s "
@@ -98,6 +133,10 @@ def train(
     data: Annotated[Path, typer.Option(help="Logged-data CSV.")] = DEFAULT_DATA,
     model: Annotated[Path, typer.Option(help="Model file to write.")] = DEFAULT_MODEL,
     schema: SchemaOption = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(min=1, help="Learn only the file's first ROWS rows (all are checked)."),
+    ] = None,
     policy: Annotated[str, typer.Option(help=f"Policy: {', '.join(POLICIES)}.")] = "linucb",
     param: Annotated[
         list[str] | None,
@@ -140,7 +179,11 @@ def train(
             defaults={k: v for k, v in {"alpha": alpha, "ridge": ridge}.items() if v is not None},
             exploration_defaults={} if epsilon is None else {"epsilon": epsilon},
         )
-        fitted = train_from_csv(data, model, feature_schema, fitted_policy)
+        long_input = data.is_file() and data.stat().st_size >= LONG_INPUT_BYTES
+        with _progress(long_input) as progress:
+            fitted = train_from_csv(
+                data, model, feature_schema, fitted_policy, first_rows=rows, progress=progress
+            )
     except (LoggedDataError, SchemaError, ModelFileError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(
@@ -316,6 +359,17 @@ def traffic(
     ] = 0.0,
     window: Annotated[int, typer.Option(min=1, help="Rounds in the 'last' window.")] = 2000,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the server.")] = 30.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Users per second (default: as fast as answered)."),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Model file to score the same users with, shown beside the server's."),
+    ] = None,
+    server_pid: Annotated[
+        int | None, typer.Option(help="Stop waiting when this process (the server) exits.")
+    ] = None,
 ) -> None:
     """Drive a running server with simulated users and show it learning, live."""
     from banditrec.traffic import TrafficError, run_traffic
@@ -334,15 +388,24 @@ def traffic(
             window=window,
             console=console,
             wait_for_server=wait,
+            rate=rate,
+            reference=reference,
+            server_pid=server_pid,
         )
-    except TrafficError as exc:
+    except (TrafficError, ModelFileError) as exc:
         raise _fail(str(exc)) from None
-    last = report.last
-    console.print(
-        f"{report.n_rounds:,} rounds in {report.elapsed:.0f} s, {report.n_errors} errors; "
-        f"last {last.n:,}: {last.pct_of_oracle:.1%} of the oracle "
-        f"(uniform random: {last.uniform / last.oracle:.1%})."
-    )
+    first, last = report.first, report.last
+    summary = f"{report.n_rounds:,} rounds in {report.elapsed:.0f} s, {report.n_errors} errors"
+    if report.n_rounds:
+        summary += (
+            f"; first {first.n:,}: {first.pct_of_oracle:.1%} of the oracle, "
+            f"last {last.n:,}: {last.pct_of_oracle:.1%} (uniform random: "
+            f"{last.uniform / last.oracle:.1%}"
+        )
+        if reference is not None:
+            summary += f"; {reference}: {last.reference / last.oracle:.1%}"
+        summary += ")"
+    console.print(summary + ".")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,14 @@ from numpy.typing import NDArray
 
 from banditrec.features import CategoricalField, FeatureSchema
 
-__all__ = ["LoggedData", "LoggedDataError", "read_logged_csv", "write_logged_csv"]
+__all__ = ["LoggedData", "LoggedDataError", "Progress", "read_logged_csv", "write_logged_csv"]
+
+#: Called as ``progress(stage, done, total)`` while a long file is read, checked or written.
+Progress = Callable[[str, int, int], None]
+
+#: Rows written per pyarrow call: small enough for a smooth progress bar, large enough to
+#: cost nothing (the bytes are the same as one call's: each row is formatted on its own).
+WRITE_CHUNK_ROWS = 100_000
 
 #: Columns every logged-data file has besides the schema's context fields.
 LOG_COLUMNS = ("action", "propensity", "reward")
@@ -60,7 +67,9 @@ class LoggedData:
         return int(self.action.shape[0])
 
 
-def write_logged_csv(columns: Mapping[str, NDArray[Any]], path: str | Path) -> None:
+def write_logged_csv(
+    columns: Mapping[str, NDArray[Any]], path: str | Path, progress: Progress | None = None
+) -> None:
     """Write columns (name -> array) as CSV, atomically (temp file + rename).
 
     Floats are rounded to 6 decimals, which keeps a million rows near 100 MB. pyarrow's
@@ -75,7 +84,11 @@ def write_logged_csv(columns: Mapping[str, NDArray[Any]], path: str | Path) -> N
         with open(tmp, "wb") as f:
             f.write((",".join(table.column_names) + "\n").encode())  # pyarrow quotes headers
             options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-            pa_csv.write_csv(table, f, options)
+            for start in range(0, table.num_rows, WRITE_CHUNK_ROWS):
+                pa_csv.write_csv(table.slice(start, WRITE_CHUNK_ROWS), f, options)
+                if progress is not None:
+                    done = min(start + WRITE_CHUNK_ROWS, table.num_rows)
+                    progress("writing", done, table.num_rows)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -83,12 +96,17 @@ def write_logged_csv(columns: Mapping[str, NDArray[Any]], path: str | Path) -> N
         raise
 
 
-def read_logged_csv(path: str | Path, schema: FeatureSchema) -> LoggedData:
+def read_logged_csv(
+    path: str | Path, schema: FeatureSchema, progress: Progress | None = None
+) -> LoggedData:
     """Read and validate a logged-data CSV under `schema`.
 
     Rows are numbered like a spreadsheet's data rows: the first row after the header is row 1.
+    `progress` hears of the reading, then of each column checked.
     """
     path = Path(path)
+    step = progress or _no_progress
+    step("reading", 0, 1)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
     except FileNotFoundError:
@@ -105,7 +123,9 @@ def read_logged_csv(path: str | Path, schema: FeatureSchema) -> LoggedData:
         raise LoggedDataError(f"The data file {path} has no column {', '.join(missing)}.")
 
     columns: dict[str, NDArray[Any]] = {}
-    for f in schema.fields:
+    n_checks = len(schema.fields) + 2  # the fields, the log columns, the encoding
+    for done, f in enumerate(schema.fields):
+        step("checking", done, n_checks)
         raw = frame[f.name]
         if isinstance(f, CategoricalField):
             _first_bad(path, f.name, raw == "", "is empty")
@@ -120,6 +140,7 @@ def read_logged_csv(path: str | Path, schema: FeatureSchema) -> LoggedData:
                 _first_bad(path, f.name, values != np.round(values), "is not an integer", raw)
             columns[f.name] = values
 
+    step("checking", n_checks - 2, n_checks)
     action_names = frame["action"]
     known = f"is not one of the schema's actions {list(schema.actions)}"
     _first_bad(path, "action", ~action_names.isin(schema.actions), known, action_names)
@@ -128,9 +149,14 @@ def read_logged_csv(path: str | Path, schema: FeatureSchema) -> LoggedData:
     out_of_range = (propensity <= 0) | (propensity > 1)
     _first_bad(path, "propensity", out_of_range, "is not in (0, 1]", frame["propensity"])
     reward = _numeric(path, "reward", frame["reward"])
-    return LoggedData(
-        X=schema.vectorize_many(columns), action=action, propensity=propensity, reward=reward
-    )
+    step("encoding", n_checks - 1, n_checks)
+    X = schema.vectorize_many(columns)
+    step("encoding", n_checks, n_checks)
+    return LoggedData(X=X, action=action, propensity=propensity, reward=reward)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
 
 
 def _numeric(path: Path, column: str, raw: pd.Series[str]) -> NDArray[np.float64]:

@@ -9,6 +9,12 @@ uniform random (the mean μ), live.
 
 For a given seed, round i always gets the same user and the same uniform number uᵢ (reward =
 uᵢ < μ[served]), whatever the concurrency: two runs differ only by what the server chose.
+
+`rate` paces the users (so that a demo's minute shows a model learning, rather than a few
+thousand rounds a second that finish learning in the first seconds), and `reference` scores
+the same users with a model file (e.g. the one trained on all the logged data): its row in
+the display is the exact expected reward of that model's serving probabilities, for
+comparison with the served model as it learns.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -30,25 +39,31 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from banditrec.features import load_default_schema
+from banditrec.policies import Policy
 from banditrec.sim import CONTEXT_FIELDS, AppSimulator
+from banditrec.snapshot import load_model
 
 __all__ = ["Display", "TrafficError", "TrafficReport", "WindowStats", "run_traffic"]
 
 Display = Literal["auto", "live", "lines", "none"]
-User = tuple[dict[str, Any], list[float], float]  # rank context, μ of every action, uᵢ
+# Rank context, μ of every action, uᵢ, and the reference model's expected μ (NaN: none).
+User = tuple[dict[str, Any], list[float], float, float]
 _RANK_FIELDS = tuple(f for f in CONTEXT_FIELDS if f != "user_id")  # user_id is no feature
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
 @dataclass(frozen=True)
 class WindowStats:
-    """Means over some rounds: the served action's μ, the observed reward, oracle, uniform."""
+    """Means over some rounds: the served action's μ, the observed reward, oracle, uniform,
+    and the reference model's expected μ on the same users (NaN without a reference)."""
 
     n: int
     served: float
     reward: float
     oracle: float
     uniform: float
+    reference: float = math.nan
 
     @property
     def pct_of_oracle(self) -> float:
@@ -110,6 +125,9 @@ def run_traffic(
     max_consecutive_errors: int = 20,
     timeout: float = 10.0,
     wait_for_server: float = 0.0,
+    rate: float | None = None,
+    reference: str | Path | None = None,
+    server_pid: int | None = None,
 ) -> TrafficReport:
     """Drive the server at `url` with simulated users until `n_requests` or `duration`.
 
@@ -141,6 +159,13 @@ def run_traffic(
         Seconds per request.
     wait_for_server
         Seconds to keep retrying ``GET /health`` before giving up (0: one try).
+    rate
+        Users per second, all workers together (None: as fast as the server answers).
+    reference
+        A model file (under the seed's schema) to score the same users with, for the
+        display's comparison row.
+    server_pid
+        Stop waiting for the server when this process (the server's) has exited.
 
     Returns
     -------
@@ -158,13 +183,18 @@ def run_traffic(
         raise ValueError("concurrency, window and max_consecutive_errors must be >= 1.")
     if httpx.URL(url).scheme not in ("http", "https"):
         raise ValueError(f"url must look like http://host:port, got {url!r}.")
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be > 0 users per second, got {rate}.")
+    reference_policy = None
+    if reference is not None:
+        reference_policy = load_model(reference, load_default_schema()).policy
     console = console or Console(stderr=True)
     if display == "auto":
         display = "live" if console.is_terminal else "lines"
-    tally = _Tally(AppSimulator(), window)
+    tally = _Tally(AppSimulator(), window, reference_policy is not None)
     driver = _Driver(
         tally,
-        _users(tally.sim, seed),
+        _users(tally.sim, seed, reference=reference_policy),
         n_requests,
         duration,
         concurrency,
@@ -172,6 +202,8 @@ def run_traffic(
         max_consecutive_errors,
         display,
         console,
+        rate,
+        server_pid,
     )
     # trust_env=False: no proxy from the environment; requests go to `url` and nowhere else.
     client = httpx.AsyncClient(
@@ -187,31 +219,47 @@ def run_traffic(
     return report
 
 
-def _users(sim: AppSimulator, seed: int, batch: int = 1024) -> Iterator[User]:
-    """Simulated users in round order, drawn `batch` at a time (vectorized, bounded memory)."""
+def _users(
+    sim: AppSimulator, seed: int, batch: int = 1024, reference: Policy | None = None
+) -> Iterator[User]:
+    """Simulated users in round order, drawn `batch` at a time (vectorized, bounded memory).
+
+    With a `reference` policy, each user also carries the expected μ of the action that
+    policy would serve: Σₐ p(a) μ(a) over its serving probabilities, exact, no sampling.
+    """
     rng = np.random.default_rng(seed)
+    reference_rng = np.random.default_rng(seed + 1)  # Thompson sampling's Monte Carlo only
+    schema = load_default_schema()
+    eligible = np.ones(len(sim.actions), dtype=bool)
     while True:
         cols = sim.sample_contexts(batch, rng)
         mu, u = sim.expected_rewards(cols), rng.random(batch)
+        ref = np.full(batch, math.nan)
+        if reference is not None:
+            X = schema.vectorize_many(cols)
+            for i in range(batch):
+                ref[i] = reference.distribution(X[i], eligible, reference_rng)[1] @ mu[i]
         for i in range(batch):
-            yield {f: cols[f][i].item() for f in _RANK_FIELDS}, mu[i].tolist(), float(u[i])
+            context = {f: cols[f][i].item() for f in _RANK_FIELDS}
+            yield context, mu[i].tolist(), float(u[i]), float(ref[i])
 
 
 class _Tally:
     """Running statistics of the served rounds, and their rendering."""
 
-    def __init__(self, sim: AppSimulator, window: int) -> None:
+    def __init__(self, sim: AppSimulator, window: int, has_reference: bool = False) -> None:
         self.sim, self.window, self.start = sim, window, time.monotonic()
+        self.has_reference = has_reference
         self.recent: deque[tuple[float, ...]] = deque(maxlen=window)
-        self.sums, self.n = [0.0] * 4, 0
+        self.sums, self.n = [0.0] * 5, 0
         self.first: WindowStats | None = None
         self.errors: Counter[str] = Counter()
         self.last_error = ""
         self.model: dict[str, Any] = {}
         self.spark: deque[float] = deque(maxlen=60)
 
-    def add(self, mu: list[float], action: int, reward: float) -> None:
-        row = (mu[action], reward, max(mu), sum(mu) / len(mu))
+    def add(self, mu: list[float], action: int, reward: float, reference: float) -> None:
+        row = (mu[action], reward, max(mu), sum(mu) / len(mu), reference)
         self.recent.append(row)
         self.sums = [s + v for s, v in zip(self.sums, row, strict=True)]
         self.n += 1
@@ -219,7 +267,7 @@ class _Tally:
             self.first = self.last()
 
     def last(self) -> WindowStats:
-        means = np.mean(self.recent, axis=0) if self.recent else [float("nan")] * 4
+        means = np.mean(self.recent, axis=0) if self.recent else [math.nan] * 5
         return WindowStats(len(self.recent), *map(float, means))
 
     def total(self) -> WindowStats:
@@ -251,9 +299,12 @@ class _Tally:
     def line(self) -> str:
         """One log line, for logs and CI where redrawing a table would only add noise."""
         w = self.last()
+        if not w.n:
+            return f"{self.status()}; waiting for the first round"
+        reference = f", full-data model {w.reference:.4f}" if self.has_reference else ""
         return (
             f"{self.status()}; last {w.n}: served μ {w.served:.4f} = {w.pct_of_oracle:.1%} "
-            f"of oracle {w.oracle:.4f} (random {w.uniform:.4f})"
+            f"of oracle {w.oracle:.4f} (random {w.uniform:.4f}{reference})"
         )
 
     def render(self) -> Group:
@@ -262,17 +313,23 @@ class _Tally:
         table = Table("mean true expected reward", box=box.SIMPLE_HEAD)
         table.add_column(f"last {last.n:,}", justify="right")
         table.add_column(f"all {total.n:,}", justify="right")
-        for label, name, style in (
+        rows = [
             ("served by the model", "served", "bold cyan"),
             ("oracle (best action)", "oracle", ""),
             ("uniform random", "uniform", ""),
             ("observed reward rate", "reward", "dim"),
-        ):
-            table.add_row(label, *(f"{getattr(w, name):.4f}" for w in (last, total)), style=style)
-        table.add_row("model, % of oracle", *(f"{w.pct_of_oracle:.1%}" for w in (last, total)))
+        ]
+        if self.has_reference:
+            rows.insert(1, ("full-data model, same users", "reference", "cyan"))
+        # Before the first round there is nothing to average: a dash, not "nan".
+        for label, name, style in rows:
+            table.add_row(
+                label, *(_cell(getattr(w, name), ".4f") for w in (last, total)), style=style
+            )
+        table.add_row("model, % of oracle", *(_cell(w.pct_of_oracle, ".1%") for w in (last, total)))
         table.add_row(
             "gap closed (random 0%, oracle 100%)",
-            *(f"{w.gap_closed:.1%}" for w in (last, total)),
+            *(_cell(w.gap_closed, ".1%") for w in (last, total)),
             style="bold",
         )
         parts: list[Text | Table] = [Text(self.status()), table]
@@ -285,6 +342,10 @@ class _Tally:
             kinds = ", ".join(f"{kind} ×{count}" for kind, count in self.errors.items())
             parts.append(Text(f"errors: {kinds}; last: {self.last_error}", style="red"))
         return Group(*parts)
+
+
+def _cell(value: float, spec: str) -> str:
+    return "—" if math.isnan(value) else format(value, spec)
 
 
 @dataclass
@@ -300,6 +361,8 @@ class _Driver:
     max_consecutive: int
     display: Display
     console: Console
+    rate: float | None = None
+    server_pid: int | None = None
     n_started: int = 0
     n_rewarded: int = 0
     fatal: str = ""
@@ -322,15 +385,23 @@ class _Driver:
 
             async def worker() -> None:
                 while not self.fatal and self.n_started != self.n_requests:
+                    if self.rate is not None:  # user i arrives at i / rate seconds
+                        due = tally.start + self.n_started / self.rate
+                        self.n_started += 1
+                        if due > time.monotonic():
+                            await asyncio.sleep(due - time.monotonic())
+                    else:
+                        self.n_started += 1
                     if deadline is not None and time.monotonic() >= deadline:
                         return
-                    self.n_started += 1
                     await self._round(client, next(self.users))
 
             async def refresh() -> None:
                 for tick in itertools.count(1):
                     await asyncio.sleep(0.25)
-                    if tick % 2 == 0 and tally.recent:
+                    # A point per half second, once the window holds enough rounds to mean
+                    # something (the first few users alone would draw noise).
+                    if tick % 2 == 0 and len(tally.recent) >= min(tally.window, 100):
                         tally.spark.append(tally.last().pct_of_oracle)
                     if tick % 8 == 0:
                         await self._poll_model(client)
@@ -357,6 +428,11 @@ class _Driver:
     async def _wait_healthy(self, client: httpx.AsyncClient, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
+            if self.server_pid is not None and not _alive(self.server_pid):
+                raise TrafficError(
+                    f"The server (process {self.server_pid}) exited before it answered; "
+                    "its messages are above."
+                )
             try:
                 response = await client.get("/health")
                 if response.status_code == 200:
@@ -378,7 +454,7 @@ class _Driver:
             self.tally.model = {}
 
     async def _round(self, client: httpx.AsyncClient, user: User) -> None:
-        context, mu, u = user
+        context, mu, u, reference = user
         answer = await self._post(client, "rank", "/v1/rank", {"context": context})
         if answer is None:
             return
@@ -391,7 +467,7 @@ class _Driver:
             return
         action = actions.index(answer["action_id"])
         reward = 1.0 if u < mu[action] else 0.0
-        self.tally.add(mu, action, reward)
+        self.tally.add(mu, action, reward, reference)
         path = f"/v1/events/{answer.get('event_id')}/reward"
         if self.reward_delay > 0:  # reported later by a task, so this worker moves on
             task = asyncio.create_task(self._reward(client, path, reward, self.reward_delay))
@@ -430,3 +506,13 @@ class _Driver:
                 f"last: {self.tally.last_error}"
             )
         return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
