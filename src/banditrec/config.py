@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     snapshot_every_seconds: float = Field(
         300.0, gt=0, description="...or every this many seconds, whichever comes first."
     )
+    snapshot_lease_seconds: float = Field(
+        10.0, gt=0, description="A dead snapshot writer is replaced within this many seconds."
+    )
     poll_interval_seconds: float = Field(
         0.05, gt=0, le=1, description="How often a worker applies other workers' learn events."
     )
