@@ -295,3 +295,20 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not true within {seconds} s"
         time.sleep(0.05)
+
+
+def test_a_killed_servers_lease_lapses_within_its_lifetime(tmp_path: Path) -> None:
+    ttl = 2.0
+    with running_server(tmp_path, seed="7", snapshot_lease_seconds=str(ttl)) as server:
+        wait_for(lambda: lease_rows(tmp_path) == 1)
+        server.kill()  # SIGKILL: no shutdown code runs, the lease stays behind
+        killed_at = time.monotonic()
+    assert lease_rows(tmp_path) == 1
+    store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
+    try:
+        assert not store.acquire_lease("snapshot", "next", time.time(), ttl)
+        wait_for(lambda: store.acquire_lease("snapshot", "next", time.time(), ttl))
+        # Renewed every ttl / 4 while it lived: lapsed at most `ttl` after the kill.
+        assert time.monotonic() - killed_at <= ttl + 0.5
+    finally:
+        store.close()
