@@ -281,7 +281,7 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         uvicorn.run(
-            "banditrec.api:create_app",
+            "banditrec.api:create_serving_app",
             factory=True,
             host=host,
             port=port,
