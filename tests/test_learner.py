@@ -419,10 +419,11 @@ def test_a_crashed_snapshot_write_leaves_a_file_named_after_its_writer(tmp_path:
         s.save_model(model, {str(tmp_path / "snapshots" / "model-000000000099.npz")!r})
         """
     )
-    crashed = subprocess.run([sys.executable, "-c", code], timeout=120)
-    assert crashed.returncode == -signal.SIGKILL
-    names = [p.name for p in (tmp_path / "snapshots").iterdir()]
-    assert [n for n in names if n.endswith(".tmp")] != []
+    crashed = subprocess.Popen([sys.executable, "-c", code])
+    assert crashed.wait(timeout=120) == -signal.SIGKILL
+    names = [p.name for p in (tmp_path / "snapshots").iterdir() if p.name.endswith(".tmp")]
+    (name,) = names
+    assert name.startswith(f".model-000000000099.npz.{crashed.pid}.")
     stop(learner)
     start_again = start(tmp_path)
     assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.endswith(".tmp")]
