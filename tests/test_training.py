@@ -77,6 +77,9 @@ def test_model_file_round_trip_scores_identically(data_file: Path, tmp_path: Pat
     assert loaded.created_at == trained.created_at
     assert loaded.policy.get_params() == trained.policy.get_params()
     assert loaded.policy.exploration == EpsilonGreedy(0.1)
+    # Bitwise on purpose, one code path: the arrays are stored exactly, loading refreshes A⁻¹
+    # and θ by the same strict Cholesky kernel as the end of training, and both score with
+    # the same kernel on the same arrays.
     for name, value in trained.policy.get_state().items():
         np.testing.assert_array_equal(loaded.policy.get_state()[name], value, err_msg=name)
     X = read_logged_csv(data_file, SCHEMA).X[:300]
