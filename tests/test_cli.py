@@ -552,3 +552,19 @@ def test_long_files_are_written_in_chunks_with_the_same_bytes_and_report_progres
     assert stages[-1] == ("learning", 1, 1)
     checks = [s for s in stages if s[0] in ("checking", "encoding")]
     assert checks[-1][1] == checks[-1][2]  # the last check completes its bar
+
+
+def test_simulate_and_train_report_an_unwritable_place_in_one_line(
+    data_file: Path, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file.txt"  # a file where a directory should be: even root fails
+    not_a_dir.write_text("")
+    out = not_a_dir / "x.csv"
+    done = run_cli("simulate", "--rows", "10", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 1
+    assert flat(done.stderr).startswith(f"error: Cannot write {out}: ")
+    model = not_a_dir / "m.npz"
+    done = run_cli("train", "--data", str(data_file), "--model", str(model), cwd=tmp_path)
+    assert done.returncode == 1
+    assert flat(done.stderr).startswith(f"error: Cannot write {model}: ")
+    assert "Traceback" not in done.stderr

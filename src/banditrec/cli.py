@@ -106,7 +106,10 @@ def simulate(
         logged = AppSimulator().simulate_logged(rows, np.random.default_rng(seed))
         if progress is not None:
             progress("simulating", 1, 1)
-        write_logged_csv(logged, out, progress)
+        try:
+            write_logged_csv(logged, out, progress)
+        except OSError as exc:
+            raise _fail(f"Cannot write {out}: {exc.strerror or exc}.") from None
     mu = np.stack([logged[f"expected_reward_{a}"] for a in AppSimulator().actions], axis=1)
     console.print(
         f"Wrote {rows:,} rows to {out} in {time.perf_counter() - start:.1f} s "
@@ -186,6 +189,8 @@ def train(
             )
     except (LoggedDataError, SchemaError, ModelFileError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # e.g. a model directory that cannot be written
+        raise _fail(f"Cannot write {model}: {exc.strerror or exc}.") from None
     console.print(
         f"Trained on {fitted.n_updates:,} rounds in {time.perf_counter() - start:.1f} s; "
         f"wrote {model} ({policy}, version {fitted.version})."
