@@ -119,6 +119,7 @@ def recover_model(
     remove_stale_temp_files(snapshots.directory)
     base_offset = store.epoch_offset(base.version)
     refused: list[str] = []
+    foreign = False  # as opposed to snapshots that predate log identities (an upgrade)
     chosen: tuple[Path, Model] | None = None
     for path, snapshot in snapshots.candidates(base.schema, base.version, base_offset):
         problem = _not_of_this_log(snapshot, store)
@@ -126,6 +127,7 @@ def recover_model(
             chosen = path, snapshot
             break
         refused.append(f"{path.name} {problem}")
+        foreign = foreign or snapshot.log_id is not None
         snapshots.set_aside(path)
     if chosen is not None:
         model, origin = chosen[1], f"snapshot at offset {chosen[1].log_offset}"
@@ -141,13 +143,20 @@ def recover_model(
             else f"the base model {base.version} and the whole epoch (every learn event "
             f"after offset {base_offset})"
         )
-        logger.error(
+        cause = (
+            "The log was reset, replaced or restored from an older copy"
+            if foreign
+            else "They were written before snapshots recorded their log"
+        )
+        logger.log(
+            logging.ERROR if foreign else logging.WARNING,
             "Snapshots that do not belong to the event log (log id %s, last offset %d) were "
-            "found: %s. The log was reset, replaced or restored from an older copy; those "
-            "snapshots were renamed rejected-<name>, and the model is rebuilt from %s.",
+            "found: %s. %s; those snapshots were renamed rejected-<name>, and the model is "
+            "rebuilt from %s.",
             store.log_id(),
             store.last_offset(),
             "; ".join(refused),
+            cause,
             rebuilt,
         )
     return model, origin
