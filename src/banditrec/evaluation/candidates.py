@@ -127,9 +127,12 @@ def _checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _build(policy: str, params: Mapping[str, Any], schema: FeatureSchema | None = None) -> Policy:
-    """The policy of checked parameters, split into the policy's and its rule's for
-    `build_policy`: a rule parameter starts from the policy's default rule (LinUCB's
-    ``tie_tolerance`` alone keeps its ε = 0.01), as it does for `serve` and `train`."""
+    """Build the policy of checked parameters with `build_policy`.
+
+    The parameters are split into the policy's and its rule's; a rule parameter given alone
+    starts from the policy's default rule (LinUCB's ``tie_tolerance`` keeps its ε = 0.01), as
+    it does for `serve` and `train`.
+    """
     cls = _policy_class(policy)
     own = _signature(cls)
     kwargs = {k: v for k, v in params.items() if k in own}
