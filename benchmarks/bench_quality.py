@@ -97,7 +97,7 @@ from banditrec.sim import AppSimulator
 Array = NDArray[np.float64]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
-#: The engine's default policy: `engine.py` builds ``LinUCB()`` when it is given none.
+#: The policy `serve` runs when nothing is configured (``Settings().policy``).
 DEFAULT_POLICY: str = getattr(_policies, "DEFAULT_POLICY", "linucb")
 MABWISER_ALPHA = 1.0
 MABWISER_RIDGE = 1.0
