@@ -10,8 +10,9 @@ import pytest
 
 from banditrec.engine import Engine, UnknownActionError, prior_model
 from banditrec.features import load_default_schema
-from banditrec.learner import Learner, SnapshotDirectory, recover_model
+from banditrec.learner import Learner, recover_model
 from banditrec.sim import AppSimulator
+from banditrec.snapshot_store import SnapshotDirectory
 from banditrec.store import RewardOutcome, RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import SEED_CONTEXT as CONTEXT
@@ -176,7 +177,7 @@ def test_a_corrupt_snapshot_is_skipped_for_the_previous_one(
     _drive(engine, 40, seed=7)
     learner.snapshot()
     _drive(engine, 40, seed=8)
-    newest = learner.snapshot()
+    newest = Path(learner.snapshot())
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
 
     store = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)

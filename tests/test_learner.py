@@ -22,10 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from banditrec.engine import Engine, prior_model
 from banditrec.features import load_default_schema
-from banditrec.learner import Learner, SnapshotDirectory, recover_model
+from banditrec.learner import Learner, recover_model
 from banditrec.metrics import Metrics, metrics_response
 from banditrec.sim import AppSimulator
 from banditrec.snapshot import load_model, save_model
+from banditrec.snapshot_store import SnapshotDirectory
 from banditrec.store import RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
 
@@ -124,7 +125,7 @@ def test_a_snapshot_of_a_deleted_log_is_refused_and_every_new_reward_applied(
     learner = start(tmp_path)
     drive(learner.engine, 200, seed=1)
     old_log_id = learner.store.log_id()
-    assert learner.snapshot().name == "model-000000000200.npz"
+    assert Path(learner.snapshot()).name == "model-000000000200.npz"
     stop(learner)
     remove_log(tmp_path)  # the log is reset: a new, empty one
 
@@ -187,7 +188,7 @@ def test_a_snapshot_of_the_same_log_id_but_another_history_is_refused(
     drive(learner.engine, 30, seed=7)
     copy_log(tmp_path / "events.db", tmp_path / "backup.db")
     drive(learner.engine, 30, seed=8)
-    foreign = learner.snapshot()  # model-60
+    foreign = Path(learner.snapshot())  # model-60
     stop(learner)
     remove_log(tmp_path)
     shutil.copyfile(tmp_path / "backup.db", tmp_path / "events.db")
@@ -336,7 +337,8 @@ import asyncio, sys
 import numpy as np
 from banditrec.engine import Engine, prior_model
 from banditrec.features import load_default_schema
-from banditrec.learner import Learner, SnapshotDirectory
+from banditrec.learner import Learner
+from banditrec.snapshot_store import SnapshotDirectory
 from banditrec.store.sqlite import SQLiteEventStore
 
 schema = load_default_schema()

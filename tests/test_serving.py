@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from banditrec.engine import Engine, prior_model
 from banditrec.features import load_default_schema
-from banditrec.learner import SnapshotDirectory
 from banditrec.sim import AppSimulator
+from banditrec.snapshot_store import SnapshotDirectory
 from banditrec.store.sqlite import SQLiteEventStore
 from serving import fetch_live_model, running_server
 

@@ -88,11 +88,18 @@ class Settings(BaseSettings):
     )
 
     # The event log and snapshots.
+    store_url: str | None = Field(
+        None,
+        description="The event log shared by replicas on several hosts, redis://host:port/db; "
+        "unset: the SQLite file db_path (one host).",
+    )
     db_path: Path = Field(Path("data/events.db"), description="SQLite event log.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL survives a process crash; FULL also a power loss."
     )
-    snapshot_dir: Path = Field(Path("data/snapshots"), description="Model snapshots.")
+    snapshot_dir: Path = Field(
+        Path("data/snapshots"), description="Model snapshots (kept in the store with Redis)."
+    )
     snapshot_every_events: int = Field(
         10_000, ge=1, description="A snapshot every this many learn events..."
     )

@@ -16,20 +16,20 @@ replica holds the same model (DESIGN principle 3).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from banditrec.actions import ACTION_CHANGES, ActionExistsError, ActionSet, UnknownActionError
 from banditrec.exploration import sample_action
 from banditrec.features import FeatureSchema
+from banditrec.group_commit import GroupCommitLog
 from banditrec.policies import LinUCB, Policy
 from banditrec.snapshot import Model
 from banditrec.store import (
@@ -41,20 +41,7 @@ from banditrec.store import (
     RewardRules,
 )
 
-__all__ = ["ActionExistsError", "Engine", "UnknownActionError"]
-
-T = TypeVar("T")
-
-
-class UnknownActionError(ValueError):
-    """A request named an action the engine does not know."""
-
-
-class ActionExistsError(ValueError):
-    """An action to add exists already."""
-
-
-_ACTION_CHANGES = (LearnKind.add_action, LearnKind.disable_action, LearnKind.enable_action)
+__all__ = ["ActionExistsError", "Engine", "UnknownActionError", "new_event_id", "prior_model"]
 
 
 class Engine:
@@ -106,9 +93,9 @@ class Engine:
         # Learning writes A⁻¹ and θ while deciding reads them. In the server both happen on
         # the event loop thread, but scripts may share an engine between threads.
         self._lock = threading.Lock()
-        self._set_actions(model.actions, model.disabled)
+        self._actions = ActionSet(model.actions, model.disabled)
         self._log = (
-            _GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
+            GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
             if store is not None
             else None
         )
@@ -136,35 +123,22 @@ class Engine:
     @property
     def actions(self) -> tuple[str, ...]:
         """Every action known (the schema's, then those added at run time)."""
-        return self._all_names
+        return self._actions.names
 
     @property
     def disabled(self) -> frozenset[str]:
-        return self.model.disabled
-
-    def _set_actions(self, actions: tuple[str, ...], disabled: frozenset[str]) -> None:
-        self.model.actions, self.model.disabled = actions, disabled
-        self._all_names = actions
-        # The mask of a request that names no actions: every enabled one.
-        self._all_eligible = np.array([a not in disabled for a in actions], dtype=np.bool_)
+        return self._actions.disabled
 
     # -- deciding ----------------------------------------------------------------------
 
     def eligible_mask(
         self, actions: Collection[str] | None = None, excluded: Collection[str] = ()
     ) -> NDArray[np.bool_]:
-        """Mask over `actions`: requested, not excluded, not disabled.
+        """Mask over the actions: requested, not excluded, not disabled.
 
         Unknown names raise `UnknownActionError`; disabled ones are simply not served.
         """
-        if actions is None and not excluded:
-            return self._all_eligible
-        known = self._all_names
-        for name in (*(actions or ()), *excluded):
-            if name not in known:
-                raise UnknownActionError(f"Unknown action {name!r}; known actions: {list(known)}.")
-        allowed = set(known if actions is None else actions) - set(excluded)
-        return np.array([a in allowed for a in known], dtype=np.bool_) & self._all_eligible
+        return self._actions.eligible_mask(actions, excluded)
 
     def decide(
         self,
@@ -175,20 +149,20 @@ class Engine:
     ) -> DecisionRecord:
         """Choose an action for a validated `context` by sampling the policy's distribution."""
         x = self.schema.vectorize(context)
-        mask = self._all_eligible if eligible is None else eligible
         with self._lock:
+            actions = self._actions
+            mask = actions.all_eligible if eligible is None else eligible
             scores, probabilities = self.policy.distribution(x, mask, self.rng)
             index = sample_action(probabilities, self.rng)
             version = self._version
-        names = self._all_names
         return DecisionRecord(
             event_id=event_id or new_event_id(),
             created_at=self.clock(),
             model_version=version,
             context=dict(context),
             x=x,
-            actions=names,
-            eligible=names if mask is self._all_eligible else _masked(names, mask),
+            actions=actions.names,
+            eligible=actions.names_of(mask),
             action_index=index,
             probability=float(probabilities[index]),
             probabilities=probabilities,
@@ -259,7 +233,7 @@ class Engine:
             for event in events:
                 if event.seq <= self.applied_offset:
                     continue
-                if event.kind in _ACTION_CHANGES:
+                if event.kind in ACTION_CHANGES:
                     self._apply_action_change(event.kind, event.event_id)
                 elif event.correction:
                     self.policy.correct(event.x, event.action_index, event.reward)
@@ -274,17 +248,13 @@ class Engine:
         return n
 
     def _apply_action_change(self, kind: LearnKind, name: str) -> None:
-        # Idempotent by name: two workers adding the same action at once append two events,
-        # and every replica applies the first and skips the second, so they still agree.
-        actions, disabled = self._all_names, self.model.disabled
-        if kind is LearnKind.add_action:
-            if name in actions:
-                return
+        changed = self._actions.changed(kind, name)
+        if changed is self._actions:
+            return
+        if len(changed.names) > len(self._actions.names):
             self.policy.add_action()
-            actions = (*actions, name)
-        elif name in actions:
-            disabled = disabled | {name} if kind is LearnKind.disable_action else disabled - {name}
-        self._set_actions(actions, disabled)
+        self._actions = changed
+        self.model.actions, self.model.disabled = changed.names, changed.disabled
 
     async def change_action(self, kind: LearnKind, name: str) -> None:
         """Add, disable or enable an action, through the log so that every replica does it.
@@ -293,11 +263,7 @@ class Engine:
         `ActionExistsError` for adding a known one.
         """
         store, log = self._require_log()
-        if kind is LearnKind.add_action and name in self._all_names:
-            raise ActionExistsError(f"The action {name!r} exists already.")
-        if kind is not LearnKind.add_action and name not in self._all_names:
-            known = list(self._all_names)
-            raise UnknownActionError(f"Unknown action {name!r}; known actions: {known}.")
+        self._actions.check_change(kind, name)
         await log.call(store.append_action_change, kind, name, self.clock())
         self.catch_up()
 
@@ -314,12 +280,12 @@ class Engine:
                 self.model.created_at,
                 self.model.version,
                 self.applied_offset,
-                self._all_names,
-                self.model.disabled,
+                self._actions.names,
+                self._actions.disabled,
                 log_id=self.model.log_id,
             )
 
-    def _require_log(self) -> tuple[EventStore, _GroupCommitLog]:
+    def _require_log(self) -> tuple[EventStore, GroupCommitLog]:
         if self.store is None or self._log is None:
             raise RuntimeError("This engine has no event log; rewards need one.")
         return self.store, self._log
@@ -351,102 +317,3 @@ def new_event_id() -> str:
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
     return raw.hex()
-
-
-def _masked(names: tuple[str, ...], mask: NDArray[np.bool_]) -> tuple[str, ...]:
-    return tuple(name for name, ok in zip(names, mask, strict=True) if ok)
-
-
-class _GroupCommitLog:
-    """Runs every write of this process on one thread, committing decisions and rewards in
-    groups.
-
-    Decisions (and rewards) that arrive while a commit is in flight wait and go together in
-    the next transaction: one commit serves many requests under load, and each request still
-    returns only after its own write is committed (durable against a process crash). After a
-    group of rewards, `on_rewards` runs once (the engine applies the new learn events) before
-    any of them returns.
-    """
-
-    def __init__(
-        self, store: EventStore, rules: RewardRules, on_rewards: Callable[[], object]
-    ) -> None:
-        self.store = store
-        self.rules = rules
-        self.on_rewards = on_rewards
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banditrec-log")
-        self._pending: list[tuple[DecisionRecord, asyncio.Future[DecisionRecord]]] = []
-        self._rewards: list[tuple[tuple[str, float, float], asyncio.Future[RewardResult]]] = []
-        self._flushing = False
-        self._flush_task: asyncio.Task[None] | None = None
-
-    async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
-        future: asyncio.Future[DecisionRecord] = self._loop().create_future()
-        self._pending.append((record, future))
-        self._start_flushing()
-        return await future
-
-    async def record_reward(self, event_id: str, value: float, now: float) -> RewardResult:
-        future: asyncio.Future[RewardResult] = self._loop().create_future()
-        self._rewards.append(((event_id, value, now), future))
-        self._start_flushing()
-        return await future
-
-    @staticmethod
-    def _loop() -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
-
-    def _start_flushing(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending or self._rewards:
-                # Decisions first: a reward may refer to a decision waiting beside it.
-                if self._pending:
-                    batch, self._pending = self._pending, []
-                    records = [record for record, _ in batch]
-                    await self._commit(self.store.log_decisions, records, batch)
-                if self._rewards:
-                    rewards, self._rewards = self._rewards, []
-                    items = [item for item, _ in rewards]
-                    await self._commit(self._record_rewards, items, rewards, self.on_rewards)
-        finally:
-            self._flushing = False
-
-    async def _commit(
-        self,
-        write: Callable[[list[Any], RewardRules], list[Any]],
-        items: list[Any],
-        waiting: Sequence[tuple[Any, asyncio.Future[Any]]],
-        then: Callable[[], object] | None = None,
-    ) -> None:
-        try:
-            results = await self.call(write, items, self.rules)
-            if then is not None:
-                then()
-        except Exception as exc:  # every waiting request learns of the failure
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(waiting, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    def _record_rewards(
-        self, items: list[tuple[str, float, float]], rules: RewardRules
-    ) -> list[RewardResult]:
-        record_rewards = getattr(self.store, "record_rewards", None)
-        if record_rewards is not None:  # one transaction for the group
-            results: list[RewardResult] = record_rewards(items, rules)
-            return results
-        return [self.store.record_reward(e, value, now, rules) for e, value, now in items]
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)

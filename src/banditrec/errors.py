@@ -38,8 +38,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from banditrec.actions import ActionExistsError, UnknownActionError
 from banditrec.auth import AuthError
-from banditrec.engine import ActionExistsError, UnknownActionError
 from banditrec.exploration import NoEligibleActionError
 from banditrec.features import SchemaError
 from banditrec.responses import FastJSONResponse, error_body

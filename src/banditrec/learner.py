@@ -17,98 +17,28 @@ copy; trusting such a snapshot would silently skip the new log's events up to it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from banditrec.engine import Engine
-from banditrec.features import FeatureSchema
 from banditrec.metrics import Metrics
-from banditrec.snapshot import (
-    Model,
-    ModelFileError,
-    load_model,
-    remove_stale_temp_files,
-    save_model,
-)
+from banditrec.replication import LogFollower, PushingStore
+from banditrec.snapshot import Model
+from banditrec.snapshot_store import SnapshotStore
 from banditrec.store import EventStore
 
-__all__ = ["Learner", "SnapshotDirectory", "recover_model"]
+__all__ = ["Learner", "recover_model"]
 
 logger = logging.getLogger("banditrec.learner")
 
-_SNAPSHOT_NAME = re.compile(r"^model-(\d{12})\.npz$")
 _LEASE = "snapshot"
 
 
-class SnapshotDirectory:
-    """Snapshot files ``model-<log offset>.npz`` in one directory, newest kept.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> SnapshotDirectory(tempfile.mkdtemp()).paths()
-    []
-    """
-
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
-        self.directory = Path(directory)
-        self.keep = keep
-
-    def paths(self) -> list[Path]:
-        """Snapshot files, newest (highest offset) first."""
-        if not self.directory.is_dir():
-            return []
-        found = [p for p in self.directory.iterdir() if _SNAPSHOT_NAME.match(p.name)]
-        return sorted(found, key=lambda p: p.name, reverse=True)
-
-    def save(self, model: Model) -> Path:
-        path = self.directory / f"model-{model.log_offset:012d}.npz"
-        save_model(model, path)
-        for old in self.paths()[self.keep :]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def candidates(
-        self, schema: FeatureSchema, base_version: str, min_offset: int
-    ) -> Iterator[tuple[Path, Model]]:
-        """The snapshots of `base_version` at or after `min_offset` that load, newest first.
-
-        A corrupt or truncated file is reported and skipped: the previous snapshot (or a full
-        replay from the base model) takes its place, so a bad file costs time, not data.
-        """
-        for path in self.paths():
-            try:
-                model = load_model(path, schema)
-            except ModelFileError as exc:
-                logger.error("Skipping an unusable snapshot: %s", exc)
-                continue
-            if model.version == base_version and model.log_offset >= min_offset:
-                yield path, model
-
-    def set_aside(self, path: Path) -> None:
-        """Rename a snapshot that belongs to another log to ``rejected-<name>``.
-
-        It is kept for the operator, but never loaded again, and no longer counts among the
-        newest: left in place, a foreign snapshot of a higher offset would take the place of
-        this log's own ones when old snapshots are removed.
-        """
-        try:
-            path.replace(path.with_name(f"rejected-{path.name}"))
-        except FileNotFoundError:  # another worker starting beside us moved it first
-            pass
-        except OSError as exc:
-            logger.warning("Could not set aside the snapshot %s: %s", path, exc)
-
-
-def recover_model(
-    base: Model, store: EventStore, snapshots: SnapshotDirectory
-) -> tuple[Model, str]:
+def recover_model(base: Model, store: EventStore, snapshots: SnapshotStore) -> tuple[Model, str]:
     """The model to start from (before replaying the log tail) and where it came from.
 
     Removes the temporary files that interrupted snapshot writes left, then takes the newest
@@ -116,19 +46,19 @@ def recover_model(
     aside and reported in one ERROR line; the model is then rebuilt from an older snapshot
     of this log or from `base` and the whole epoch.
     """
-    remove_stale_temp_files(snapshots.directory)
+    snapshots.remove_stale()
     base_offset = store.epoch_offset(base.version)
     refused: list[str] = []
     foreign = False  # as opposed to snapshots that predate log identities (an upgrade)
-    chosen: tuple[Path, Model] | None = None
-    for path, snapshot in snapshots.candidates(base.schema, base.version, base_offset):
+    chosen: tuple[str, Model] | None = None
+    for name, snapshot in snapshots.candidates(base.schema, base.version, base_offset):
         problem = _not_of_this_log(snapshot, store)
         if problem is None:
-            chosen = path, snapshot
+            chosen = name, snapshot
             break
-        refused.append(f"{path.name} {problem}")
+        refused.append(f"{name} {problem}")
         foreign = foreign or snapshot.log_id is not None
-        snapshots.set_aside(path)
+        snapshots.set_aside(name)
     if chosen is not None:
         model, origin = chosen[1], f"snapshot at offset {chosen[1].log_offset}"
     else:
@@ -138,7 +68,7 @@ def recover_model(
     model.log_id = store.log_id()
     if refused:
         rebuilt = (
-            f"snapshot {chosen[0].name} of this log and the learn events after it"
+            f"snapshot {chosen[0]} of this log and the learn events after it"
             if chosen is not None
             else f"the base model {base.version} and the whole epoch (every learn event "
             f"after offset {base_offset})"
@@ -151,7 +81,8 @@ def recover_model(
         logger.log(
             logging.ERROR if foreign else logging.WARNING,
             "Snapshots that do not belong to the event log (log id %s, last offset %d) were "
-            "found: %s. %s; those snapshots were renamed rejected-<name>, and the model is "
+            "found: %s. %s; those snapshots were set aside (renamed rejected-<name> in a "
+            "directory), and the model is "
             "rebuilt from %s.",
             store.log_id(),
             store.last_offset(),
@@ -259,7 +190,7 @@ class Learner:
 
     engine: Engine
     store: EventStore
-    snapshots: SnapshotDirectory
+    snapshots: SnapshotStore
     poll_interval: float = 0.05
     default_sweep_interval: float = 1.0
     default_batch: int = 1000
@@ -279,10 +210,17 @@ class Learner:
         self._lease_checked = float("-inf")
         self._step = _Retry("The learner step", self.poll_interval, self.max_backoff, self.metrics)
         self._snapshot = _Retry(
-            f"Writing a snapshot to {self.snapshots.directory}",
+            f"Writing a snapshot to {self.snapshots.where}",
             self.poll_interval,
             self.max_backoff,
             self.metrics,
+        )
+        # A store that pushes new learn events (Redis) is followed by a blocking read of
+        # its own; one that does not (SQLite) is read every step.
+        self._follower = (
+            LogFollower(self.engine, self.store, self.poll_interval, max_backoff=self.max_backoff)
+            if isinstance(self.store, PushingStore)
+            else None
         )
         if self.metrics is not None:
             self.metrics.learner_faulty(False)
@@ -292,7 +230,8 @@ class Learner:
     @property
     def fault(self) -> str | None:
         """None while the learner works; else one sentence saying what fails."""
-        return self._step.fault or self._snapshot.fault
+        following = self._follower.fault if self._follower is not None else None
+        return following or self._step.fault or self._snapshot.fault
 
     @property
     def holds_lease(self) -> bool:
@@ -305,6 +244,7 @@ class Learner:
         A failing step is retried with exponential backoff (see `fault`); on the way out
         the snapshot lease is released, so a restarted server snapshots at once.
         """
+        follow = None if self._follower is None else asyncio.create_task(self._follower.run())
         try:
             while True:
                 try:
@@ -320,6 +260,10 @@ class Learner:
                     self.metrics.learner_faulty(self.fault is not None)
                 await asyncio.sleep(delay)
         finally:
+            if follow is not None:
+                follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
             self.release_lease()
 
     async def step(self) -> None:
@@ -328,7 +272,8 @@ class Learner:
         A failing snapshot does not fail the step (learning goes on): it is retried on its
         own backoff and reported by `fault`.
         """
-        self.engine.catch_up()
+        if self._follower is None:  # polled; a pushed store's follower does it at once
+            self.engine.catch_up()
         now = time.monotonic()
         if now - self._last_sweep >= self.default_sweep_interval:
             self._last_sweep = now
@@ -393,13 +338,15 @@ class Learner:
         except Exception as exc:  # on the way out: it lapses within `lease_seconds` anyway
             logger.warning("Could not release the snapshot lease: %s", exc)
 
-    def snapshot(self) -> Path:
-        """Write a snapshot of the live model now (atomically) and return its path."""
+    def snapshot(self) -> str:
+        """Write a snapshot of the live model now (atomically); return where it is."""
         model = self.engine.snapshot_model()
         model.log_id = self.store.log_id()
         model.log_tip = _tip(self.store, model.log_offset)
-        path = self.snapshots.save(model)
+        name = self.snapshots.save(model)
         self._last_snapshot_time = time.monotonic()
         self._last_snapshot_offset = model.log_offset
-        logger.info("Snapshot %s written (offset %d).", path.name, model.log_offset)
-        return path
+        logger.info(
+            "Snapshot %s written to %s (offset %d).", name, self.snapshots.where, model.log_offset
+        )
+        return name

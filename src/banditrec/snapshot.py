@@ -226,9 +226,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
+def _read(
+    path: Path, data: bytes | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
+    # `data`: the file's bytes, read from elsewhere (a shared store); `path` names it.
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise ModelFileError(f"The model file {path} does not exist.") from None
@@ -246,10 +249,14 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
     return metadata, arrays
 
 
-def load_model(path: str | Path, schema: FeatureSchema) -> Model:
-    """Load a model written by `save_model`, refusing one trained under another schema."""
+def load_model(path: str | Path, schema: FeatureSchema, data: bytes | None = None) -> Model:
+    """Load a model written by `save_model`, refusing one trained under another schema.
+
+    With `data` (the bytes of `model_bytes`, e.g. a snapshot kept in a shared store), the
+    model is read from them and `path` only names them in error messages.
+    """
     path = Path(path)
-    metadata, arrays = _read(path)
+    metadata, arrays = _read(path, data)
     trained_with = FeatureSchema.from_dict(metadata["schema"])
     if trained_with.encoding_hash != schema.encoding_hash:
         raise ModelFileError(

@@ -25,10 +25,11 @@ from banditrec.config import Settings
 from banditrec.engine import Engine, prior_model
 from banditrec.exploration import sample_action
 from banditrec.features import CategoricalField, SchemaError
-from banditrec.learner import Learner, SnapshotDirectory, recover_model
+from banditrec.learner import Learner, recover_model
 from banditrec.snapshot import Model, ModelFileError, load_model
+from banditrec.snapshot_store import snapshot_store_for
 from banditrec.store import StoreError
-from banditrec.store.sqlite import SQLiteEventStore
+from banditrec.store.factory import describe_store, open_store
 
 __all__ = ["DEFAULT_MODEL_PATH", "StartupFailure", "base_model", "lifespan"]
 
@@ -82,10 +83,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = state.settings
     log_auth_mode(settings.api_keys, logger)
     schema = settings.feature_schema
-    store = SQLiteEventStore(settings.db_path, schema.encoding_hash, settings.sqlite_synchronous)
+    store = open_store(
+        settings.store_url,
+        db_path=settings.db_path,
+        encoding_hash=schema.encoding_hash,
+        synchronous=settings.sqlite_synchronous,
+    )
+    logger.info("Event log: %s.", describe_store(settings.store_url, settings.db_path))
     try:
         base, loaded = base_model(settings, require_file=state.serving)
-        snapshots = SnapshotDirectory(settings.snapshot_dir)
+        snapshots = snapshot_store_for(store, settings.snapshot_dir)
         model, origin = recover_model(base, store, snapshots)
     except BaseException:
         store.close()
@@ -114,7 +121,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # this: an app built in a test or a script would leak what it froze.
         gc.collect()
         gc.freeze()
-    store.start_checkpointer()  # WAL checkpoints off the commit path
+    store.start()  # background upkeep (SQLite: WAL checkpoints off the commit path)
     task = asyncio.create_task(learner.run())
     try:
         yield

@@ -164,6 +164,12 @@ class EventStore(Protocol):
         """Join a reward to its decision, and append a learn event when it is learned."""
         ...
 
+    def record_rewards(
+        self, rewards: Sequence[tuple[str, float, float]], rules: RewardRules
+    ) -> list[RewardResult]:
+        """`record_reward` for each (event id, value, time), in order, committed together."""
+        ...
+
     def activate(self, event_id: str, now: float, rules: RewardRules) -> bool | None:
         """Activate a deferred decision: True if activated now, False if already, None if
         unknown."""
@@ -221,5 +227,14 @@ class EventStore(Protocol):
         ...
 
     def get_decision(self, event_id: str) -> DecisionRecord | None: ...
+
+    def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:
+        """How many decisions, rewards received, or learn events the live log holds."""
+        ...
+
+    def start(self) -> None:
+        """Start the backend's background upkeep, if it has any (SQLite: WAL checkpoints
+        off the commit path); the server calls it once it is up. `close` stops it."""
+        ...
 
     def close(self) -> None: ...

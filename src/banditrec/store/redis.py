@@ -172,6 +172,9 @@ class RedisEventStore:
         """The random identity this log was created with (the same for every replica)."""
         return self._log_id
 
+    def start(self) -> None:
+        """Nothing to start: Redis does its own upkeep (AOF rewrites, expiry)."""
+
     def close(self) -> None:
         self._redis.close()
 

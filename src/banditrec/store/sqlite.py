@@ -215,6 +215,10 @@ class SQLiteEventStore:
         finally:
             fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
+    def start(self) -> None:
+        """Start the WAL checkpointer (`start_checkpointer`)."""
+        self.start_checkpointer()
+
     def start_checkpointer(self, interval: float = 0.25) -> None:
         """Checkpoint the WAL every `interval` seconds on a thread of its own.
 
