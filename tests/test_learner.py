@@ -351,7 +351,7 @@ asyncio.run(learner.run())
 
 
 def test_a_killed_holder_is_replaced_within_the_lease_time(tmp_path: Path) -> None:
-    ttl = 2.0
+    ttl = 4.0  # renewed every second: a loaded machine does not let it lapse by itself
     SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash).close()
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(tmp_path / "events.db"), str(tmp_path / "s"), str(ttl)]
@@ -369,8 +369,9 @@ def test_a_killed_holder_is_replaced_within_the_lease_time(tmp_path: Path) -> No
         killed_at = time.monotonic()
         while not store.acquire_lease("snapshot", "next", time.time(), ttl):
             time.sleep(0.05)
-        # Its last renewal was at most `ttl` before the kill; the lease lapses `ttl` after it.
-        assert time.monotonic() - killed_at <= ttl + 0.5
+        # Renewed every ttl / 4 while it lived, it lapses at most `ttl` after the kill; the
+        # margin only absorbs polling on a loaded machine.
+        assert time.monotonic() - killed_at <= ttl + 1.5
     finally:
         if holder.poll() is None:
             holder.kill()

@@ -298,7 +298,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 def test_a_killed_servers_lease_lapses_within_its_lifetime(tmp_path: Path) -> None:
-    ttl = 2.0
+    ttl = 4.0  # renewed every second: a loaded machine does not let it lapse by itself
     with running_server(tmp_path, seed="7", snapshot_lease_seconds=str(ttl)) as server:
         wait_for(lambda: lease_rows(tmp_path) == 1)
         server.kill()  # SIGKILL: no shutdown code runs, the lease stays behind
@@ -308,7 +308,8 @@ def test_a_killed_servers_lease_lapses_within_its_lifetime(tmp_path: Path) -> No
     try:
         assert not store.acquire_lease("snapshot", "next", time.time(), ttl)
         wait_for(lambda: store.acquire_lease("snapshot", "next", time.time(), ttl))
-        # Renewed every ttl / 4 while it lived: lapsed at most `ttl` after the kill.
-        assert time.monotonic() - killed_at <= ttl + 0.5
+        # Renewed every ttl / 4 while it lived, it lapses at most `ttl` after the kill; the
+        # margin only absorbs polling on a loaded machine.
+        assert time.monotonic() - killed_at <= ttl + 1.5
     finally:
         store.close()
