@@ -314,21 +314,22 @@ def test_the_lease_is_released_when_the_learner_stops(tmp_path: Path) -> None:
 
 def test_the_holder_renews_its_short_lease_while_it_runs(tmp_path: Path) -> None:
     learner = start(tmp_path, lease_seconds=0.4)
-    other = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
 
-    async def run_a_while() -> list[bool]:
+    async def run_a_while() -> list[tuple[str, float]]:
         task = asyncio.create_task(learner.run())
-        taken = []
+        seen = []
         for _ in range(12):  # 1.2 s: three lifetimes of the lease
             await asyncio.sleep(0.1)
-            taken.append(other.acquire_lease("snapshot", "other", time.time(), 0.4))
+            seen.append(_lease(tmp_path))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return taken
+        return seen
 
-    assert not any(asyncio.run(run_a_while()))
-    other.close()
+    seen = asyncio.run(run_a_while())
+    assert {owner for owner, _ in seen} == {learner.owner}
+    expiries = [expires_at for _, expires_at in seen]
+    assert expiries == sorted(expiries) and expiries[-1] - expiries[0] > 0.8  # renewed
     stop(learner)
 
 
@@ -379,11 +380,15 @@ def test_a_killed_holder_is_replaced_within_the_lease_time(tmp_path: Path) -> No
         store.close()
 
 
-def _lease_owner(tmp_path: Path) -> str | None:
+def _lease(tmp_path: Path) -> tuple[str, float]:
     db = sqlite3.connect(tmp_path / "events.db")
-    row = db.execute("SELECT owner FROM leases WHERE name = 'snapshot'").fetchone()
+    row = db.execute("SELECT owner, expires_at FROM leases WHERE name = 'snapshot'").fetchone()
     db.close()
-    return None if row is None else str(row[0])
+    return ("", 0.0) if row is None else (str(row[0]), float(row[1]))
+
+
+def _lease_owner(tmp_path: Path) -> str:
+    return _lease(tmp_path)[0]
 
 
 # -- leftovers of interrupted snapshot writes -------------------------------------------------
