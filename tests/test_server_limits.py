@@ -113,6 +113,17 @@ def test_a_half_sent_body_gets_408_and_nothing_is_logged(server: Server) -> None
     still_serving(server)
 
 
+def test_a_pipelined_half_request_after_a_whole_one_gets_its_408_after_the_answer(
+    server: Server,
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(HEALTH + b"GET /health HTTP/1.1\r\nHost: te")
+        response = read_until_closed(sock)
+    first, _, rest = response.partition(b"HTTP/1.1 408 ")
+    assert status(first) == 200 and b'"status"' in first  # the whole request, answered
+    assert rest.endswith(b"The request was not received in time.\n")
+
+
 def test_a_connection_that_never_sends_is_closed(server: Server) -> None:
     with connect(server) as sock:
         assert status(read_until_closed(sock)) == 408

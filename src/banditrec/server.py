@@ -130,23 +130,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def request_timed_out(self) -> None:
         """The request did not arrive in time: 408 when nothing was answered, then close."""
         self.request_timer = None
-        if self.transport.is_closing():
-            return
-        cycle = self.cycle
-        if self.in_head:  # no response of this request can have started
-            answered = cycle is not None and not cycle.response_complete  # a pipelined one's
-        else:
-            answered = cycle is not None and cycle.response_started
-        if answered:
-            self.transport.close()
-        else:
+        if not self.transport.is_closing():
             self.refuse(408, "The request was not received in time.\n")
 
     def refuse(self, status: int, message: str) -> None:
+        """Answer `status` and close; only close when another answer is already under way
+        (a response started for this request, or a pipelined earlier one still being sent):
+        bytes of ours must not land in the middle of it."""
         self.cancel_request_timer()
-        if self.cycle is not None:
-            self.cycle.keep_alive = False
-        self.transport.write(_response(status, message, self.server_state.default_headers))
+        cycle = self.cycle
+        if self.in_head:  # this request has no cycle yet; an earlier one may still answer
+            busy = cycle is not None and not cycle.response_complete
+        else:
+            busy = cycle is not None and cycle.response_started
+        if cycle is not None:
+            cycle.keep_alive = False
+        if not busy:
+            self.transport.write(_response(status, message, self.server_state.default_headers))
         self.transport.close()
 
 
