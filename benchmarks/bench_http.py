@@ -2,38 +2,57 @@
 
 One command, one table::
 
-    .venv/bin/python -m benchmarks.bench_http                  # ~2 minutes
+    .venv/bin/python -m benchmarks.bench_http --redis          # ~5 minutes; make bench-http
+    .venv/bin/python -m benchmarks.bench_http                  # SQLite only, ~2 minutes
     .venv/bin/python -m benchmarks.bench_http --duration 5     # quicker
     .venv/bin/python -m benchmarks.bench_http --markdown       # table for docs/benchmarks.md
 
-What is measured, for a server of 1 and of 2 worker processes (``--workers``), each started
-by this script on a free 127.0.0.1 port with a fresh SQLite event log in a temporary
-directory (``--log-level warning``) and stopped at the end:
+What is measured, for each *setup*, each started by this script on free 127.0.0.1 ports with
+a fresh event log in a temporary directory (``--log-level warning``) and stopped at the end:
+
+- SQLite, 1 and 2 worker processes (``--workers``): one ``banditrec serve --workers N``
+  sharing one SQLite file (the kernel spreads connections over the workers);
+- with ``--redis``, a fresh ``redis-server`` (``appendonly yes``, ``appendfsync everysec``,
+  no RDB snapshots) and 1 and 2 *replicas*: separate ``banditrec serve`` processes on their own
+  ports with ``BANDITREC_STORE_URL=redis://...``, as separate hosts would run. Two replicas
+  are loaded by two `wrk` processes at once, each with half the connections, straight to
+  its replica (no load balancer: SQLite's two workers have none either, and a proxy on the
+  same two cores would take CPU from the servers); rates are summed, latencies are the worse
+  of the two. One more setup runs 1 replica on Redis with ``appendfsync always``
+  (``--always``, on by default with ``--redis``).
+
+Like with like: SQLite's default ``synchronous=NORMAL`` survives a crash of the process but
+not a power loss (the WAL is fsynced at checkpoints, every 0.25 s); Redis with ``everysec``
+survives a crash of the process (and of Redis) but not a power loss (the AOF is fsynced once
+a second). ``--synchronous FULL`` and ``always`` are the power-loss-safe pair.
+
+Endpoints:
 
 ``GET /ping``
     A constant JSON answer through the same app and the same middleware (metrics, request
     guard): the ceiling of this stack on this machine.
 ``POST /recommend_action``
     The seed's decision endpoint with varied contexts (drawn by the app simulator, unknown
-    categories included). Every decision is durably logged (group commit in SQLite WAL)
-    before its response is sent.
+    categories included). Every decision is durably logged (group commit: one SQLite
+    transaction or one Redis script per group) before its response is sent.
 ``POST /v1/events/{id}/reward``
     ``{"value": 1.0}`` for decisions made earlier in the same run, each rewarded exactly
     once: first rewards, joined to their decision and learned at once (a learn event).
 
 Each endpoint is loaded by `wrk` (C, epoll; ``apt-get install wrk``) for a fixed time with
 ``--connections`` keep-alive connections and ``--wrk-threads`` threads, after a warm-up
-(numba compilation, first requests). The figure is the ratio of an endpoint's requests/s to
-``/ping``'s on the same server in the same run: the load generator shares the machine's
-cores with the server, so absolute numbers move with the machine, ratios much less.
+(numba compilation, first requests). Two figures compare: an endpoint's requests/s to
+``/ping``'s in the same setup (the load generator shares the machine's cores with the
+server, so absolute numbers move with the machine, ratios much less), and a Redis setup's
+requests/s to the SQLite setup's with as many processes, in the same run.
 
 The table also shows the CPU time the server's processes used per answered request (from
-/proc) and its ratio to /ping's: the same figure measured in CPU rather than in wall time,
-which moves less when other jobs share the machine ("other CPU": what the rest of the
-machine used meanwhile, in cores).
+/proc; Redis's own CPU is included, and shown apart) and its ratio to /ping's: the same
+figure measured in CPU rather than in wall time, which moves less when other jobs share the
+machine ("other CPU": what the rest of the machine used meanwhile, in cores).
 
-After each server stops, the log is checked: it holds at least as many decisions as
-`wrk` received 200 answers for, and one learned reward per reward answer.
+After each setup stops, the log is checked: it holds at least as many decisions as `wrk`
+received 200 answers for, and one learned reward per reward answer.
 
 Latency is wrk's: from writing a request to reading its whole response, per request, in a
 closed loop (each connection sends its next request when the previous answer arrives).
@@ -61,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 from banditrec.features import load_default_schema
 from banditrec.logged_data import write_logged_csv
@@ -71,7 +91,7 @@ from banditrec.training import train_from_csv
 # A wrk script: pre-built requests (read from a file, one body or event id a line) served
 # round-robin, and a JSON summary written by done() to $BENCH_OUT.
 _LUA = r"""
-local mode, items_path = "%(mode)s", "%(items)s"
+local mode = "%(mode)s"
 local threads, counter = {}, 0
 
 function setup(thread)
@@ -81,7 +101,7 @@ function setup(thread)
 end
 
 function init(args)
-  local nthreads = tonumber(args[1])
+  local nthreads, items_path = tonumber(args[1]), args[2]
   local items, k = {}, 0
   for line in io.lines(items_path) do
     -- thread t takes items t, t + n, t + 2n, ...: no two threads share an event id
@@ -97,12 +117,14 @@ function init(args)
       reqs[i] = wrk.format("POST", "/recommend_action", headers, item)
     end
   end
-  n, i, wrapped = #reqs, 0, 0
+  n, i, sent, wrapped = #reqs, 0, 0, 0
 end
 
 function request()
   i = i + 1
-  if i > n then i = 1; wrapped = wrapped + 1 end
+  if i > n then i = 1 end
+  sent = sent + 1
+  if sent > n then wrapped = wrapped + 1 end  -- requests after the first pass: reused ids
   return reqs[i]
 end
 
@@ -143,9 +165,25 @@ ENDPOINTS = {
 }
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One way to serve: the event log's backend and how many serving processes."""
+
+    store: str  # "sqlite" or "redis"
+    processes: int  # SQLite: workers of one server; Redis: replicas (one server each)
+    appendfsync: str = "everysec"  # Redis only
+
+    @property
+    def label(self) -> str:
+        plural = "" if self.processes == 1 else "s"
+        if self.store == "sqlite":
+            return f"SQLite, {self.processes} worker{plural}"
+        return f"Redis {self.appendfsync}, {self.processes} replica{plural}"
+
+
 @dataclass
 class Result:
-    workers: int
+    setup: Setup
     endpoint: str
     connections: int
     requests: int
@@ -155,9 +193,10 @@ class Result:
     p99_ms: float
     max_ms: float
     errors: int  # socket errors + non-2xx/3xx answers + timeouts
-    wrapped: int  # reward ids reused (should be 0: every reward a first reward)
-    server_cpu: float  # CPU seconds of the server's processes per second of wall time
+    wrapped: int  # rewards sent for reused ids (should be 0: every reward a first reward)
+    server_cpu: float  # CPU seconds of the server's processes (Redis included) per second
     server_cpu_us: float  # the server's CPU microseconds per answered request
+    redis_cpu: float  # of server_cpu, Redis's share (0 for SQLite)
     wrk_cpu: float
     other_cpu: float  # CPU used meanwhile by the rest of the machine (other jobs)
 
@@ -166,7 +205,7 @@ class Result:
         return self.requests / self.seconds
 
 
-# -- the server ---------------------------------------------------------------------------
+# -- the servers --------------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -178,9 +217,12 @@ def _free_port() -> int:
 class Server:
     """`banditrec serve` in its own process group on a free loopback port; always stopped."""
 
-    def __init__(self, root: Path, model: Path, workers: int, synchronous: str) -> None:
+    def __init__(
+        self, root: Path, model: Path, workers: int, synchronous: str, store_url: str | None
+    ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
         self.db_path = root / "events.db"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -190,6 +232,8 @@ class Server:
             BANDITREC_SNAPSHOT_DIR=str(root / "snapshots"),
             BANDITREC_SQLITE_SYNCHRONOUS=synchronous,
         )
+        if store_url is not None:
+            env["BANDITREC_STORE_URL"] = store_url
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         command = [
             sys.executable, "-m", "banditrec", "serve", "--model", str(model),
@@ -202,7 +246,7 @@ class Server:
                 start_new_session=True,
             )  # fmt: skip
 
-    def wait_ready(self, workers: int, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         """Until /health answers (and, with several workers, until all of them are up)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -210,7 +254,7 @@ class Server:
                 raise RuntimeError(f"The server exited early:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200 and len(self.pids()) >= workers:
+                    if response.status == 200 and len(self.pids()) >= self.workers:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -222,21 +266,121 @@ class Server:
         """The server's process and its descendants (uvicorn's worker processes)."""
         return _process_tree(self.process.pid)
 
-    def cpu_seconds(self) -> float:
-        return sum(_cpu_seconds(pid) for pid in self.pids())
-
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        _stop(self.process)
+
+
+class RedisServer:
+    """`redis-server` on a free loopback port, AOF on with the given fsync policy, no RDB."""
+
+    def __init__(self, root: Path, appendfsync: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.log_path = root / "redis.log"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(root),
+             "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
+             "--daemonize", "no", "--logfile", str(self.log_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port, socket_timeout=10, socket_connect_timeout=1)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start:\n{self.log_path.read_text()}")
+            try:
+                if self.client.ping():
+                    return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer PING within {timeout} s.")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        _stop(self.process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+class Deployment:
+    """A setup running: its servers (and Redis), their CPU time, and what their log holds."""
+
+    def __init__(self, setup: Setup, root: Path, model: Path, synchronous: str) -> None:
+        self.setup = setup
+        self.root = root
+        self.redis: RedisServer | None = None
+        self.servers: list[Server] = []
+        if setup.store == "redis":
+            self.redis = RedisServer(root / "redis", setup.appendfsync)
+            self.redis.wait_ready()
+            self.servers = [
+                Server(root / f"replica-{i}", model, 1, synchronous, self.redis.url)
+                for i in range(setup.processes)
+            ]
+        else:
+            self.servers = [Server(root / "server", model, setup.processes, synchronous, None)]
+
+    def wait_ready(self) -> None:
+        for server in self.servers:
+            server.wait_ready()
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds used so far by the servers (Redis included) and by Redis alone."""
+        store = _cpu_seconds(self.redis.process.pid) if self.redis else 0.0
+        servers = sum(_cpu_seconds(pid) for s in self.servers for pid in s.pids())
+        return servers + store, store
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def pending_event_ids(self) -> list[str]:
+        """Event ids of the decisions logged so far, not yet rewarded, oldest first."""
+        if self.redis is not None:  # the pending set, by deadline: by decision time
+            return [i.decode() for i in self.redis.client.zrange("banditrec:pending", 0, -1)]
+        db = sqlite3.connect(f"file:{self.servers[0].db_path}?mode=ro", uri=True)
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+            query = "SELECT event_id FROM decisions WHERE state = 'pending'"
+            return [r[0] for r in db.execute(query)]
+        finally:
+            db.close()
+
+    def counts(self) -> tuple[int, int]:
+        """Decisions logged and rewards learned (read after the servers stopped)."""
+        if self.redis is not None:
+            client = self.redis.client
+            learned, start = 0, "-"
+            while entries := client.xrange("banditrec:learn", start, "+", 10_000):
+                learned += sum(1 for _, fields in entries if fields[b"k"] == b"reward")
+                start = "(" + entries[-1][0].decode()
+            return int(client.xlen("banditrec:decisions")), learned
+        db = sqlite3.connect(f"file:{self.servers[0].db_path}?mode=ro", uri=True)
+        try:
+            logged = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            query = "SELECT count(*) FROM rewards WHERE outcome = 'learned'"
+            return int(logged), int(db.execute(query).fetchone()[0])
+        finally:
+            db.close()
 
 
 def _process_tree(root: int) -> list[int]:
@@ -281,51 +425,80 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(
-    server: Server,
+    deployment: Deployment,
     endpoint: str,
     script: Path,
+    items: list[Path],
     seconds: float,
     connections: int,
     threads: int,
     workdir: Path,
 ) -> dict[str, Any]:
-    """One bounded wrk run; its summary plus the CPU used by the server and by wrk."""
-    out = workdir / f"wrk-{endpoint}-{time.monotonic_ns()}.json"
+    """Load `endpoint` of every server of `deployment` at once, one `wrk` each, splitting
+    `connections` between them; `items[i]` is the i-th wrk's request file (bodies or event
+    ids). Rates add up; latencies are the worse of the wrks'. Also returns the CPU time used
+    meanwhile by the servers and by the wrks."""
+    servers = deployment.servers
+    n = len(servers)
+    shares = [connections // n + (i < connections % n) for i in range(n)]
     path = "/ping" if endpoint == "ping" else "/"
-    command = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-        "--timeout", "10s", "-s", str(script), f"{server.url}{path}",
-    ]  # fmt: skip
-    if endpoint != "ping":
-        command += ["--", str(threads)]  # the script splits its items between the threads
-    env = dict(os.environ, BENCH_OUT=str(out))
-    server_cpu, machine_cpu = server.cpu_seconds(), _machine_busy_seconds()
+    cpu, store_cpu = deployment.cpu_seconds()
+    machine_cpu = _machine_busy_seconds()
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    processes, outs = [], []
+    for i, (server, share) in enumerate(zip(servers, shares, strict=True)):
+        out = workdir / f"wrk-{endpoint}-{i}-{time.monotonic_ns()}.json"
+        command = [
+            "wrk", f"-t{threads}", f"-c{max(share, threads)}", f"-d{max(1, round(seconds))}s",
+            "--timeout", "10s", "-s", str(script), f"{server.url}{path}",
+        ]  # fmt: skip
+        if endpoint != "ping":  # the script splits its items between the threads
+            command += ["--", str(threads), str(items[i])]
+        env = dict(os.environ, BENCH_OUT=str(out))
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+        outs.append(out)
+    wrk_cpu = 0.0
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        for process in processes:
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            wrk_cpu += usage.ru_utime + usage.ru_stime
     except BaseException:
-        process.kill()
-        process.wait()
+        for process in processes:
+            process.kill()
+            process.wait()
         raise
-    process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    server_cpu = server.cpu_seconds() - server_cpu
+    cpu_after, store_after = deployment.cpu_seconds()
+    cpu, store_cpu = cpu_after - cpu, store_after - store_cpu
     machine_cpu = _machine_busy_seconds() - machine_cpu
-    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-    if process.returncode != 0 or not out.exists():
-        raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
-    summary: dict[str, Any] = json.loads(out.read_text())
-    summary["server_cpu"] = server_cpu / wall
-    summary["wrk_cpu"] = (usage.ru_utime + usage.ru_stime) / wall
-    summary["server_cpu_seconds"] = server_cpu
+    summaries = []
+    for process, out in zip(processes, outs, strict=True):
+        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+        if process.returncode != 0 or not out.exists():
+            raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
+        summaries.append(json.loads(out.read_text()))
+    summary: dict[str, Any] = {
+        key: sum(s[key] for s in summaries)
+        for key in ("requests", "connect", "read", "write", "status", "timeout", "wrapped")
+    }
+    for key in ("p50_us", "p90_us", "p99_us", "max_us"):
+        summary[key] = max(s[key] for s in summaries)
+    summary["rate"] = sum(s["requests"] / s["duration_us"] * 1e6 for s in summaries)
+    summary["duration_us"] = max(s["duration_us"] for s in summaries)
+    summary["server_cpu"] = cpu / wall
+    summary["redis_cpu"] = store_cpu / wall
+    summary["wrk_cpu"] = wrk_cpu / wall
+    summary["server_cpu_seconds"] = cpu
     # Everything else the machine did meanwhile (other users' jobs): the CPU not ours.
-    summary["other_cpu"] = max(0.0, machine_cpu - server_cpu) / wall - summary["wrk_cpu"]
+    summary["other_cpu"] = max(0.0, machine_cpu - cpu) / wall - summary["wrk_cpu"]
     return summary
 
 
-def write_scripts(workdir: Path, contexts: int, seed: int) -> dict[str, Path]:
-    """The wrk scripts and the request bodies of the decisions."""
+def write_scripts(workdir: Path, contexts: int, seed: int) -> tuple[dict[str, Path], Path]:
+    """The wrk scripts, and the file of the decisions' request bodies (one a line)."""
     columns = AppSimulator().sample_contexts(contexts, np.random.default_rng(seed))
     bodies = workdir / "bodies.jsonl"
     with open(bodies, "w") as f:
@@ -334,11 +507,10 @@ def write_scripts(workdir: Path, contexts: int, seed: int) -> dict[str, Path]:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
     scripts = {"ping": workdir / "ping.lua"}
     scripts["ping"].write_text(_PING_LUA)
-    scripts["decision"] = workdir / "decision.lua"
-    scripts["decision"].write_text(_LUA % {"mode": "decision", "items": bodies})
-    scripts["reward"] = workdir / "reward.lua"
-    scripts["reward"].write_text(_LUA % {"mode": "reward", "items": workdir / "event_ids.txt"})
-    return scripts
+    for mode in ("decision", "reward"):
+        scripts[mode] = workdir / f"{mode}.lua"
+        scripts[mode].write_text(_LUA % {"mode": mode})
+    return scripts, bodies
 
 
 def train_model(workdir: Path, seed: int) -> Path:
@@ -348,60 +520,77 @@ def train_model(workdir: Path, seed: int) -> Path:
     return model
 
 
-# -- one server ---------------------------------------------------------------------------
+# -- one setup ----------------------------------------------------------------------------
 
 
-def bench_server(
-    workers: int, model: Path, scripts: dict[str, Path], args: argparse.Namespace, root: Path
+def bench_setup(
+    setup: Setup,
+    model: Path,
+    scripts: dict[str, Path],
+    bodies: Path,
+    args: argparse.Namespace,
+    root: Path,
 ) -> list[Result]:
-    workdir = root / f"workers-{workers}"
-    server = Server(workdir, model, workers, args.synchronous)
+    workdir = root / setup.label.replace(", ", "-").replace(" ", "-")
+    workdir.mkdir(parents=True)
     results: list[Result] = []
     ok_decisions = ok_rewards = 0
-    run = {"duration": args.duration, "connections": args.connections, "threads": args.wrk_threads}
+    say = setup.label
+    n = setup.processes if setup.store == "redis" else 1  # wrks: one per server
+    id_files = [workdir / f"event_ids-{i}.txt" for i in range(n)]
+
+    def write_ids() -> int:
+        ids = deployment.pending_event_ids()
+        for i, path in enumerate(id_files):  # each wrk its own ids: every reward a first one
+            path.write_text("\n".join(ids[i::n]) + "\n")
+        return len(ids)
 
     def measure(endpoint: str, seconds: float) -> dict[str, Any]:
+        items = id_files if endpoint == "reward" else [bodies] * n
         return run_wrk(
-            server, endpoint, scripts[endpoint], seconds, run["connections"], run["threads"],
-            workdir,
+            deployment, endpoint, scripts[endpoint], items, seconds, args.connections,
+            args.wrk_threads, workdir,
         )  # fmt: skip
 
+    deployment = Deployment(setup, workdir, model, args.synchronous)
     try:
-        server.wait_ready(workers)
-        _progress(args, f"{workers} worker(s): server up on {server.url}; warming up")
+        deployment.wait_ready()
+        _progress(args, f"{say}: up on {', '.join(s.url for s in deployment.servers)}; warm-up")
         for endpoint in ("ping", "decision", "reward"):
             if endpoint == "reward":
-                _write_event_ids(server.db_path, root / "event_ids.txt")
+                write_ids()
             summary = measure(endpoint, args.warmup)
             if endpoint == "decision":
                 ok_decisions += summary["requests"] - summary["status"]
+            elif endpoint == "reward":  # a reused id is answered, but not learned twice
+                ok_rewards += summary["requests"] - summary["status"] - summary["wrapped"]
         rates: dict[str, float] = {}
         for endpoint in ("ping", "decision", "reward"):
             if endpoint == "reward":  # first rewards of the decisions made so far
-                have = _write_event_ids(server.db_path, root / "event_ids.txt")
+                have = write_ids()
                 # Enough for rewards as fast as /ping; top up with more decisions if needed.
                 need = int(1.2 * max(rates.values()) * args.duration)
                 if have < need:
                     top_up = min(3 * args.duration, 1 + (need - have) / rates["decision"])
-                    _progress(args, f"{workers} worker(s): {top_up:.0f} s more decisions")
+                    _progress(args, f"{say}: {top_up:.0f} s more decisions")
                     s = measure("decision", top_up)
                     ok_decisions += s["requests"] - s["status"]
-                    _write_event_ids(server.db_path, root / "event_ids.txt")
-            _progress(args, f"{workers} worker(s): {ENDPOINTS[endpoint]} for {args.duration:g} s")
+                    write_ids()
+            _progress(args, f"{say}: {ENDPOINTS[endpoint]} for {args.duration:g} s")
             s = measure(endpoint, args.duration)
-            rates[endpoint] = s["requests"] / s["duration_us"] * 1e6
+            rates[endpoint] = s["rate"]
             errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
             if endpoint == "decision":
                 ok_decisions += s["requests"] - s["status"]
             elif endpoint == "reward":
-                ok_rewards += s["requests"] - s["status"]
+                ok_rewards += s["requests"] - s["status"] - s["wrapped"]
             results.append(
                 Result(
-                    workers=workers,
+                    setup=setup,
                     endpoint=endpoint,
                     connections=args.connections,
                     requests=s["requests"],
-                    seconds=s["duration_us"] / 1e6,
+                    seconds=s["requests"] / s["rate"] if s["rate"] else s["duration_us"] / 1e6,
                     p50_ms=s["p50_us"] / 1e3,
                     p90_ms=s["p90_us"] / 1e3,
                     p99_ms=s["p99_us"] / 1e3,
@@ -410,35 +599,22 @@ def bench_server(
                     wrapped=s["wrapped"] if endpoint == "reward" else 0,
                     server_cpu=s["server_cpu"],
                     server_cpu_us=s["server_cpu_seconds"] / max(1, s["requests"]) * 1e6,
+                    redis_cpu=s["redis_cpu"],
                     wrk_cpu=s["wrk_cpu"],
                     other_cpu=s["other_cpu"],
                 )
             )
+        for server in deployment.servers:
+            server.stop()
+        _check_log(deployment.counts(), ok_decisions, ok_rewards, args)
     finally:
-        server.stop()
-    _check_log(server.db_path, ok_decisions, ok_rewards, args)
+        deployment.stop()
     return results
 
 
-def _write_event_ids(db_path: Path, out: Path) -> int:
-    """Event ids of the decisions logged so far, not yet rewarded, oldest first."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        ids = [r[0] for r in db.execute("SELECT event_id FROM decisions WHERE state = 'pending'")]
-    finally:
-        db.close()
-    out.write_text("\n".join(ids) + "\n")
-    return len(ids)
-
-
-def _check_log(db_path: Path, decisions: int, rewards: int, args: argparse.Namespace) -> None:
+def _check_log(counts: tuple[int, int], decisions: int, rewards: int, args: Any) -> None:
     """Every decision answered with a 200 is in the log; every reward answered is learned."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        logged = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
-        learned = db.execute("SELECT count(*) FROM rewards WHERE outcome = 'learned'").fetchone()[0]
-    finally:
-        db.close()
+    logged, learned = counts
     if logged < decisions or learned < rewards:
         raise RuntimeError(
             f"The log holds {logged} decisions and {learned} learned rewards, but "
@@ -459,30 +635,47 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
 
+def _sqlite_twin(results: list[Result], r: Result) -> Result | None:
+    """The SQLite result with as many processes for the same endpoint, for a Redis row."""
+    if r.setup.store != "redis":
+        return None
+    for other in results:
+        if (other.setup.store, other.setup.processes, other.endpoint) == (
+            "sqlite", r.setup.processes, r.endpoint,
+        ):  # fmt: skip
+            return other
+    return None
+
+
 def table(results: list[Result], markdown: bool) -> str:
-    ping = {r.workers: r for r in results if r.endpoint == "ping"}
+    ping = {r.setup: r for r in results if r.endpoint == "ping"}
     header = [
-        "workers", "endpoint", "conns", "req/s", "p50 ms", "p99 ms", "÷ /ping",
-        "server CPU", "µs CPU/req", "÷ /ping (CPU)", "wrk CPU", "other CPU", "errors",
+        "setup", "endpoint", "conns", "req/s", "p50 ms", "p99 ms", "÷ /ping", "÷ SQLite",
+        "server CPU", "of it Redis", "µs CPU/req", "÷ /ping (CPU)", "wrk CPU", "other CPU",
+        "errors",
     ]  # fmt: skip
-    rows = [
-        [
-            str(r.workers),
-            ENDPOINTS[r.endpoint],
-            str(r.connections),
-            f"{r.rate:,.0f}",
-            f"{r.p50_ms:.2f}",
-            f"{r.p99_ms:.2f}",
-            f"{r.rate / ping[r.workers].rate:.2f}" if r.workers in ping else "-",
-            f"{r.server_cpu:.0%}",
-            f"{r.server_cpu_us:.0f}",
-            f"{ping[r.workers].server_cpu_us / r.server_cpu_us:.2f}" if r.workers in ping else "-",
-            f"{r.wrk_cpu:.0%}",
-            f"{r.other_cpu:.0%}",
-            str(r.errors) + (f" ({r.wrapped} reused ids)" if r.wrapped else ""),
-        ]
-        for r in results
-    ]
+    rows = []
+    for r in results:
+        p, twin = ping.get(r.setup), _sqlite_twin(results, r)
+        rows.append(
+            [
+                r.setup.label,
+                ENDPOINTS[r.endpoint],
+                str(r.connections),
+                f"{r.rate:,.0f}",
+                f"{r.p50_ms:.2f}",
+                f"{r.p99_ms:.2f}",
+                f"{r.rate / p.rate:.2f}" if p else "-",
+                f"{r.rate / twin.rate:.2f}" if twin else "-",
+                f"{r.server_cpu:.0%}",
+                f"{r.redis_cpu:.0%}" if r.setup.store == "redis" else "-",
+                f"{r.server_cpu_us:.0f}",
+                f"{p.server_cpu_us / r.server_cpu_us:.2f}" if p else "-",
+                f"{r.wrk_cpu:.0%}",
+                f"{r.other_cpu:.0%}",
+                str(r.errors) + (f" ({r.wrapped} reused ids)" if r.wrapped else ""),
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -494,22 +687,45 @@ def table(results: list[Result], markdown: bool) -> str:
 
 
 def targets(results: list[Result], connections: int) -> list[tuple[str, bool]]:
-    by = {(r.workers, r.endpoint): r for r in results}
+    by = {(r.setup, r.endpoint): r for r in results}
     checks = []
-    for workers in sorted({r.workers for r in results}):
-        d, p = by.get((workers, "decision")), by.get((workers, "ping"))
+    for setup in dict.fromkeys(r.setup for r in results if r.setup.store == "sqlite"):
+        d, p = by.get((setup, "decision")), by.get((setup, "ping"))
         if d is None or p is None:
             continue
         ratio = d.rate / p.rate
-        checks.append((f"{workers} worker(s): decisions ÷ /ping = {ratio:.2f} ≥ 0.6", ratio >= 0.6))
+        checks.append((f"{setup.label}: decisions ÷ /ping = {ratio:.2f} ≥ 0.6", ratio >= 0.6))
         checks.append(
-            (f"{workers} worker(s): decision p99 {d.p99_ms:.1f} ms < 15 ms at {connections} "
+            (f"{setup.label}: decision p99 {d.p99_ms:.1f} ms < 15 ms at {connections} "
              "connections", d.p99_ms < 15.0)
         )  # fmt: skip
-    if (2, "decision") in by:
-        rate = by[2, "decision"].rate
-        checks.append((f"2 workers: {rate:,.0f} decisions/s ≥ 10,000", rate >= 10_000))
+    two = by.get((Setup("sqlite", 2), "decision"))
+    if two is not None:
+        checks.append((f"2 workers: {two.rate:,.0f} decisions/s ≥ 10,000", two.rate >= 10_000))
+    for r in results:
+        twin = _sqlite_twin(results, r)
+        if r.endpoint == "decision" and twin is not None:
+            ratio = r.rate / twin.rate
+            checks.append(
+                (f"{r.setup.label}: decisions ÷ {twin.setup.label} = {ratio:.2f} ≥ 0.8",
+                 ratio >= 0.8)
+            )  # fmt: skip
+    one, two = by.get((Setup("redis", 1), "decision")), by.get((Setup("redis", 2), "decision"))
+    if one is not None and two is not None:
+        checks.append(
+            (f"Redis: 2 replicas serve more decisions than 1 ({two.rate:,.0f} vs "
+             f"{one.rate:,.0f}/s)", two.rate > one.rate)
+        )  # fmt: skip
     return checks
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    chosen = [Setup("sqlite", n) for n in args.workers]
+    if args.redis:
+        chosen += [Setup("redis", n, "everysec") for n in args.replicas]
+        if args.always:
+            chosen.append(Setup("redis", 1, "always"))
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,9 +735,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32, help="Keep-alive connections.")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1).")
     parser.add_argument(
-        "--workers", type=int, nargs="+", default=[1, 2], help="Server worker processes."
+        "--workers", type=int, nargs="*", default=[1, 2], help="SQLite server worker processes."
     )
     parser.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
+    parser.add_argument("--redis", action="store_true", help="Add the Redis setups.")
+    parser.add_argument(
+        "--replicas", type=int, nargs="*", default=[1, 2], help="Redis replicas (--redis)."
+    )
+    parser.add_argument(
+        "--always",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="With --redis, one more setup: 1 replica, appendfsync always.",
+    )
     parser.add_argument("--contexts", type=int, default=2000, help="Distinct request bodies.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true", help="Print the table as markdown.")
@@ -529,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if args.redis and not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        print("redis-server is not installed: apt-get install -y redis-server", file=sys.stderr)
         return 2
     if not 1 <= args.duration <= 600 or not 1 <= args.warmup <= 600:
         parser.error("--duration and --warmup must be between 1 and 600 seconds.")
@@ -538,10 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _progress(args, "training a model on 20,000 simulated rows")
         model = train_model(root, args.seed)
-        scripts = write_scripts(root, args.contexts, args.seed)
+        scripts, bodies = write_scripts(root, args.contexts, args.seed)
         results: list[Result] = []
-        for workers in args.workers:
-            results += bench_server(workers, model, scripts, args, root)
+        for setup in setups(args):
+            results += bench_setup(setup, model, scripts, bodies, args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -550,12 +779,19 @@ def main(argv: list[str] | None = None) -> int:
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}; "
         f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:g}s; "
         f"SQLite synchronous={args.synchronous}"
+        + (f"; redis-server {_redis_version()}, appendonly yes" if args.redis else "")
     )
     print(table(results, args.markdown))
     print()
     for text, ok in targets(results, args.connections):
         print(f"{'met   ' if ok else 'MISSED'}  {text}")
     return 0
+
+
+def _redis_version() -> str:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return next((w[2:] for w in out.split() if w.startswith("v=")), "?")
 
 
 if __name__ == "__main__":

@@ -19,32 +19,65 @@ def bh() -> ModuleType:
     return importlib.import_module("benchmarks.bench_http")
 
 
-def result(bh: ModuleType, workers: int, endpoint: str, requests: int, p99: float) -> object:
+def result(bh: ModuleType, setup: object, endpoint: str, requests: int, p99: float) -> object:
     return bh.Result(
-        workers=workers, endpoint=endpoint, connections=32, requests=requests, seconds=1.0,
+        setup=setup, endpoint=endpoint, connections=32, requests=requests, seconds=1.0,
         p50_ms=1.0, p90_ms=2.0, p99_ms=p99, max_ms=p99, errors=0, wrapped=0,
-        server_cpu=1.0, server_cpu_us=100.0, wrk_cpu=0.1, other_cpu=0.0,
+        server_cpu=1.0, server_cpu_us=100.0, redis_cpu=0.0, wrk_cpu=0.1, other_cpu=0.0,
     )  # fmt: skip
 
 
 def test_ratios_and_targets(bh: ModuleType) -> None:
+    sqlite1, sqlite2 = bh.Setup("sqlite", 1), bh.Setup("sqlite", 2)
+    redis1, redis2 = bh.Setup("redis", 1), bh.Setup("redis", 2)
+    always = bh.Setup("redis", 1, "always")
     results = [
-        result(bh, 1, "ping", 10_000, 3.0),
-        result(bh, 1, "decision", 7_000, 4.0),
-        result(bh, 2, "ping", 20_000, 3.0),
-        result(bh, 2, "decision", 9_000, 20.0),
+        result(bh, sqlite1, "ping", 10_000, 3.0),
+        result(bh, sqlite1, "decision", 7_000, 4.0),
+        result(bh, sqlite2, "ping", 20_000, 3.0),
+        result(bh, sqlite2, "decision", 9_000, 20.0),
+        result(bh, redis1, "ping", 10_000, 3.0),
+        result(bh, redis1, "decision", 6_300, 5.0),
+        result(bh, redis2, "ping", 20_000, 3.0),
+        result(bh, redis2, "decision", 6_000, 5.0),
+        result(bh, always, "decision", 3_500, 9.0),
     ]
     text = bh.table(results, markdown=True)
-    assert "| 1 | POST /recommend_action | 32 | 7,000 | 1.00 | 4.00 | 0.70 |" in text
-    checks = dict(bh.targets(results, 32))
-    assert [ok for _, ok in bh.targets(results, 32)] == [True, True, False, False, False]
-    assert any("9,000 decisions/s" in text for text in checks)
+    assert (
+        "| SQLite, 1 worker | POST /recommend_action | 32 | 7,000 | 1.00 | 4.00 | 0.70 | - |"
+        in text
+    )
+    # Redis rows: ÷ /ping of their own setup, ÷ SQLite with as many processes.
+    assert "| Redis everysec, 1 replica | POST /recommend_action | 32 | 6,300 |" in text
+    assert "| 6,300 | 1.00 | 5.00 | 0.63 | 0.90 |" in text
+    assert "| Redis everysec, 2 replicas | POST /recommend_action | 32 | 6,000 |" in text
+    assert "| 6,000 | 1.00 | 5.00 | 0.30 | 0.67 |" in text
+    assert (
+        "| Redis always, 1 replica | POST /recommend_action | 32 | 3,500 | 1.00 | 9.00 | - | 0.50 |"
+        in text
+    )
+    checks = bh.targets(results, 32)
+    assert [ok for _, ok in checks] == [True, True, False, False, False, True, False, False, False]
+    texts = [text for text, _ in checks]
+    assert "2 workers: 9,000 decisions/s ≥ 10,000" in texts
+    assert "Redis everysec, 1 replica: decisions ÷ SQLite, 1 worker = 0.90 ≥ 0.8" in texts
+    assert "Redis everysec, 2 replicas: decisions ÷ SQLite, 2 workers = 0.67 ≥ 0.8" in texts
+    assert "Redis always, 1 replica: decisions ÷ SQLite, 1 worker = 0.50 ≥ 0.8" in texts
+    assert "Redis: 2 replicas serve more decisions than 1 (6,000 vs 6,300/s)" in texts
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_a_tiny_run_end_to_end(bh: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--duration", "1", "--warmup", "1", "--workers", "1", "--connections", "4", "-q"]
+    """SQLite with one worker, and Redis with two replicas each loaded by its own wrk; the
+    run checks itself that every answered decision and reward is in the log (else it raises).
+    """
+    argv = [
+        "--duration", "1", "--warmup", "1", "--workers", "1", "--redis", "--replicas", "2",
+        "--no-always", "--connections", "4", "-q",
+    ]  # fmt: skip
     assert bh.main(argv) == 0
-    out = capsys.readouterr().out
-    for endpoint in ("GET /ping", "POST /recommend_action", "POST /v1/events/{id}/reward"):
-        assert endpoint in out
+    lines = capsys.readouterr().out.splitlines()
+    for setup in ("SQLite, 1 worker", "Redis everysec, 2 replicas"):
+        for endpoint in ("GET /ping", "POST /recommend_action", "POST /v1/events/{id}/reward"):
+            (row,) = [line for line in lines if line.startswith(setup) and endpoint in line]
+            assert row.split()[-1] == "0", row  # no errors, no reused reward ids
