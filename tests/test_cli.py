@@ -568,3 +568,27 @@ def test_simulate_and_train_report_an_unwritable_place_in_one_line(
     assert done.returncode == 1
     assert flat(done.stderr).startswith(f"error: Cannot write {model}: ")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc (Linux)")
+def test_serve_raises_the_open_file_limit_to_fit_the_connection_cap(tmp_path: Path) -> None:
+    """A soft limit of 256 open files would make the kernel, not the cap, refuse clients:
+    serve raises it (up to the hard limit) to BANDITREC_MAX_CONNECTIONS + 256."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1256:
+        pytest.skip(f"the hard open-file limit ({hard}) is below what the test needs")
+    port = free_port()
+    command = (
+        f"ulimit -Sn 256 && exec {sys.executable} -m banditrec serve --port {port} "
+        "--log-level warning"
+    )
+    env = {"BANDITREC_MAX_CONNECTIONS": "1000",
+           "BANDITREC_SNAPSHOT_DIR": str(tmp_path / "snaps")}  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with running_process(["sh", "-c", command], tmp_path, url, clean_env(**env)) as server:
+        # `exec`: the shell's process became the server (one worker: uvicorn serves in it).
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert int(line.split()[3]) == 1256

@@ -272,6 +272,7 @@ def serve(
         raise _fail(f"Invalid settings: {problems}.") from None
     except (SchemaError, ModelFileError) as exc:
         raise _fail(str(exc)) from None
+    _raise_open_file_limit(settings.max_connections)
     problem = port_problem(host, port)
     if problem is not None:
         raise _fail(
@@ -299,6 +300,34 @@ def serve(
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+#: Descriptors a server process needs besides its connections: the event log, snapshots,
+#: metrics files, pipes, the listening socket.
+OWN_FILES = 256
+
+
+def _raise_open_file_limit(max_connections: int) -> None:
+    """Raise this process's soft limit on open files (the workers inherit it) so that
+    `max_connections` fit: the cap, not the kernel's EMFILE, must be what refuses them.
+
+    The hard limit is the ceiling; when it is too low the operator is told.
+    """
+    import resource
+
+    needed = max_connections + OWN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        console.print(
+            f"[yellow]warning:[/yellow] The open-file limit is {target}, too low for "
+            f"BANDITREC_MAX_CONNECTIONS={max_connections} plus the server's own files "
+            f"({OWN_FILES}): raise it (ulimit -n {needed}) or lower the setting."
+        )
 
 
 def _log_config(level: LogLevel) -> dict[str, Any]:
@@ -454,6 +483,10 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Report directory (default reports/evaluate-<time>/).")
     ] = None,
+    archive: Annotated[
+        Path | None,
+        typer.Option(help="Parquet archive directory (retention, export), read before the log."),
+    ] = None,
 ) -> None:
     """Estimate the logging policy's value and candidates' (CIs), rank them, write a report.
 
@@ -477,7 +510,11 @@ def evaluate(
         feature_schema = load_default_schema() if schema is None else load_schema(schema)
         if log is not None and data is not None:
             raise ev.EvaluationError("Give either --log or --data, not both.")
-        if log is None and data is None:
+        if archive is not None and data is not None:
+            raise ev.EvaluationError("Give --archive with --log (or alone), not with --data.")
+        if log is None and data is None and archive is not None:
+            log = Settings().db_path if Settings().db_path.exists() else None
+        elif log is None and data is None:
             log = Settings().db_path
             if not log.exists() and DEFAULT_DATA.exists():
                 log, data = None, DEFAULT_DATA
@@ -523,8 +560,8 @@ def evaluate(
                     tasks[stage], completed=done, total=total, description=f"{stage}: {detail}"
                 )
 
-            if log is not None:
-                rounds = ev.load_event_log(log, feature_schema, progress)
+            if log is not None or archive is not None:
+                rounds = ev.load_event_log(log, feature_schema, progress, archive=archive)
             else:
                 assert data is not None
                 rounds = ev.load_csv(data, feature_schema)
@@ -540,6 +577,129 @@ def evaluate(
     for line in result.summary():
         console.print(line)
     console.print(f"Report: {files.html} (JSON {files.json}, {len(files.figures)} figures).")
+
+
+def _time_option(text: str | None, option: str) -> float | None:
+    """An ISO 8601 time as Unix seconds (a time without a zone is UTC)."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{option} {text!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00Z.") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Directory to write the Parquet files to.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only decisions made at or after this ISO 8601 time (UTC).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only decisions made before this ISO 8601 time (UTC).")
+    ] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."
+        ),
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="Also export this archive directory's decisions.")
+    ] = None,
+    schema: SchemaOption = None,
+) -> None:
+    """Write a range of the event log (and of an archive) to Parquet files, on demand.
+
+    The files have the archive's layout (docs/retention.md), so `evaluate --archive` and any
+    Parquet reader read them. A SQLite log is read read-only while a server may write to it.
+    """
+    from banditrec.archive import Archive, ArchiveError, export_log
+    from banditrec.evaluation.data import ReadOnlyEventLog
+    from banditrec.store import StoreError
+    from banditrec.store.factory import describe_store, open_store
+
+    start, end = _time_option(since, "--since"), _time_option(until, "--until")
+    settings = Settings()
+    try:
+        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        code = feature_schema.encoding_hash
+        written: list[Any] = []
+        if log is None and settings.store_url:
+            where = describe_store(settings.store_url, settings.db_path)
+            store = open_store(settings.store_url, db_path=settings.db_path, encoding_hash=code)
+            try:
+                written.append(export_log(store, out, start, end, encoding_hash=code))
+            finally:
+                store.close()
+        else:
+            path = log or settings.db_path
+            where = str(path)
+            with ReadOnlyEventLog(path, code) as live:
+                written.append(export_log(live, out, start, end, encoding_hash=code))
+        if archive is not None:
+            where += f" and {archive}"
+            stored = Archive(archive, code)
+            written.append(export_log(stored, out, start, end, encoding_hash=code))
+    except (StoreError, ArchiveError, SchemaError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"Cannot write {out}: {exc.strerror or exc}.") from None
+    decisions, rewards = sum(w.decisions for w in written), sum(w.rewards for w in written)
+    files = sum(len(w.files) for w in written)
+    console.print(
+        f"Exported {decisions:,} decisions and {rewards:,} rewards of {where} to {out} "
+        f"({files} Parquet files)."
+    )
+
+
+@app.command("forget-user")
+def forget_user(
+    user_id: Annotated[str, typer.Argument(help="The user id decisions were logged with.")],
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."
+        ),
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="Archive directory (default BANDITREC_ARCHIVE_DIR).")
+    ] = None,
+    schema: SchemaOption = None,
+) -> None:
+    """Delete every decision of a user, and their rewards, from the live log and the archive.
+
+    The same as DELETE /v1/admin/users/{user_id}; a server may be running meanwhile.
+    """
+    from banditrec.archive import ArchiveError
+    from banditrec.retention import forget_user as forget_everywhere
+    from banditrec.store import StoreError
+    from banditrec.store.factory import describe_store, open_store
+
+    settings = Settings()
+    archive_dir = archive or settings.archive_dir
+    try:
+        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        url = None if log is not None else settings.store_url
+        path = log or settings.db_path
+        where = describe_store(url, path)
+        if not url and not path.exists():
+            raise StoreError(f"The event log {path} does not exist.")
+        code = feature_schema.encoding_hash
+        store = open_store(url, db_path=path, encoding_hash=code)
+        try:
+            forgotten = forget_everywhere(store, archive_dir, user_id, encoding_hash=code)
+        finally:
+            store.close()
+    except (StoreError, ArchiveError, SchemaError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"Removed {forgotten.live:,} decisions of user {user_id!r} from the live log {where} "
+        f"and {forgotten.archive:,} from the archive {archive_dir}."
+    )
 
 
 def main() -> None:
