@@ -1,0 +1,269 @@
+"""What each API call sends, how its answer is read, and when it may be sent again.
+
+`Client` and `AsyncClient` differ only in how they wait; both run the same `Call`
+descriptions with the same `RetryPolicy`, so their behaviour cannot drift apart.
+
+Which failures are retried (never a 4xx answer, never a 500):
+
+- *unsent*: the connection could not be made (refused, connect timeout, no free pooled
+  connection in time). The server never saw the request: every call is retried.
+- *lost reply*: the connection broke after the request was sent, the reply did not come in
+  time, or a 502, 503 or 504 came back (a load balancer or a replica that could not reach
+  the event log; the request may have been acted on). Retried only for calls that are safe
+  to repeat (``retry="any"``): reads, `rank` (its event id is fixed before the first try, so
+  a repeat returns the logged decision), `reward` under aggregation ``earliest`` (a repeat
+  is a duplicate, recognised as such), `activate`, disabling and enabling actions, and
+  snapshots. `recommend` (the seed's route has no event id: a repeat would log a second
+  decision that no user saw, then learn its default reward), `add_action` and rewards
+  under aggregation ``sum`` (a repeat would be added to the total) are retried only when
+  unsent (``retry="unsent"``).
+
+Examples
+--------
+>>> policy = RetryPolicy(retries=3, backoff=0.1, max_backoff=1.0, seed=0)
+>>> [0.05 <= policy.delay(1) <= 0.1, 0.1 <= policy.delay(2) <= 0.2, policy.delay(9) <= 1.0]
+[True, True, True]
+"""
+
+from __future__ import annotations
+
+import random
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import httpx
+
+from banditrec.client.errors import (
+    BanditrecError,
+    ConnectionFailed,
+    InvalidResponse,
+    RequestTimeout,
+    error_from_response,
+)
+from banditrec.client.models import (
+    ActionInfo,
+    Activation,
+    Decision,
+    Health,
+    ModelInfo,
+    Recommendation,
+    RewardReceipt,
+    SnapshotInfo,
+)
+
+__all__ = ["RETRY_STATUSES", "Attempts", "Call", "RetryPolicy", "calls"]
+
+T = TypeVar("T")
+
+#: Answers that mean "not served now, try again": the load balancer found no replica (502,
+#: 503, 504) or the replica could not reach the event log (503 store_unavailable).
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+#: Transport errors raised before the request was sent: retrying them is always safe.
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass
+class Attempts:
+    """How a call went so far: tries made, and whether one may have reached the server."""
+
+    count: int = 0
+    lost_reply: bool = False
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API call: the request, how to read a successful answer, what may be retried."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    parse: Callable[[httpx.Response, Attempts], T]
+    body: Any = None
+    retry: Literal["any", "unsent"] = "any"
+
+    def request_kwargs(self) -> dict[str, Any]:
+        return {} if self.body is None else {"json": self.body}
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential back-off with jitter: try `retries` more times after the first.
+
+    The n-th wait is drawn uniformly from [d/2, d] with d = min(`max_backoff`,
+    `backoff` · 2ⁿ⁻¹), so clients that failed together do not retry together. A
+    ``Retry-After`` header (seconds) lengthens a wait, up to `max_backoff`.
+    """
+
+    retries: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 2.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must be >= 0.")
+        self._rng = random.Random(self.seed)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed try number `attempt` (1 for the first)."""
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        wait = self._rng.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_backoff))
+        return wait
+
+    def after_transport_error(
+        self, call: Call[Any], exc: httpx.TransportError, attempts: Attempts
+    ) -> float:
+        """The wait before the next try, or raise `ConnectionFailed` if there is none."""
+        unsent = isinstance(exc, _UNSENT)
+        if attempts.count <= self.retries and (unsent or call.retry == "any"):
+            attempts.lost_reply |= not unsent
+            return self.delay(attempts.count)
+        cls = RequestTimeout if isinstance(exc, httpx.TimeoutException) else ConnectionFailed
+        code = "timeout" if cls is RequestTimeout else "connection_failed"
+        sent = "" if unsent else " The request may have reached the server."
+        raise cls(
+            f"{call.method} {call.path} got no answer after {attempts.count} "
+            f"attempt(s): {type(exc).__name__}: {exc or 'no reason given'}.{sent}",
+            code=code,
+            attempts=attempts.count,
+        ) from exc
+
+    def after_response(self, call: Call[T], response: httpx.Response, attempts: Attempts) -> T:
+        """The parsed answer; raise the error it maps to, or `_Retry` with the wait."""
+        status = response.status_code
+        if status in RETRY_STATUSES and call.retry == "any" and attempts.count <= self.retries:
+            attempts.lost_reply = True
+            raise _Retry(self.delay(attempts.count, _retry_after(response)))
+        if status >= 400:
+            raise error_from_response(response, attempts.count)
+        try:
+            return call.parse(response, attempts)
+        except ValueError as exc:  # the body is not JSON
+            if isinstance(exc, BanditrecError):
+                raise
+            raise InvalidResponse(
+                f"{call.method} {call.path} answered {status} with a body that is not JSON.",
+                status=status,
+                code="invalid_response",
+                attempts=attempts.count,
+            ) from None
+
+
+class _Retry(Exception):  # noqa: N818  # control flow, not an error
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _segment(value: str) -> str:
+    # Ids are validated by the server; quoting keeps a bad one a 422 naming it, not a 404.
+    return urllib.parse.quote(value, safe="")
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def new_event_id() -> str:
+    """A fresh event id (32 hex digits), made before the first try of `rank`."""
+    return uuid.uuid4().hex
+
+
+class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(...)
+    """The `Call` of every route; `Client` and `AsyncClient` run them."""
+
+    @staticmethod
+    def health() -> Call[Health]:
+        return Call("GET", "/health", lambda r, _: Health.from_json(_json(r)))
+
+    @staticmethod
+    def metrics() -> Call[str]:
+        return Call("GET", "/metrics", lambda r, _: r.text)
+
+    @staticmethod
+    def rank(
+        context: Mapping[str, Any],
+        actions: Iterable[str] | None,
+        excluded_actions: Iterable[str],
+        event_id: str | None,
+        defer_activation: bool,
+    ) -> Call[Decision]:
+        body: dict[str, Any] = {
+            "context": dict(context),
+            "excluded_actions": list(excluded_actions),
+            "event_id": event_id if event_id is not None else new_event_id(),
+            "defer_activation": defer_activation,
+        }
+        if actions is not None:
+            body["actions"] = list(actions)
+        return Call("POST", "/v1/rank", lambda r, a: Decision.from_json(_json(r), a.count), body)
+
+    @staticmethod
+    def recommend(user_id: str, context: Mapping[str, Any]) -> Call[Recommendation]:
+        body = {**context, "user_id": user_id}
+        return Call(
+            "POST",
+            "/recommend_action",
+            lambda r, a: Recommendation.from_json(_json(r), a.count),
+            body,
+            retry="unsent",
+        )
+
+    @staticmethod
+    def reward(event_id: str, value: float, aggregation: str) -> Call[RewardReceipt]:
+        return Call(
+            "POST",
+            f"/v1/events/{_segment(event_id)}/reward",
+            lambda r, a: RewardReceipt.from_json(_json(r), a.count, a.lost_reply),
+            {"value": value},
+            retry="any" if aggregation == "earliest" else "unsent",
+        )
+
+    @staticmethod
+    def activate(event_id: str) -> Call[Activation]:
+        path = f"/v1/events/{_segment(event_id)}/activate"
+        return Call("POST", path, lambda r, _: Activation.from_json(_json(r)))
+
+    @staticmethod
+    def model() -> Call[ModelInfo]:
+        return Call("GET", "/v1/model", lambda r, _: ModelInfo.from_json(_json(r)))
+
+    @staticmethod
+    def actions() -> Call[list[ActionInfo]]:
+        return Call("GET", "/v1/actions", lambda r, _: ActionInfo.list_from_json(_json(r)))
+
+    @staticmethod
+    def add_action(action_id: str) -> Call[list[ActionInfo]]:
+        return Call(
+            "POST",
+            "/v1/admin/actions",
+            lambda r, _: ActionInfo.list_from_json(_json(r)),
+            {"action_id": action_id},
+            retry="unsent",
+        )
+
+    @staticmethod
+    def toggle_action(
+        action_id: str, change: Literal["disable", "enable"]
+    ) -> Call[list[ActionInfo]]:
+        path = f"/v1/admin/actions/{_segment(action_id)}/{change}"
+        return Call("POST", path, lambda r, _: ActionInfo.list_from_json(_json(r)))
+
+    @staticmethod
+    def snapshot() -> Call[SnapshotInfo]:
+        return Call("POST", "/v1/admin/snapshot", lambda r, _: SnapshotInfo.from_json(_json(r)))
+
+    @staticmethod
+    def export_model() -> Call[bytes]:
+        return Call("GET", "/v1/admin/model", lambda r, _: r.content)
