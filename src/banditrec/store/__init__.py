@@ -102,6 +102,10 @@ class LearnKind(StrEnum):
     add_action = "add_action"  # a new action (event_id holds its name), from the prior
     disable_action = "disable_action"  # never served again until enabled (name in event_id)
     enable_action = "enable_action"
+    # What is served changes (banditrec.lifecycle); event_id holds the target.
+    serve_mode = "serve_mode"  # "own" or "apprentice"
+    promote = "promote"  # serve a version (its id) from here on
+    rollback = "rollback"  # serve an earlier version (its id) again
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,9 @@ class LearnEvent:
     reward: float
     weight: float
     kind: LearnKind = LearnKind.reward
+    #: The logged probability of the decision's action (None: a log written before it was
+    #: kept, or an entry that is not a reward). Not part of the fingerprint.
+    propensity: float | None = None
 
     @property
     def correction(self) -> bool:
