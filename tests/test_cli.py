@@ -362,6 +362,19 @@ def test_serve_refuses_an_explicit_model_path_that_does_not_exist(tmp_path: Path
     assert not (tmp_path / "data").exists()  # and no event log was created
 
 
+def test_serve_refuses_a_model_path_from_the_environment_that_does_not_exist(
+    tmp_path: Path,
+) -> None:
+    done = run_cli(
+        "serve", "--port", str(free_port()), cwd=tmp_path, BANDITREC_MODEL_PATH="models/m.npz"
+    )
+    assert done.returncode == 1
+    assert flat(done.stderr) == (
+        "error: The model file models/m.npz (BANDITREC_MODEL_PATH) does not exist. Check the "
+        "path, or unset the variable to serve from the prior."
+    )
+
+
 def test_serve_refuses_a_busy_port_in_one_line(tmp_path: Path) -> None:
     import socket
 

@@ -272,10 +272,9 @@ def test_the_reader_reads_what_the_store_reads(tmp_path: Path) -> None:
 
 
 def test_user_ids_are_read_once_the_log_has_them(tmp_path: Path) -> None:
-    # The live store gains a user_id column (issue 8); the reader takes it when it is there.
+    # The live store has a user_id column (issue 8); the reader takes it when it is there.
     make_log(tmp_path / "events.db", n=12)
     with sqlite3.connect(tmp_path / "events.db") as db:
-        db.execute("ALTER TABLE decisions ADD COLUMN user_id TEXT")
         db.execute("UPDATE decisions SET user_id = 'u' || (seq % 3) WHERE seq % 4 > 0")
     with ReadOnlyEventLog(tmp_path / "events.db") as log:
         users = [(row.user_id, row.record.user_id) for row in log.iter_decision_rows()]

@@ -288,3 +288,23 @@ def test_a_log_file_this_process_cannot_write_is_refused_clearly(suffix: str) ->
         assert _open_as_nobody(path) == (0, "")  # and with the permission back, it opens
     finally:
         shutil.rmtree(directory)
+
+
+def test_a_log_written_before_user_ids_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    old = SQLiteEventStore(path, "h")
+    old.log_decisions([decision("before")], RULES)
+    old.close()
+    with sqlite3.connect(path) as db:  # the table as earlier versions created it
+        db.execute("ALTER TABLE decisions DROP COLUMN user_id")
+    store = SQLiteEventStore(path, "h")
+    try:
+        mine = DecisionRecord(**{**decision("after").__dict__, "user_id": "u-1"})
+        store.log_decisions([mine], RULES)
+        assert [(d.event_id, d.user_id) for d, _ in store.iter_decisions()] == [
+            ("before", None),
+            ("after", "u-1"),
+        ]
+        assert store.forget_user("u-1") == ["after"]
+    finally:
+        store.close()

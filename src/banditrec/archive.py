@@ -38,7 +38,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -269,8 +269,12 @@ class Archive:
                         if _within(received_at, start, end):
                             yield ArchivedReward(event_id, received_at, value, outcome)
 
-    def delete_user(self, user_id: str) -> int:
+    def delete_user(self, user_id: str, also_rewards_of: Collection[str] = ()) -> int:
         """Remove a user's decisions, and the rewards of those decisions, from every file.
+
+        `also_rewards_of` names more decisions whose archived rewards go too: the user's
+        decisions just removed from the live log, whose rewards may have been archived
+        before them (rewards are archived by the time they were received).
 
         Each affected file is rewritten without those rows and atomically replaced (or removed
         when nothing is left), so a reader sees the file before or after, never a part.
@@ -287,8 +291,9 @@ class Archive:
             mine = pc.fill_null(pc.equal(table["user_id"], user_id), False)
             removed_ids.update(table.filter(mine)["event_id"].to_pylist())
             self._rewrite(path, table.filter(pc.invert(mine)))
-        if removed_ids:
-            wanted = pa.array(sorted(removed_ids), pa.string())
+        reward_ids = removed_ids | set(also_rewards_of)
+        if reward_ids:
+            wanted = pa.array(sorted(reward_ids), pa.string())
             for path in self.files("rewards"):
                 with self._open(path, "rewards") as file:
                     table = file.read()

@@ -234,7 +234,9 @@ def serve(
         typer.Option(help="SQLite event log (BANDITREC_DB_PATH; default data/events.db)."),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8020,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, envvar="BANDITREC_PORT", help="Port to listen on.")
+    ] = 8020,
     schema: SchemaOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     log_level: Annotated[
@@ -265,9 +267,17 @@ def serve(
         settings = Settings()
         if settings.model_path.exists():
             load_model(settings.model_path, settings.feature_schema)
+        elif settings.model_path != DEFAULT_MODEL:  # set in the environment, and mistyped?
+            raise _fail(
+                f"The model file {settings.model_path} (BANDITREC_MODEL_PATH) does not exist. "
+                "Check the path, or unset the variable to serve from the prior."
+            )
     except ValidationError as exc:
         problems = "; ".join(
-            f"BANDITREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+            f"BANDITREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"]
+            for e in exc.errors()
         )
         raise _fail(f"Invalid settings: {problems}.") from None
     except (SchemaError, ModelFileError) as exc:

@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         0.05, gt=0, le=1, description="How often a worker applies other workers' learn events."
     )
+    # Retention (banditrec.retention).
+    retention_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Decisions older than this whose reward window closed move to archive_dir "
+        "(Parquet) and leave the live log; unset: keep everything.",
+    )
+    archive_dir: Path = Field(
+        Path("data/archive"), description="Parquet archive retention moves old decisions to."
+    )
+    retention_every_seconds: float = Field(
+        60.0, gt=0, description="How often the retention job looks for old decisions."
+    )
 
     # Rewards.
     reward_window_seconds: float = Field(

@@ -49,7 +49,7 @@ class DecisionWork:
         """The seed's decision: `body` is a validated ``RecommendRequest``."""
         context: dict[str, Any] = body.model_dump()
         user_id = context.pop("user_id")
-        record = await self._decide(engine, context)
+        record = await self._decide(engine, context, user_id=user_id)
         return recommend_body(record, user_id, self.alpha(engine))
 
     async def rank(self, engine: Engine, body: Any) -> dict[str, Any]:
@@ -62,7 +62,12 @@ class DecisionWork:
         context: dict[str, Any] = body.context.model_dump()
         started = engine.clock()
         record = await self._decide(
-            engine, context, eligible, event_id=body.event_id, deferred=body.defer_activation
+            engine,
+            context,
+            eligible,
+            event_id=body.event_id,
+            deferred=body.defer_activation,
+            user_id=body.user_id,
         )
         content = rank_body(record)
         # A decision made for this request is stamped after `started` (deciding takes
@@ -87,8 +92,11 @@ class DecisionWork:
         eligible: NDArray[np.bool_] | None = None,
         event_id: str | None = None,
         deferred: bool = False,
+        user_id: str | None = None,
     ) -> DecisionRecord:
-        record = await engine.rank(context, eligible, event_id=event_id, deferred=deferred)
+        record = await engine.rank(
+            context, eligible, event_id=event_id, deferred=deferred, user_id=user_id
+        )
         self.metrics.decision(record.action)
         return record
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,8 @@ from banditrec.store import (
 )
 
 __all__ = ["ActionExistsError", "Engine", "UnknownActionError", "new_event_id", "prior_model"]
+
+T = TypeVar("T")
 
 
 class Engine:
@@ -146,6 +148,7 @@ class Engine:
         eligible: NDArray[np.bool_] | None = None,
         event_id: str | None = None,
         deferred: bool = False,
+        user_id: str | None = None,
     ) -> DecisionRecord:
         """Choose an action for a validated `context` by sampling the policy's distribution."""
         x = self.schema.vectorize(context)
@@ -168,6 +171,7 @@ class Engine:
             probabilities=probabilities,
             scores=scores.score,
             deferred=deferred,
+            user_id=user_id,
         )
 
     async def rank(
@@ -176,12 +180,13 @@ class Engine:
         eligible: NDArray[np.bool_] | None = None,
         event_id: str | None = None,
         deferred: bool = False,
+        user_id: str | None = None,
     ) -> DecisionRecord:
         """Decide and durably log the decision before returning it.
 
         A repeated client `event_id` returns the decision logged the first time.
         """
-        record = self.decide(context, eligible, event_id, deferred)
+        record = self.decide(context, eligible, event_id, deferred, user_id)
         if self._log is None:
             return record
         return await self._log.log_decision(record)
@@ -216,6 +221,13 @@ class Engine:
         if by_action:
             self.catch_up()
         return by_action
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the store write ``fn(*args)`` on this process's writer thread, between two
+        group commits (retention, privacy requests): decisions wait for it as they wait for
+        a default-reward batch, so keep each call short."""
+        _, log = self._require_log()
+        return await log.call(fn, *args)
 
     def catch_up(self) -> int:
         """Apply the learn events appended since the last one applied; return how many."""

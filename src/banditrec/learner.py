@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from banditrec.engine import Engine
 from banditrec.metrics import Metrics
 from banditrec.replication import LogFollower, PushingStore
+from banditrec.retention import Retention
 from banditrec.snapshot import Model
 from banditrec.snapshot_store import SnapshotStore
 from banditrec.store import EventStore
@@ -186,6 +187,9 @@ class Learner:
         holder that died without releasing it is replaced within this time.
     max_backoff
         The longest wait between two tries of a failing step or snapshot.
+    retention
+        Moves old decisions to the archive every `Retention.every_seconds` (in the one
+        process holding the retention lease); None keeps everything.
     """
 
     engine: Engine
@@ -200,10 +204,12 @@ class Learner:
     max_backoff: float = 5.0
     owner: str = ""
     metrics: Metrics | None = None
+    retention: Retention | None = None
 
     def __post_init__(self) -> None:
         self.owner = self.owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._last_sweep = 0.0
+        self._last_retention = time.monotonic()  # not at once: the server is starting
         self._last_snapshot_time = time.monotonic()
         self._last_snapshot_offset = self.engine.applied_offset
         self._holding = False
@@ -214,6 +220,9 @@ class Learner:
             self.poll_interval,
             self.max_backoff,
             self.metrics,
+        )
+        self._retention = _Retry(
+            "Retention (archiving old decisions)", self.poll_interval, 60.0, self.metrics
         )
         # A store that pushes new learn events (Redis) is followed by a blocking read of
         # its own; one that does not (SQLite) is read every step.
@@ -231,7 +240,7 @@ class Learner:
     def fault(self) -> str | None:
         """None while the learner works; else one sentence saying what fails."""
         following = self._follower.fault if self._follower is not None else None
-        return following or self._step.fault or self._snapshot.fault
+        return following or self._step.fault or self._snapshot.fault or self._retention.fault
 
     @property
     def holds_lease(self) -> bool:
@@ -278,6 +287,11 @@ class Learner:
         if now - self._last_sweep >= self.default_sweep_interval:
             self._last_sweep = now
             await self.apply_default_rewards()
+        if self.retention is not None and now - self._last_retention >= (
+            self.retention.every_seconds
+        ):
+            self._last_retention = now
+            await self.run_retention()
         await self._refresh_lease(now)
         if self._holding and self._snapshot_due(now) and self._snapshot.ready(now):
             try:
@@ -309,6 +323,18 @@ class Learner:
         if total:
             logger.info("Applied the default reward to %d expired decisions.", total)
         return total
+
+    async def run_retention(self) -> None:
+        """Run the retention job once if it is configured (see `banditrec.retention`); a
+        failure is reported by `fault` and retried at its next turn, learning goes on."""
+        if self.retention is None or not self._retention.ready(time.monotonic()):
+            return
+        try:
+            await self.retention.run(self.engine, self.owner)
+        except Exception as exc:
+            self._retention.failed(exc)
+        else:
+            self._retention.succeeded()
 
     def _snapshot_due(self, now: float) -> bool:
         new_events = self.engine.applied_offset - self._last_snapshot_offset

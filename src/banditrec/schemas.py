@@ -161,6 +161,14 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
             bool,
             Field(False, description="Log now, learn only after /v1/events/{id}/activate."),
         ),
+        user_id=(
+            NonEmptyString | None,
+            Field(
+                None,
+                description="Whose decision (not a feature): logged with it, so that "
+                "DELETE /v1/admin/users/{user_id} can remove it (privacy requests).",
+            ),
+        ),
     )
 
 
@@ -230,6 +238,12 @@ class ModelResponse(BaseModel):
     policy_params: dict[str, float | int]
     exploration: str
     exploration_params: dict[str, float | int]
+
+
+class ForgetUserResponse(BaseModel):
+    user_id: str
+    live: int = Field(description="Decisions removed from the live event log.")
+    archive: int = Field(description="Decisions removed from the archive's Parquet files.")
 
 
 class SnapshotResponse(BaseModel):

@@ -26,6 +26,7 @@ from banditrec.engine import Engine, prior_model
 from banditrec.exploration import sample_action
 from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, recover_model
+from banditrec.retention import retention_of
 from banditrec.snapshot import Model, ModelFileError, load_model
 from banditrec.snapshot_store import snapshot_store_for
 from banditrec.store import StoreError
@@ -109,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshot_every_seconds=settings.snapshot_every_seconds,
         lease_seconds=settings.snapshot_lease_seconds,
         metrics=state.metrics,
+        retention=retention_of(settings, store, snapshots),
     )
     state.engine, state.learner, state.model_loaded = engine, learner, loaded
     state.metrics.model(engine.model_version, engine.model.n_updates)

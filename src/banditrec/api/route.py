@@ -83,7 +83,7 @@ class Route:
         Listed in the OpenAPI document.
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "DELETE"]
     path: str
     work: Work
     response_model: Any = None

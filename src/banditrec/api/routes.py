@@ -7,6 +7,7 @@ parameters; its docstring is the route's documentation.
 """
 
 import asyncio
+import functools
 import os
 from typing import Any, Literal
 
@@ -19,13 +20,16 @@ from banditrec.auth import Role
 from banditrec.engine import Engine
 from banditrec.errors import ActionNotFoundError, EventNotFoundError
 from banditrec.metrics import metrics_response
+from banditrec.retention import forget_user as forget_user_everywhere
 from banditrec.schemas import (
     ActionInfo,
     ActivateResponse,
     AddActionRequest,
     EventId,
+    ForgetUserResponse,
     HealthResponse,
     ModelResponse,
+    NonEmptyString,
     RankResponse,
     RecommendResponse,
     RewardResponse,
@@ -165,6 +169,25 @@ async def toggle_action(
     return _actions_body(engine)
 
 
+async def forget_user(state: State, user_id: str) -> dict[str, Any]:
+    """Delete every decision of a user, and the rewards of those decisions, from the live
+    event log and from the archive's Parquet files (privacy requests); say how many
+    decisions went from each. Decisions are found by the ``user_id`` they were logged with
+    (``/recommend_action``, or ``user_id`` in the ``/v1/rank`` body). The model keeps what
+    it learned: it holds sums over all users, not their decisions. 503 while the retention
+    job holds its lease for more than 30 s (nothing was removed: retry)."""
+    settings = state.settings
+    work = functools.partial(
+        forget_user_everywhere,
+        state.learner.store,
+        settings.archive_dir,
+        user_id,
+        encoding_hash=settings.feature_schema.encoding_hash,
+    )
+    forgotten = await asyncio.get_running_loop().run_in_executor(None, work)
+    return {"user_id": user_id, "live": forgotten.live, "archive": forgotten.archive}
+
+
 def _actions_body(engine: Engine) -> list[dict[str, Any]]:
     n_updates = engine.policy.n_updates_.tolist()
     return [
@@ -212,5 +235,9 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/admin/actions/{action_id}/{change}", toggle_action, list[ActionInfo],
         Role.admin, params={"action_id": str, "change": Literal["disable", "enable"]},
         errors=(404, 503),
+    ),
+    Route(
+        "DELETE", "/v1/admin/users/{user_id}", forget_user, ForgetUserResponse, Role.admin,
+        params={"user_id": NonEmptyString}, errors=(503,),
     ),
 )  # fmt: skip

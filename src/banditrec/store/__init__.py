@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,12 +25,18 @@ __all__ = [
     "EventStore",
     "LearnEvent",
     "LearnKind",
+    "RetirableDecision",
     "RewardOutcome",
     "RewardResult",
     "RewardRules",
     "StoreError",
     "StoreUnavailableError",
+    "StoredReward",
 ]
+
+#: The states of a decision whose reward window has closed for good, or that was never
+#: activated: retention may move it to the archive (see `EventStore.retirable_decisions`).
+RETIRABLE_STATES = ("rewarded", "defaulted", "inactive")
 
 
 class StoreError(RuntimeError):
@@ -156,6 +162,25 @@ class RewardResult:
     action: str | None = None
 
 
+class RetirableDecision(NamedTuple):
+    """A decision retention may archive and remove: its record, reward total and state."""
+
+    record: DecisionRecord
+    reward_total: float | None
+    state: str
+
+
+class StoredReward(NamedTuple):
+    """A received reward as the live log holds it; `key` is its place in the backend's
+    reward log (SQLite: a row number; Redis: a stream entry id), for `delete_rewards`."""
+
+    key: Any
+    event_id: str
+    received_at: float
+    value: float
+    outcome: str
+
+
 class EventStore(Protocol):
     """What the engine needs from a log backend; every backend passes the same contract."""
 
@@ -237,6 +262,42 @@ class EventStore(Protocol):
 
     def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:
         """How many decisions, rewards received, or learn events the live log holds."""
+        ...
+
+    # -- retention and privacy (banditrec.retention) -----------------------------------
+
+    def retirable_decisions(
+        self, before: float, now: float, limit: int = 1000
+    ) -> list[RetirableDecision]:
+        """At most `limit` decisions made before `before` that retention may remove, oldest
+        first: rewarded ones whose window closed before `now`, defaulted ones, and deferred
+        ones never activated. Never a pending decision (its default reward is still due).
+        """
+        ...
+
+    def delete_decisions(self, decisions: Sequence[tuple[str, str]]) -> int:
+        """Remove each (event id, state) decision if it is still in that state; return how
+        many were removed. A decision that changed since it was read (a deferred one
+        activated meanwhile) stays."""
+        ...
+
+    def retirable_rewards(self, before: float, limit: int = 1000) -> list[StoredReward]:
+        """At most `limit` of the oldest rewards received, those received before `before`."""
+        ...
+
+    def delete_rewards(self, keys: Sequence[Any]) -> int:
+        """Remove the rewards of these `StoredReward.key`s; return how many were removed."""
+        ...
+
+    def trim_learn_events(self, up_to_offset: int, before: float, limit: int = 10_000) -> int:
+        """Remove at most `limit` of the oldest learn events with ``seq <= up_to_offset``
+        appended before `before`; return how many. Offsets are never reused, and
+        `last_offset` stays what it was."""
+        ...
+
+    def forget_user(self, user_id: str) -> list[str]:
+        """Remove every decision of `user_id` (any state) and the rewards received for them;
+        return the event ids of the decisions removed."""
         ...
 
     def start(self) -> None:

@@ -47,12 +47,15 @@ from redis.retry import Retry
 
 from banditrec import rewards
 from banditrec.store import (
+    RETIRABLE_STATES,
     DecisionRecord,
     LearnEvent,
     LearnKind,
+    RetirableDecision,
     RewardOutcome,
     RewardResult,
     RewardRules,
+    StoredReward,
     StoreError,
     StoreUnavailableError,
 )
@@ -66,6 +69,8 @@ _T = TypeVar("_T")
 #: Redis errors that mean "not now" rather than "wrong": the caller may retry later.
 _UNAVAILABLE_REPLIES = ("MISCONF", "OOM", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
 _SNAPSHOTS_KEPT = 3
+#: Stream entries read per step while looking for what retention or a privacy request removes.
+_SCAN_ENTRIES = 1000
 
 
 def _available(method: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -373,6 +378,140 @@ class RedisEventStore:
         """The shared snapshots as (offset, data), newest first."""
         flat = self._run("SNAPSHOTS")
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    # -- retention and privacy ---------------------------------------------------------
+
+    @_available
+    def retirable_decisions(
+        self, before: float, now: float, limit: int = 1000
+    ) -> list[RetirableDecision]:
+        """Decisions retention may remove (see `EventStore.retirable_decisions`).
+
+        Read from the oldest entry of the decisions stream; the scan stops at the first
+        decision made at or after `before` or after ``20 * limit`` entries.
+        """
+        found: list[RetirableDecision] = []
+        start, scanned = "-", 0
+        fields = [*lua.DECISION_FIELDS, "tot"]
+        while len(found) < limit and scanned < 20 * limit:
+            entries: Any = self._redis.xrange(self._key("decisions"), start, "+", _SCAN_ENTRIES)
+            if not entries:
+                return found
+            ids = [entry[b"e"].decode() for _, entry in entries]
+            pipe = self._redis.pipeline(transaction=False)
+            for event_id in ids:
+                pipe.hmget(self._key("d:" + event_id), fields)
+            for event_id, row in zip(ids, pipe.execute(), strict=True):
+                if row[0] is None:  # removed meanwhile
+                    continue
+                if float(row[0]) >= before:
+                    return found
+                state, deadline = row[12].decode(), row[13]
+                if state in RETIRABLE_STATES and not (
+                    state == "rewarded" and float(deadline) >= now
+                ):
+                    record = _decision(event_id, row[:-1])
+                    found.append(RetirableDecision(record, _float_or_none(row[-1]), state))
+                    if len(found) == limit:
+                        return found
+            start = "(" + entries[-1][0].decode()
+            scanned += len(entries)
+        return found
+
+    def delete_decisions(self, decisions: Sequence[tuple[str, str]]) -> int:
+        if not decisions:
+            return 0
+        return int(self._run("DELETE_DECISIONS", *[v for pair in decisions for v in pair]))
+
+    @_available
+    def retirable_rewards(self, before: float, limit: int = 1000) -> list[StoredReward]:
+        entries: Any = self._redis.xrange(self._key("rewards"), "-", "+", limit)
+        found = []
+        for entry_id, fields in entries:
+            received_at = float(fields[b"t"])
+            if received_at >= before:  # received in about stream order: the rest is newer
+                break
+            found.append(
+                StoredReward(
+                    entry_id.decode(),
+                    fields[b"e"].decode(),
+                    received_at,
+                    float(fields[b"v"]),
+                    fields[b"o"].decode(),
+                )
+            )
+        return found
+
+    @_available
+    def delete_rewards(self, keys: Sequence[Any]) -> int:
+        if not keys:
+            return 0
+        return int(self._redis.xdel(self._key("rewards"), *keys))
+
+    @_available
+    def trim_learn_events(self, up_to_offset: int, before: float, limit: int = 10_000) -> int:
+        """Trim the oldest learn events (``XTRIM MINID``); see `EventStore.trim_learn_events`.
+
+        The stream is cut before the first event that must stay, so only a prefix is
+        removed: replicas reading the stream see no hole.
+        """
+        if up_to_offset <= 0:
+            return 0
+        entries: Any = self._redis.xrange(self._key("learn"), "-", f"{up_to_offset}-0", limit)
+        keep_from = None
+        for entry_id, fields in entries:
+            if float(fields[b"t"]) >= before:
+                keep_from = entry_id.decode()
+                break
+        if keep_from is None:
+            if not entries:
+                return 0
+            last = int(entries[-1][0].split(b"-", 1)[0])
+            keep_from = f"{last + 1}-0"
+        return int(self._redis.xtrim(self._key("learn"), minid=keep_from, approximate=False))
+
+    @_available
+    def forget_user(self, user_id: str) -> list[str]:
+        """Remove the user's decisions and their rewards (see `EventStore.forget_user`).
+
+        A scan of the decisions stream finds them (user ids are not indexed, so logging a
+        decision writes no index); each is removed by a script that checks its user id
+        again, then the rewards stream is scanned for their rewards.
+        """
+        ids = self._decisions_of(user_id)
+        if not ids:
+            return []
+        for i in range(0, len(ids), _SCAN_ENTRIES):
+            self.delete_decisions(
+                [(event_id, "u:" + user_id) for event_id in ids[i : i + _SCAN_ENTRIES]]
+            )
+        wanted = set(ids)
+        start = "-"
+        while True:
+            entries: Any = self._redis.xrange(self._key("rewards"), start, "+", _SCAN_ENTRIES)
+            if not entries:
+                return ids
+            theirs = [entry_id for entry_id, f in entries if f[b"e"].decode() in wanted]
+            if theirs:
+                self._redis.xdel(self._key("rewards"), *theirs)
+            start = "(" + entries[-1][0].decode()
+
+    def _decisions_of(self, user_id: str) -> list[str]:
+        """The event ids of `user_id`'s decisions (a scan of the decisions stream)."""
+        found: list[str] = []
+        start = "-"
+        while True:
+            entries: Any = self._redis.xrange(self._key("decisions"), start, "+", _SCAN_ENTRIES)
+            if not entries:
+                return found
+            ids = [fields[b"e"].decode() for _, fields in entries]
+            pipe = self._redis.pipeline(transaction=False)
+            for event_id in ids:
+                pipe.hget(self._key("d:" + event_id), "u")
+            for event_id, owner in zip(ids, pipe.execute(), strict=True):
+                if owner is not None and owner.decode() == user_id:
+                    found.append(event_id)
+            start = "(" + entries[-1][0].decode()
 
     @_available
     def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:

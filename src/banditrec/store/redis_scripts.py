@@ -34,6 +34,7 @@ __all__ = [
     "ACTION_CHANGE",
     "ACTIVATE",
     "DEFAULTS",
+    "DELETE_DECISIONS",
     "EPOCH",
     "LEASE",
     "LOG_DECISIONS",
@@ -195,6 +196,29 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', P .. 'pending', id)
 end
 return actions
+"""
+)
+
+#: ARGV: prefix, then (event id, state, ...) pairs; a user id instead of a state removes the
+#: decision if it is that user's ('u:' + user id), whatever its state. Removes each decision
+#: (hash, log entry, pending entry) that is still in that state, or the user's. Returns how
+#: many were removed.
+DELETE_DECISIONS = (
+    _COMMON
+    + """
+local removed = 0
+for i = 2, #ARGV - 1, 2 do
+  local id, want = ARGV[i], ARGV[i + 1]
+  local key = P .. 'd:' .. id
+  local h = redis.call('HMGET', key, 'st', 'n', 'u')
+  if h[1] and (h[1] == want or (want:sub(1, 2) == 'u:' and h[3] == want:sub(3))) then
+    redis.call('DEL', key)
+    redis.call('XDEL', P .. 'decisions', h[2] .. '-0')
+    redis.call('ZREM', P .. 'pending', id)
+    removed = removed + 1
+  end
+end
+return removed
 """
 )
 

@@ -34,13 +34,17 @@ try:
 except ImportError:  # not on POSIX: SQLite's busy timeout alone
     fcntl = None  # type: ignore[assignment]
 
+from banditrec import rewards
 from banditrec.store import (
+    RETIRABLE_STATES,
     DecisionRecord,
     LearnEvent,
     LearnKind,
+    RetirableDecision,
     RewardOutcome,
     RewardResult,
     RewardRules,
+    StoredReward,
     StoreError,
 )
 
@@ -64,7 +68,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     scores BLOB NOT NULL,             -- float64, aligned with actions
     state TEXT NOT NULL,              -- inactive | pending | rewarded | defaulted
     deadline REAL,                    -- end of the reward window (NULL while inactive)
-    reward_total REAL
+    reward_total REAL,
+    user_id TEXT                      -- whose decision (privacy requests), NULL if not given
 );
 CREATE INDEX IF NOT EXISTS decisions_expiring ON decisions (deadline) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS rewards (
@@ -95,14 +100,23 @@ CREATE TABLE IF NOT EXISTS leases (
 
 _DECISION_COLUMNS = (
     "event_id, created_at, model_version, context, x, actions, eligible, action_index, "
-    "action, probability, probabilities, scores, state, deadline"
+    "action, probability, probabilities, scores, state, deadline, user_id"
 )
 #: The writer's own automatic checkpoint when a checkpointer thread runs (40 MiB of WAL).
 _SAFETY_NET_WAL_PAGES = 10_000
 
+#: The last learn event seq, also when retention trimmed every event (AUTOINCREMENT keeps
+#: the highest seq ever used in sqlite_sequence).
+_LAST_OFFSET = (
+    "SELECT max(coalesce((SELECT max(seq) FROM learn_events), 0), "
+    "coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'learn_events'), 0))"
+)
+#: Rows read per scan step while looking for what retention may remove.
+_SCAN_ROWS = 2000
+
 _INSERT_DECISION = (
     f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
 
@@ -157,6 +171,7 @@ class SQLiteEventStore:
                 for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT
                     if statement.strip():
                         db.execute(statement)
+                _add_missing_columns(db)
                 db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('encoding_hash', ?)", (encoding_hash,)
                 )
@@ -350,29 +365,16 @@ class SQLiteEventStore:
         if row is None:
             return RewardOutcome.unknown, None, None
         state, deadline, action_index, action, x, total = row
-        if state == "inactive":
-            return RewardOutcome.not_activated, None, action
-        if state == "defaulted" or now > deadline:
-            return RewardOutcome.late, total, action
-        if state == "pending":
-            total = rules.clip(value)
-            self._append_learn_event(db, event_id, "reward", action_index, x, total, now)
-            db.execute(
-                "UPDATE decisions SET state = 'rewarded', reward_total = ? WHERE event_id = ?",
-                (total, event_id),
-            )
-            return RewardOutcome.learned, total, action
-        if rules.aggregation == "earliest":
-            return RewardOutcome.duplicate, total, action
-        new_total = rules.clip(total + value)
-        if new_total != total:  # the correction moves b only (see LinUCB.correct)
+        join = rewards.join_reward(state, deadline, total, value, now, rules)
+        if join.learn is not None:
             self._append_learn_event(
-                db, event_id, "correction", action_index, x, new_total - total, now
+                db, event_id, join.learn.kind.value, action_index, x, join.learn.reward, now
             )
             db.execute(
-                "UPDATE decisions SET reward_total = ? WHERE event_id = ?", (new_total, event_id)
+                "UPDATE decisions SET state = ?, reward_total = ? WHERE event_id = ?",
+                (join.state, join.total, event_id),
             )
-        return RewardOutcome.summed, new_total, action
+        return join.outcome, join.total, action
 
     @staticmethod
     def _append_learn_event(
@@ -397,13 +399,13 @@ class SQLiteEventStore:
             ).fetchone()
             if row is None:
                 return None
-            if row[0] != "inactive":
-                return False
-            db.execute(
-                "UPDATE decisions SET state = 'pending', deadline = ? WHERE event_id = ?",
-                (now + rules.window_seconds, event_id),
-            )
-            return True
+            activation = rewards.activate(row[0], now, rules)
+            if activation.activated:
+                db.execute(
+                    "UPDATE decisions SET state = ?, deadline = ? WHERE event_id = ?",
+                    (activation.state, activation.deadline, event_id),
+                )
+            return activation.activated
 
     def apply_default_rewards(
         self, now: float, rules: RewardRules, limit: int = 1000
@@ -477,7 +479,7 @@ class SQLiteEventStore:
 
     def last_offset(self) -> int:
         with self._read_lock:
-            row = self._read.execute("SELECT max(seq) FROM learn_events").fetchone()
+            row = self._read.execute(_LAST_OFFSET).fetchone()
         return int(row[0] or 0)
 
     def epoch_offset(self, base_version: str) -> int:
@@ -488,7 +490,7 @@ class SQLiteEventStore:
         """
         with self._transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO epochs SELECT ?, coalesce(max(seq), 0) FROM learn_events",
+                f"INSERT OR IGNORE INTO epochs SELECT ?, coalesce(({_LAST_OFFSET}), 0)",
                 (base_version,),
             )
             row = db.execute(
@@ -515,9 +517,117 @@ class SQLiteEventStore:
     def log_id(self) -> str:
         return self._log_id
 
+    # -- retention and privacy ---------------------------------------------------------
+
+    def retirable_decisions(
+        self, before: float, now: float, limit: int = 1000
+    ) -> list[RetirableDecision]:
+        """Decisions retention may remove (see `EventStore.retirable_decisions`).
+
+        Read in log order from the oldest, on the read connection (writers go on); the scan
+        stops at the first decision made at or after `before` (decisions are logged in
+        about the order they are made) or after ``20 * limit`` rows.
+        """
+        found: list[RetirableDecision] = []
+        last, scanned = 0, 0
+        while len(found) < limit and scanned < 20 * limit:
+            with self._read_lock:
+                rows = self._read.execute(
+                    f"SELECT seq, {_DECISION_COLUMNS}, reward_total FROM decisions "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, _SCAN_ROWS),
+                ).fetchall()
+            for row in rows:
+                created_at, state, deadline = row[2], row[13], row[14]
+                if created_at >= before:
+                    return found
+                if state in RETIRABLE_STATES and not (state == "rewarded" and deadline >= now):
+                    found.append(RetirableDecision(_decision_from_row(row[1:-1]), row[-1], state))
+                    if len(found) == limit:
+                        return found
+            if len(rows) < _SCAN_ROWS:
+                return found
+            last, scanned = rows[-1][0], scanned + len(rows)
+        return found
+
+    def delete_decisions(self, decisions: Sequence[tuple[str, str]]) -> int:
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany("DELETE FROM decisions WHERE event_id = ? AND state = ?", decisions)
+            return db.total_changes - before
+
+    def retirable_rewards(self, before: float, limit: int = 1000) -> list[StoredReward]:
+        with self._read_lock:
+            rows = self._read.execute(
+                "SELECT seq, event_id, received_at, value, outcome FROM rewards "
+                "ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        found = []
+        for row in rows:
+            if row[2] >= before:  # received in about log order: the rest is newer
+                break
+            found.append(StoredReward(*row))
+        return found
+
+    def delete_rewards(self, keys: Sequence[Any]) -> int:
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany("DELETE FROM rewards WHERE seq = ?", [(int(k),) for k in keys])
+            return db.total_changes - before
+
+    def trim_learn_events(self, up_to_offset: int, before: float, limit: int = 10_000) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM learn_events WHERE seq IN (SELECT seq FROM learn_events "
+                "WHERE seq <= ? AND created_at < ? ORDER BY seq LIMIT ?)",
+                (up_to_offset, before, limit),
+            )
+            return cursor.rowcount
+
+    def forget_user(self, user_id: str) -> list[str]:
+        """Remove the user's decisions and their rewards (see `EventStore.forget_user`).
+
+        Both are looked up on the read connection (a scan: user ids are not indexed, so
+        that logging a decision costs no index write), then removed by key in one short
+        write transaction.
+        """
+        with self._read_lock:
+            ids = [
+                row[0]
+                for row in self._read.execute(
+                    "SELECT event_id FROM decisions WHERE user_id = ?", (user_id,)
+                )
+            ]
+            if not ids:
+                return []
+            wanted = set(ids)
+            reward_rows = [
+                (seq,)
+                for seq, event_id in self._read.execute("SELECT seq, event_id FROM rewards")
+                if event_id in wanted
+            ]
+        with self._transaction() as db:
+            removed = [
+                event_id
+                for event_id in ids
+                if db.execute(
+                    "DELETE FROM decisions WHERE event_id = ? AND user_id = ?", (event_id, user_id)
+                ).rowcount
+            ]
+            db.executemany("DELETE FROM rewards WHERE seq = ?", reward_rows)
+        return removed
+
     def count(self, table: Literal["decisions", "rewards", "learn_events"]) -> int:
         with self._read_lock:
             return int(self._read.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Add the columns of later versions to a log written by an earlier one (in place)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    if "user_id" not in columns:  # logs written before user ids were kept: NULL for those
+        db.execute("ALTER TABLE decisions ADD COLUMN user_id TEXT")
 
 
 def _check_writable(path: Path) -> None:
@@ -556,6 +666,7 @@ def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
         np.ascontiguousarray(r.scores, dtype=np.float64).tobytes(),
         "inactive" if r.deferred else "pending",
         None if r.deferred else r.created_at + window_seconds,
+        r.user_id,
     )
 
 
@@ -567,7 +678,7 @@ def _names_json(names: tuple[str, ...]) -> str:
 
 def _decision_from_row(row: Sequence[Any]) -> DecisionRecord:
     (event_id, created_at, version, context, x, actions, eligible, index, _action, p, ps, scores,
-     state, _deadline) = row  # fmt: skip
+     state, _deadline, user_id) = row  # fmt: skip
     return DecisionRecord(
         event_id=event_id,
         created_at=created_at,
@@ -581,4 +692,5 @@ def _decision_from_row(row: Sequence[Any]) -> DecisionRecord:
         probabilities=np.frombuffer(ps, dtype=np.float64),
         scores=np.frombuffer(scores, dtype=np.float64),
         deferred=state == "inactive",
+        user_id=user_id,
     )
