@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class Model:
     disabled: frozenset[str] = frozenset()
     log_id: str | None = None
     log_tip: str | None = None
+    #: What is served (banditrec.lifecycle.switching.LifecycleState), as of `log_offset`.
+    lifecycle: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.actions:
@@ -137,6 +139,7 @@ def model_bytes(model: Model) -> bytes:
         "log_offset": model.log_offset,
         "log_id": model.log_id,
         "log_tip": model.log_tip,
+        "lifecycle": model.lifecycle,
         "schema": model.schema.to_dict(),
         "schema_hash": model.schema.hash,
         "encoding_hash": model.schema.encoding_hash,
@@ -296,6 +299,7 @@ def load_model(path: str | Path, schema: FeatureSchema, data: bytes | None = Non
         disabled=frozenset(metadata.get("disabled", ())),
         log_id=metadata.get("log_id"),
         log_tip=metadata.get("log_tip"),
+        lifecycle=dict(metadata.get("lifecycle") or {}),
     )
 
 
