@@ -331,6 +331,22 @@ def test_admin_calls(open_server: Served, tmp_path: Path) -> None:
     assert "spin_the_wheel" in model.actions
 
 
+def test_forget_user_deletes_their_decisions_and_a_lost_reply_is_retried(
+    open_server: Served,
+) -> None:
+    with Client(open_server.url, trust_env=False) as client:
+        mine = [client.rank(SEED_CONTEXT, user_id="u-forget").event_id for _ in range(2)]
+        other = client.rank(SEED_CONTEXT, user_id="u-keep").event_id
+        with FaultyProxy(open_server.url) as proxy, fast(proxy.url) as retrying:
+            proxy.drop = 1  # deleted, but the reply is lost
+            forgotten = retrying.forget_user("u-forget")
+        assert (forgotten.user_id, forgotten.live, forgotten.repeated) == ("u-forget", 0, True)
+        assert [open_server.decisions(e) for e in mine] == [0, 0]
+        assert open_server.decisions(other) == 1
+        again = client.forget_user("u-keep")
+        assert (again.live, again.archive, again.repeated) == (1, 0, False)
+
+
 # ------------------------------------------------------------- every error mapped
 
 

@@ -47,6 +47,7 @@ from banditrec.client.models import (
     ActionInfo,
     Activation,
     Decision,
+    Forgotten,
     Health,
     ModelInfo,
     Recommendation,
@@ -78,7 +79,7 @@ class Attempts:
 class Call(Generic[T]):
     """One API call: the request, how to read a successful answer, what may be retried."""
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "DELETE"]
     path: str
     parse: Callable[[httpx.Response, Attempts], T]
     body: Any = None
@@ -198,6 +199,7 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
         excluded_actions: Iterable[str],
         event_id: str | None,
         defer_activation: bool,
+        user_id: str | None = None,
     ) -> Call[Decision]:
         body: dict[str, Any] = {
             "context": dict(context),
@@ -207,6 +209,8 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
         }
         if actions is not None:
             body["actions"] = list(actions)
+        if user_id is not None:
+            body["user_id"] = user_id
         return Call("POST", "/v1/rank", lambda r, a: Decision.from_json(_json(r), a.count), body)
 
     @staticmethod
@@ -263,6 +267,11 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
     @staticmethod
     def snapshot() -> Call[SnapshotInfo]:
         return Call("POST", "/v1/admin/snapshot", lambda r, _: SnapshotInfo.from_json(_json(r)))
+
+    @staticmethod
+    def forget_user(user_id: str) -> Call[Forgotten]:
+        path = f"/v1/admin/users/{_segment(user_id)}"
+        return Call("DELETE", path, lambda r, a: Forgotten.from_json(_json(r), a.lost_reply))
 
     @staticmethod
     def export_model() -> Call[bytes]:

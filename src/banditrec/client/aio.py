@@ -27,6 +27,7 @@ from banditrec.client.models import (
     ActionInfo,
     Activation,
     Decision,
+    Forgotten,
     Health,
     ModelInfo,
     Recommendation,
@@ -116,10 +117,11 @@ class AsyncClient:
         excluded_actions: Iterable[str] = (),
         event_id: str | None = None,
         defer_activation: bool = False,
+        user_id: str | None = None,
     ) -> Decision:
         """As `Client.rank`."""
         return await self._run(
-            calls.rank(context, actions, excluded_actions, event_id, defer_activation)
+            calls.rank(context, actions, excluded_actions, event_id, defer_activation, user_id)
         )
 
     async def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:
@@ -165,6 +167,10 @@ class AsyncClient:
     async def snapshot(self) -> SnapshotInfo:
         """As `Client.snapshot`."""
         return await self._run(calls.snapshot())
+
+    async def forget_user(self, user_id: str) -> Forgotten:
+        """As `Client.forget_user`."""
+        return await self._run(calls.forget_user(user_id))
 
     async def export_model(self) -> bytes:
         """As `Client.export_model`."""

@@ -30,6 +30,7 @@ __all__ = [
     "ActionInfo",
     "Activation",
     "Decision",
+    "Forgotten",
     "Health",
     "ModelInfo",
     "RankedAction",
@@ -396,3 +397,27 @@ class SnapshotInfo:
     def from_json(cls, body: Any) -> SnapshotInfo:
         body = _object(body)
         return cls(_get(body, "path", _string), _get(body, "log_offset", _integer))
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """The answer of ``DELETE /v1/admin/users/{user_id}``: decisions deleted, by place.
+
+    `repeated` is True when an earlier try's reply was lost: that try may have deleted
+    decisions this answer does not count (a repeat finds nothing more to delete).
+    """
+
+    user_id: str
+    live: int
+    archive: int
+    repeated: bool = False
+
+    @classmethod
+    def from_json(cls, body: Any, repeated: bool = False) -> Forgotten:
+        body = _object(body)
+        return cls(
+            _get(body, "user_id", _string),
+            _get(body, "live", _integer),
+            _get(body, "archive", _integer),
+            repeated,
+        )

@@ -27,6 +27,7 @@ from banditrec.client.models import (
     ActionInfo,
     Activation,
     Decision,
+    Forgotten,
     Health,
     ModelInfo,
     Recommendation,
@@ -174,6 +175,7 @@ class Client:
         excluded_actions: Iterable[str] = (),
         event_id: str | None = None,
         defer_activation: bool = False,
+        user_id: str | None = None,
     ) -> Decision:
         """Rank the actions for a context and choose one (``POST /v1/rank``), logged.
 
@@ -191,6 +193,9 @@ class Client:
             made before the first try so that retries cannot log two decisions.
         defer_activation
             Log now, learn only after `activate` (e.g. when the user may never see it).
+        user_id
+            Whose decision (not a feature): logged with it, so that `forget_user` can
+            delete it.
 
         Returns
         -------
@@ -212,7 +217,9 @@ class Client:
         >>> decision.action_id, decision.probability  # doctest: +SKIP
         ('deep_link_to_store', 0.9933)
         """
-        return self._run(calls.rank(context, actions, excluded_actions, event_id, defer_activation))
+        return self._run(
+            calls.rank(context, actions, excluded_actions, event_id, defer_activation, user_id)
+        )
 
     def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:
         """The seed's ``POST /recommend_action``: the next best action for a user.
@@ -300,6 +307,15 @@ class Client:
     def snapshot(self) -> SnapshotInfo:
         """Write a snapshot of the live model now; the file and its log offset."""
         return self._run(calls.snapshot())
+
+    def forget_user(self, user_id: str) -> Forgotten:
+        """Delete every decision of a user (and their rewards) from the live log and the
+        archive (privacy requests); the model keeps what it learned.
+
+        Retried like other safe calls: after a lost reply, ``repeated`` is True and the
+        counts are those of the last try (the lost one may have deleted the rest).
+        """
+        return self._run(calls.forget_user(user_id))
 
     def export_model(self) -> bytes:
         """The live model as a model file's bytes (``.npz``; load with
