@@ -14,6 +14,10 @@ one thread. The contenders:
 banditrec
     ``LinUCB.distribution`` → ``sample_action`` → ``LinUCB.update``, the public calls the
     engine makes (numba kernels, Sherman-Morrison updates, exact refresh every 1000 updates).
+banditrec + explain
+    The same round plus what ``"explain": true`` on ``POST /v1/rank`` adds: ``LinUCB.explain``
+    (means, widths, θ_k[j]·x[j] of every action) and the feature → contribution mapping of
+    every action in the answer. Its ratio to the row above is the cost of an explanation.
 numpy Sherman-Morrison
     The reference a careful numpy user writes: ``A⁻¹`` of all actions stacked in one (K, d, d)
     array, all scores from one matmul, a rank-one update of the chosen action (it keeps A⁻¹,
@@ -155,6 +159,28 @@ def run_banditrec(
         actions[i] = a
 
 
+def run_banditrec_explain(
+    policy: LinUCB, stream: Stream, n: int, rng: np.random.Generator, actions: NDArray[np.intp]
+) -> None:
+    """`run_banditrec` plus what ``"explain": true`` adds to a rank: `LinUCB.explain` and
+    the per-action feature → contribution mappings of the answer (no random draws, so it
+    serves the same actions)."""
+    X, R = stream.X, stream.R
+    eligible = np.ones(stream.n_actions, dtype=bool)
+    names = [f"x{j}" for j in range(stream.n_features)]
+    for i in range(n):
+        x = X[i]
+        _, probs = policy.distribution(x, eligible, rng)
+        explanation = policy.explain(x)
+        contributions = explanation.contributions
+        assert contributions is not None
+        for k in range(stream.n_actions):
+            dict(zip(names, contributions[k].tolist(), strict=True))
+        a = sample_action(probs, rng)
+        policy.update(x, a, R[i, a])
+        actions[i] = a
+
+
 class NumpyShermanMorrison:
     """Vectorized numpy LinUCB: stacked A⁻¹ (K, d, d), one matmul, rank-one updates.
 
@@ -285,6 +311,14 @@ CONTENDERS = (
         "banditrec LinUCB",
         lambda K, d, seed: new_banditrec(K, d),
         run_banditrec,
+        slow=False,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "banditrec_explain",
+        "banditrec LinUCB + explain",
+        lambda K, d, seed: new_banditrec(K, d),
+        run_banditrec_explain,
         slow=False,
         epsilon_greedy=True,
     ),

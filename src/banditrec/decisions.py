@@ -5,7 +5,7 @@ route and on the hot path alike. Neither path builds a body or maps a reward out
 to a status itself, so the two cannot answer differently.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +17,7 @@ from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
 
 __all__ = [
     "DecisionWork",
+    "explain_ranking",
     "rank_body",
     "recommend_body",
     "reward_body",
@@ -70,6 +71,8 @@ class DecisionWork:
             user_id=body.user_id,
         )
         content = rank_body(record)
+        if body.explain:
+            explain_ranking(content, record, engine)
         # A decision made for this request is stamped after `started` (deciding takes
         # microseconds); the first decision of a repeated id was stamped before it.
         if body.event_id is not None and record.created_at < started:
@@ -135,6 +138,64 @@ def rank_body(record: DecisionRecord) -> dict[str, Any]:
         "replayed": False,
         "context_mismatch": False,
     }
+
+
+#: Why an action got its probability (see `explain_ranking`).
+Reason = Literal["best", "explored", "capped", "excluded", "disabled"]
+
+#: Relative tolerance under which two scores count as tied (that of the exploration rules).
+_TIE_TOLERANCE = 1e-12
+
+
+def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Engine) -> None:
+    """Add to each entry of a rank answer's ``ranking`` why it has its score and probability.
+
+    Each entry gains ``mean`` (the estimated mean reward), ``width`` (its uncertainty, see
+    `Explanation`), ``contributions`` (feature name → its part of the mean; empty for
+    policies whose mean is not a sum over features) and ``reason``:
+
+    - ``excluded``: the request left it out (``actions``, ``excluded_actions``): probability 0;
+    - ``disabled``: an admin disabled it: probability 0;
+    - ``best``: the highest score among the eligible actions (ties: each of them), which the
+      exploration rule serves with most of its mass;
+    - ``explored``: eligible, not the best, served with the probability the rule keeps for
+      exploring (the ε floor, softmax or inverse-gap weights, Thompson's posterior draws);
+    - ``capped``: eligible, not the best, and the rule held it at probability 0 (ε = 0, or a
+      softmax or Thompson probability that is 0): it is never served for this context.
+
+    Reasons come from the logged decision (its scores, probabilities and eligible actions),
+    so they are exact for a replayed one too. Means, widths and contributions are computed
+    from the model now; ``explanation_version`` says which model state that was (the
+    decision's ``model_version`` unless a learn event was applied in between).
+    """
+    explanation, version = engine.explain(record.x)
+    names = engine.schema.feature_names()
+    eligible = set(record.eligible)
+    scores = record.scores
+    best = max(float(scores[k]) for k, a in enumerate(record.actions) if a in eligible)
+    tie = _TIE_TOLERANCE * max(abs(best), 1.0)
+    index = {name: k for k, name in enumerate(record.actions)}
+    disabled = engine.disabled
+    contributions = explanation.contributions
+    for entry in content["ranking"]:
+        k = index[entry["action_id"]]
+        reason: Reason
+        if entry["action_id"] not in eligible:
+            reason = "disabled" if entry["action_id"] in disabled else "excluded"
+        elif float(scores[k]) >= best - tie:
+            reason = "best"
+        else:
+            reason = "explored" if record.probabilities[k] > 0 else "capped"
+        # k indexes the model too: actions are only ever appended to it.
+        entry["mean"] = float(explanation.mean[k])
+        entry["width"] = float(explanation.width[k])
+        entry["contributions"] = (
+            {}
+            if contributions is None
+            else dict(zip(names, contributions[k].tolist(), strict=True))
+        )
+        entry["reason"] = reason
+    content["explanation_version"] = version
 
 
 def reward_body(result: RewardResult, window_seconds: float) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from banditrec.exploration import sample_action
 from banditrec.features import FeatureSchema
 from banditrec.group_commit import GroupCommitLog
 from banditrec.policies import LinUCB, Policy
+from banditrec.policies.base import Explanation
 from banditrec.snapshot import Model
 from banditrec.store import (
     DecisionRecord,
@@ -278,6 +279,12 @@ class Engine:
         self._actions.check_change(kind, name)
         await log.call(store.append_action_change, kind, name, self.clock())
         self.catch_up()
+
+    def explain(self, x: NDArray[np.float64]) -> tuple[Explanation, str]:
+        """The policy's explanation of the vector `x` and the model version it explains,
+        read together under the model's lock (a learn event may be applied meanwhile)."""
+        with self._lock:
+            return self.policy.explain(x), self._version
 
     def snapshot_model(self) -> Model:
         """A consistent copy of the live model (for saving while serving goes on)."""

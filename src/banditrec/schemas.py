@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    create_model,
+)
 
 from banditrec.features import CategoricalField, FeatureSchema
 
@@ -161,6 +169,15 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
             bool,
             Field(False, description="Log now, learn only after /v1/events/{id}/activate."),
         ),
+        explain=(
+            StrictBool,
+            Field(
+                False,
+                description="Also return, for each action, its estimated mean, its "
+                "uncertainty width, each feature's contribution to the mean and why it got "
+                "its probability (best, explored, capped, excluded, disabled).",
+            ),
+        ),
         user_id=(
             NonEmptyString | None,
             Field(
@@ -189,6 +206,25 @@ class RankedAction(BaseModel):
     action_id: str
     probability: float
     score: float
+    # With "explain": true only (absent otherwise).
+    mean: float | None = Field(None, description="explain: the estimated mean reward.")
+    width: float | None = Field(
+        None,
+        description="explain: its uncertainty (LinUCB: the bonus α·√(xᵀA⁻¹x); Thompson: the "
+        "sampled scores' deviation; ridge-mean policies: √(xᵀA⁻¹x)).",
+    )
+    contributions: dict[str, float] | None = Field(
+        None,
+        description="explain: feature name → its part of the mean (θ[j]·x[j] for the linear "
+        "policies; they add up to the mean). Empty for policies whose mean is not a sum "
+        "over features (uniform, most popular, fixed rules).",
+    )
+    reason: Literal["best", "explored", "capped", "excluded", "disabled"] | None = Field(
+        None,
+        description="explain: why it got its probability: best (highest score), explored "
+        "(exploration mass), capped (eligible, held at probability 0 by the rule), excluded "
+        "(by the request), disabled (by an admin).",
+    )
 
 
 class RankResponse(BaseModel):
@@ -209,6 +245,11 @@ class RankResponse(BaseModel):
         False,
         description="True when a replayed decision was made for another context than this "
         "request's: the client reused an event id by mistake.",
+    )
+    explanation_version: str | None = Field(
+        None,
+        description="explain: the model state the explanation was computed from (the "
+        "decision's model_version unless a learn event was applied in between).",
     )
 
 

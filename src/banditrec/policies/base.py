@@ -27,6 +27,7 @@ __all__ = [
     "Array",
     "Batch",
     "CountingPolicy",
+    "Explanation",
     "Policy",
     "Scores",
     "check_gamma",
@@ -48,6 +49,22 @@ class Scores(NamedTuple):
     score: Array
     mean: Array
     width: Array
+
+
+class Explanation(NamedTuple):
+    """Why each action has the estimate it has, for one context (`Policy.explain`).
+
+    ``contributions[k, j]`` is feature j's part of action k's estimated mean: for the
+    linear policies ``θ_k[j]·x[j]`` (hybrid LinUCB: ``(β[j] + θ_k[j])·x[j]``), which add up
+    to `mean` (to rounding). None when the policy's mean is not a sum over features.
+    ``width`` is the uncertainty the policy attaches to the mean (LinUCB: ``α·√(xᵀA⁻¹x)``,
+    its exploration bonus; Thompson sampling: the sampled scores' deviation; the
+    ridge-mean policies: ``√(xᵀA⁻¹x)``, the width at α = 1, which their score ignores).
+    """
+
+    mean: Array
+    width: Array
+    contributions: Array | None
 
 
 class Batch(NamedTuple):
@@ -156,6 +173,17 @@ class Policy(ABC):
     @abstractmethod
     def score(self, x: Array) -> Scores:
         """Score every action for the feature vector `x` of shape (n_features,)."""
+
+    def explain(self, x: Array) -> Explanation:
+        """Each action's estimated mean for `x`, its uncertainty, and each feature's part.
+
+        The fallback of policies whose mean is not linear in the features (the context-free
+        baselines, fixed rules): `score`'s mean and width, and ``contributions=None``, since
+        no split of such a mean over the features would be exact. The linear policies
+        override it with the exact split.
+        """
+        scores = self.score(x)
+        return Explanation(scores.mean, scores.width, None)
 
     def distribution(
         self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None

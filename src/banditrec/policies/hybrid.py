@@ -30,6 +30,7 @@ from banditrec.exploration import Exploration
 from banditrec.policies.base import (
     Array,
     Batch,
+    Explanation,
     Policy,
     Scores,
     check_gamma,
@@ -138,6 +139,13 @@ class HybridLinUCB(Policy):
             score, mean, width,
         )  # fmt: skip
         return Scores(score, mean, width)
+
+    def explain(self, x: Array) -> Explanation:
+        """`score`'s means and widths; feature j's part of action a's mean ``zᵀβ + xᵀθ_a``
+        is ``(β[j] + θ_a[j])·x[j]`` (z = x: the shared and own coefficients of a feature)."""
+        scores = self.score(x)
+        contributions = (self.beta_ + self.theta_) * self.shared_features(x)
+        return Explanation(scores.mean, scores.width, contributions)
 
     # -- learning ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, Softmax
-from banditrec.policies.base import Array, Scores, check_positive
+from banditrec.policies.base import Array, Explanation, Scores, check_positive
 from banditrec.policies.ridge import RidgePolicy
 
 __all__ = ["LinUCB", "RidgeEpsilonGreedy", "RidgeSoftmax", "SquareCB"]
@@ -81,6 +81,10 @@ class LinUCB(RidgePolicy):
 
     def score(self, x: Array) -> Scores:
         return Scores(*self._linear_scores(x, self.alpha))
+
+    def explain(self, x: Array, width_scale: float | None = None) -> Explanation:
+        """As `RidgePolicy.explain`, with the width of the score: ``α·√(xᵀA⁻¹x)``."""
+        return super().explain(x, self.alpha if width_scale is None else width_scale)
 
     def distribution(
         self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None

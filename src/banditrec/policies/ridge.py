@@ -34,6 +34,7 @@ from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionEr
 from banditrec.policies.base import (
     Array,
     Batch,
+    Explanation,
     Policy,
     Scores,
     check_gamma,
@@ -109,6 +110,15 @@ class RidgePolicy(Policy):
         score, mean, width = out[0], out[1], out[2]
         _kernels.linear_scores(self.A_inv_, self.theta_, x, alpha, score, mean, width)
         return score, mean, width
+
+    def explain(self, x: Array, width_scale: float = 1.0) -> Explanation:
+        """Means ``θ_kᵀx``, widths ``width_scale·√(xᵀA_k⁻¹x)``, contributions ``θ_k[j]·x[j]``.
+
+        The means and widths are those the policy scores with (the same kernel), so an
+        explanation matches the scores of a decision made with the same model.
+        """
+        _, mean, width = self._linear_scores(x, width_scale)
+        return Explanation(mean, width, self.theta_ * x)
 
     def _epsilon_greedy_distribution(
         self, x: Array, eligible: NDArray[np.bool_], alpha: float, rule: EpsilonGreedy

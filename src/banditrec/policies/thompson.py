@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from banditrec import _kernels
 from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionError
-from banditrec.policies.base import Array, Scores, check_positive
+from banditrec.policies.base import Array, Explanation, Scores, check_positive
 from banditrec.policies.ridge import RidgePolicy
 
 __all__ = ["LinearThompsonSampling"]
@@ -87,6 +87,10 @@ class LinearThompsonSampling(RidgePolicy):
         """The posterior mean as the score; `width` is the sampled scores' deviation."""
         _, mean, width = self._linear_scores(x, self.v)
         return Scores(mean.copy(), mean, width)
+
+    def explain(self, x: Array, width_scale: float | None = None) -> Explanation:
+        """As `RidgePolicy.explain`, with the posterior draws' deviation ``v·√(xᵀA⁻¹x)``."""
+        return super().explain(x, self.v if width_scale is None else width_scale)
 
     def distribution(
         self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
