@@ -83,12 +83,13 @@ run: | $(INSTALLED)
 	  "$(TRAFFIC_SECONDS) s of simulated users at $(TRAFFIC_RATE)/s, beside $(MODEL)."
 	@$(BIN)/banditrec serve --model $(DEMO_MODEL) --port $(PORT) --no-access-log & \
 	server=$$!; \
-	trap 'kill $$server 2>/dev/null' INT TERM; \
+	trap 'kill $$server 2>/dev/null; exit 130' INT TERM; \
 	if ! $(BIN)/banditrec traffic --url http://127.0.0.1:$(PORT) --duration $(TRAFFIC_SECONDS) \
 	    --rate $(TRAFFIC_RATE) --window 250 --reference $(MODEL) --wait 120 \
 	    --server-pid $$server; then \
 	  kill $$server 2>/dev/null; wait $$server 2>/dev/null; \
-	  echo "make run: the traffic phase failed (see above); the server was stopped." >&2; \
+	  echo "make run: the traffic phase failed or was interrupted (see above);" \
+	    "the server was stopped." >&2; \
 	  exit 1; \
 	fi; \
 	if ! kill -0 $$server 2>/dev/null; then \

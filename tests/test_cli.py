@@ -536,7 +536,8 @@ def test_make_run_reuses_data_and_model_and_fails_loudly_when_the_server_does(
     assert done.returncode != 0
     assert "Cannot read the schema file" in out
     assert "exited before it answered" in out
-    assert "make run: the traffic phase failed (see above); the server was stopped." in out
+    assert "make run: the traffic phase failed or was interrupted (see above)" in out
+    assert "the server was stopped." in out
     assert "The server is still running" not in out
 
 
