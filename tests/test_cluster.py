@@ -132,10 +132,11 @@ class Load:
         if self._errors:
             raise self._errors[0]
 
-    def wait_for(self, n_decisions: int) -> None:
-        """Return once `n_decisions` decisions were answered (whatever the answer)."""
+    def wait_for(self, n_decisions: int, since: float = 0.0) -> None:
+        """Return once `n_decisions` decisions sent after `since` (a `time.monotonic()`)
+        were answered, whatever the answer."""
         deadline = time.monotonic() + 60
-        while sum(a.kind == "rank" for a in self.snapshot()) < n_decisions:
+        while sum(a.kind == "rank" and a.sent_at > since for a in self.snapshot()) < n_decisions:
             assert time.monotonic() < deadline, "The load made no progress."
             time.sleep(0.01)
 
@@ -158,6 +159,8 @@ class Load:
                 event_id = f"{self.prefix}-{t}-{i}"
                 body = {"context": _context(rng), "event_id": event_id}
                 answer = self._post(client, "rank", event_id, "/v1/rank", body)
+                if answer.status != 200:
+                    time.sleep(0.02)  # a client backs off before its next decision
                 if answer.status == 200 and i % 2 == 0:
                     value = float(rng.random() < 0.3)
                     path = f"/v1/events/{event_id}/reward"
@@ -294,14 +297,16 @@ def test_kill_one_replica_mid_load(
     answers = load.snapshot()
     history += answers
     failed = [a for a in answers if a.status != 200]
-    # Only requests in flight on the killed replica fail (at most one per client thread):
-    # none was re-sent to another replica, and none is refused later. HAProxy answers 502,
-    # or closes the client's connection without an answer (0) when the request went on a
-    # reused server connection, as the replica's own close would have.
-    assert len(failed) <= N_THREADS, failed
+    # Only requests sent to the killed replica fail: those in flight on it (at most one per
+    # client thread), and those HAProxy sent over a kept-alive connection to it in the few
+    # milliseconds before it saw the connection close. HAProxy answers 502, or closes the
+    # client's connection without an answer (0) as the replica's own close would have; it
+    # never re-sends them to another replica. A request that only tried to connect to the
+    # dead replica is sent to another one, so nothing fails after that.
+    assert len(failed) <= 2 * N_THREADS, failed
     assert {a.status for a in failed} <= {0, 502}, failed
     assert all(a.sent_at < killed_at + 1.0 for a in failed), failed
-    assert statuses(answers, "rank")[200] >= N_THREADS * 150 - N_THREADS
+    assert statuses(answers, "rank")[200] >= N_THREADS * 150 - 2 * N_THREADS
     assert_nothing_lost(log, answers)
     assert_models_equal_replay(cluster, log, model_path)
 
@@ -309,7 +314,7 @@ def test_kill_one_replica_mid_load(
 def test_kill_redis_mid_load(
     cluster: Cluster, log: Any, model_path: Path, history: list[Answer]
 ) -> None:
-    with Load(cluster.url, "c", per_thread=150) as load:
+    with Load(cluster.url, "c", per_thread=1000) as load:
         load.wait_for(200)
         cluster.kill_redis()
         before = len(load.snapshot())
@@ -328,7 +333,8 @@ def test_kill_redis_mid_load(
         cluster.start_redis()  # same port, same append-only file
         cluster.wait_healthy(timeout=30)  # the replicas recover by themselves
         recovered = time.monotonic()
-        load.finish()
+        load.wait_for(300, since=recovered)
+        load.finish(stop=True)
     answers = load.snapshot()
     history += answers
     # Through HAProxy during the outage: refused decisions and rewards are 503s (the

@@ -125,7 +125,8 @@ class Cluster:
         Holds Redis's append-only file, each replica's snapshots, the HAProxy configuration
         and every process's log. Reusing it keeps the log (Redis reloads its AOF).
     model_path
-        The model file every replica serves; a missing file means the prior.
+        The model file every replica serves (None: ``banditrec serve``'s default, the prior
+        if there is no ``data/linucb_model.npz``).
     replicas
         Number of serving processes, each on its own port.
     port
@@ -167,38 +168,41 @@ class Cluster:
         self.stats_port = free_port()
         self.redis_port = free_port()
         self.replica_ports = [free_port() for _ in range(replicas)]
-        model = Path(model_path) if model_path is not None else self.work_dir / "no-model.npz"
 
-        base_env = dict(os.environ if env is None else env)
-        base_env["PYTHONUNBUFFERED"] = "1"
-        logs = self.work_dir / "logs"
-        self._redis = _Process(
-            "redis-server", self._redis_command(appendfsync), base_env, logs / "redis.log"
+        # The cluster decides where the log is, whatever the environment says.
+        given = os.environ if env is None else env
+        self._env = {k: v for k, v in given.items() if k != "BANDITREC_STORE_URL"}
+        self._env["PYTHONUNBUFFERED"] = "1"
+        self._logs = self.work_dir / "logs"
+        self._redis = (
+            self._process("redis-server", self._redis_command(appendfsync))
+            if store == "redis"
+            else None
         )
-        self._replicas = []
-        for i, replica_port in enumerate(self.replica_ports):
-            home = self.work_dir / f"replica-{i}"
-            replica_env = base_env | {
-                "BANDITREC_SNAPSHOT_DIR": str(home / "snapshots"),
-                # Unused on Redis; on SQLite the replicas share one file.
-                "BANDITREC_DB_PATH": str(
-                    home / "events.db" if store == "redis" else self.work_dir / "events.db"
-                ),
-            }
-            if store == "redis":
-                replica_env["BANDITREC_STORE_URL"] = self.redis_url
-            else:
-                replica_env.pop("BANDITREC_STORE_URL", None)
-            command = [
-                sys.executable, "-m", "banditrec", "serve", "--model", str(model),
-                "--port", str(replica_port), "--log-level", log_level, "--no-access-log",
-            ]  # fmt: skip
-            self._replicas.append(
-                _Process(f"replica {i}", command, replica_env, logs / f"replica-{i}.log")
-            )
+        model = None if model_path is None else Path(model_path).resolve()
+        self._replicas = [self._replica(i, model, log_level) for i in range(replicas)]
         config = self.work_dir / "haproxy.cfg"
-        command = [find_program("haproxy", "/usr/sbin/haproxy"), "-db", "-f", str(config)]
-        self._haproxy = _Process("haproxy", command, base_env, logs / "haproxy.log")
+        haproxy = [find_program("haproxy", "/usr/sbin/haproxy"), "-db", "-f", str(config)]
+        self._haproxy = self._process("haproxy", haproxy)
+
+    def _process(self, name: str, command: list[str], **env: str) -> _Process:
+        log = self._logs / f"{name.replace(' ', '-')}.log"
+        return _Process(name, command, self._env | env, log)
+
+    def _replica(self, i: int, model: Path | None, log_level: str) -> _Process:
+        home = self.work_dir / f"replica-{i}"
+        env = {"BANDITREC_SNAPSHOT_DIR": str(home / "snapshots")}
+        if self.store == "redis":
+            # A SQLite path of its own, as on its own host (unused with Redis).
+            env |= {"BANDITREC_STORE_URL": self.redis_url, "BANDITREC_DB_PATH": str(home / "db")}
+        else:  # one host: the replicas share one SQLite file
+            env["BANDITREC_DB_PATH"] = str(self.work_dir / "events.db")
+        command = [
+            sys.executable, "-m", "banditrec", "serve", "--port", str(self.replica_ports[i]),
+            "--log-level", log_level, "--no-access-log",
+            *(["--model", str(model)] if model is not None else []),
+        ]  # fmt: skip
+        return self._process(f"replica {i}", command, **env)
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -240,8 +244,16 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop everything: the load balancer first (no new requests), Redis last."""
-        for process in (self._haproxy, *self._replicas, self._redis):
+        for process in self.processes():
             process.stop()
+
+    def processes(self) -> list[_Process]:
+        """Every supervised process, in stopping order."""
+        return [self._haproxy, *self._replicas, *([self._redis] if self._redis else [])]
+
+    def exited(self) -> list[str]:
+        """The names of processes that were started and have exited since."""
+        return [p.name for p in self.processes() if p.popen is not None and not p.running]
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -260,24 +272,32 @@ class Cluster:
 
     def start_replica(self, i: int) -> None:
         """Start replica `i` again on its port; return once it is back in rotation."""
-        self._replicas[i].start()
+        if not self._replicas[i].running:
+            self._replicas[i].start()
         self.wait_healthy()
 
     def kill_redis(self) -> None:
         """SIGKILL Redis: no shutdown code runs, only what its AOF holds survives."""
-        self._redis.kill()
+        self._require_redis().kill()
 
     def start_redis(self) -> None:
         """Start Redis on the same port and directory (it reloads its AOF); return once it
         answers. The replicas reconnect by themselves."""
+        redis = self._require_redis()
         (self.work_dir / "redis").mkdir(parents=True, exist_ok=True)
-        self._redis.start()
+        if not redis.running:
+            redis.start()
         deadline = time.monotonic() + self.startup_timeout
         while not self._redis_answers():
-            self._redis.check_alive()
+            redis.check_alive()
             if time.monotonic() > deadline:
                 raise ClusterError(f"Redis did not answer in {self.startup_timeout} s.")
             time.sleep(0.05)
+
+    def _require_redis(self) -> _Process:
+        if self._redis is None:
+            raise ClusterError("This cluster's replicas share a SQLite file; it has no Redis.")
+        return self._redis
 
     def _redis_command(self, appendfsync: str) -> list[str]:
         return [
@@ -306,8 +326,10 @@ class Cluster:
         while True:
             for process in (self._haproxy, *self._replicas):
                 process.check_alive()
-            if all(self.replica_health(i) == "ok" for i in self.running_replicas()) and all(
-                self.haproxy_status()[f"r{i}"] == "UP" for i in self.running_replicas()
+            running = self.running_replicas()
+            in_rotation = self.haproxy_status()
+            if all(self.replica_health(i) == "ok" for i in running) and all(
+                in_rotation.get(f"r{i}") == "UP" for i in running
             ):
                 return
             if time.monotonic() > deadline:
@@ -398,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--replicas", type=int, default=3, help="serving processes (3)")
     parser.add_argument("--port", type=int, default=8020, help="HAProxy's port (8020)")
-    parser.add_argument("--model", default="data/linucb_model.npz", help="model file to serve")
+    parser.add_argument("--model", help="model file to serve (default: serve's default)")
     parser.add_argument("--work-dir", default="data/cluster", help="AOF, snapshots, logs")
     parser.add_argument("--store", choices=("redis", "sqlite"), default="redis")
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
@@ -432,10 +454,9 @@ def _watch(cluster: Cluster) -> None:
     reported: set[str] = set()
     while True:
         time.sleep(1.0)
-        for process in (cluster._redis, *cluster._replicas, cluster._haproxy):
-            if process.popen is not None and not process.running and process.name not in reported:
-                reported.add(process.name)
-                print(f"{process.name} exited; its log: {process.log_path}", flush=True)
+        for name in set(cluster.exited()) - reported:
+            reported.add(name)
+            print(f"{name} exited; see its log in {cluster.work_dir / 'logs'}.", flush=True)
 
 
 if __name__ == "__main__":
