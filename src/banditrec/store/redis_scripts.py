@@ -96,6 +96,7 @@ LOG_DECISIONS = (
     + """
 local width = 15
 local out = {}
+local dseq, pending, decisions = P .. 'dseq', P .. 'pending', P .. 'decisions'
 for i = 0, (#ARGV - 1) / width - 1 do
   local b = 1 + i * width
   local id = ARGV[b + 1]
@@ -103,17 +104,18 @@ for i = 0, (#ARGV - 1) / width - 1 do
   if redis.call('EXISTS', key) == 1 then
     out[i + 1] = 0
   else
-    local n = redis.call('INCR', P .. 'dseq')
-    redis.call('HSET', key, 'n', n, 'c', ARGV[b + 2], 'v', ARGV[b + 3], 'ctx', ARGV[b + 4],
+    local n = redis.call('INCR', dseq)
+    local h = {'n', n, 'c', ARGV[b + 2], 'v', ARGV[b + 3], 'ctx', ARGV[b + 4],
       'x', ARGV[b + 5], 'as', ARGV[b + 6], 'el', ARGV[b + 7], 'ai', ARGV[b + 8],
       'a', ARGV[b + 9], 'p', ARGV[b + 10], 'ps', ARGV[b + 11], 'sc', ARGV[b + 12],
-      'u', ARGV[b + 13], 'st', ARGV[b + 14])
+      'u', ARGV[b + 13], 'st', ARGV[b + 14]}
     local deadline = ARGV[b + 15]
-    if deadline ~= '' then
-      redis.call('HSET', key, 'dl', deadline)
-      redis.call('ZADD', P .. 'pending', deadline, id)
+    if deadline ~= '' then  -- one HSET per decision: each command costs Redis a dispatch
+      h[#h + 1], h[#h + 2] = 'dl', deadline
+      redis.call('ZADD', pending, deadline, id)
     end
-    redis.call('XADD', P .. 'decisions', string.format('%d-0', n), 'e', id)
+    redis.call('HSET', key, unpack(h))
+    redis.call('XADD', decisions, string.format('%d-0', n), 'e', id)
     out[i + 1] = 1
   end
 end
