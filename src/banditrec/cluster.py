@@ -10,12 +10,11 @@ HAProxy's rotation, and can kill (SIGKILL, like a crashed host) and restart a re
 which is what the multi-replica test does; ``python -m banditrec.cluster`` runs one until
 Ctrl-C. Only the standard library is used (the cluster must run where the server runs, and
 the server's runtime dependencies do not include an HTTP client), and every process listens on
-127.0.0.1 only.
+127.0.0.1 only. In a test::
 
-Examples
---------
->>> with Cluster("data/cluster", model_path="data/linucb_model.npz") as cluster:  # doctest: +SKIP
-...     print(cluster.url, cluster.replica_urls, cluster.redis_url)
+    with Cluster(tmp_path, model_path) as cluster:
+        httpx.post(f"{cluster.url}/v1/rank", json=...)
+        cluster.kill_replica(1)
 """
 
 from __future__ import annotations
@@ -145,6 +144,22 @@ class Cluster:
         The replicas' uvicorn log level.
     startup_timeout
         Seconds to wait for a process to become healthy (a cold numba cache compiles).
+
+    Examples
+    --------
+    Nothing starts before `start` (or ``with``):
+
+    >>> cluster = Cluster("/tmp/banditrec-cluster", replicas=2, port=8020)
+    >>> cluster.url, len(cluster.replica_urls), cluster.redis_url.startswith("redis://")
+    ('http://127.0.0.1:8020', 2, True)
+    >>> for line in cluster.haproxy_config().splitlines():
+    ...     if "roundrobin" in line or "chk" in line or "check" in line:
+    ...         print(line.split(":")[0].strip())
+    balance roundrobin
+    option httpchk GET /health
+    http-check expect status 200
+    server r0 127.0.0.1
+    server r1 127.0.0.1
     """
 
     def __init__(
