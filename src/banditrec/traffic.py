@@ -1,6 +1,7 @@
 """Simulated traffic: drive a running server with the seed's app users and watch it learn.
 
-`run_traffic` plays the app's side of the loop over HTTP: it draws a user from `AppSimulator`,
+`run_traffic` plays the app's side of the loop over HTTP, through `banditrec.client` (whose
+retries never rank or learn twice): it draws a user from `AppSimulator`,
 asks ``POST /v1/rank`` for an action, draws the click from the simulator's ground truth for
 the action actually served, and reports it with ``POST /v1/events/{event_id}/reward``. The
 truth is known, so the display shows how good the served actions are (their true expected
@@ -21,15 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -39,6 +41,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from banditrec.client import AsyncClient, BanditrecError, InvalidResponse
 from banditrec.features import load_default_schema
 from banditrec.policies import Policy
 from banditrec.sim import CONTEXT_FIELDS, AppSimulator
@@ -51,6 +54,7 @@ Display = Literal["auto", "live", "lines", "none"]
 User = tuple[dict[str, Any], list[float], float, float]
 _RANK_FIELDS = tuple(f for f in CONTEXT_FIELDS if f != "user_id")  # user_id is no feature
 _SPARK = "▁▂▃▄▅▆▇█"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,12 +209,13 @@ def run_traffic(
         rate,
         server_pid,
     )
-    # trust_env=False: no proxy from the environment; requests go to `url` and nowhere else.
-    client = httpx.AsyncClient(
-        base_url=url.rstrip("/"),
-        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+    # The typed client: its retries never rank or learn twice (client event ids, duplicate-
+    # aware rewards). trust_env=False: no proxy from the environment; requests go to `url`.
+    client = AsyncClient(
+        url,
+        api_key,
         timeout=httpx.Timeout(timeout, pool=None),  # waiting for a free connection is normal
-        limits=httpx.Limits(max_connections=2 * concurrency + 1),  # + poller, delayed rewards
+        max_connections=2 * concurrency + 1,  # + poller, delayed rewards
         trust_env=False,
     )
     report = asyncio.run(driver.run(client, wait_for_server))
@@ -371,7 +376,7 @@ class _Driver:
     consecutive: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def run(self, client: httpx.AsyncClient, wait: float) -> TrafficReport:
+    async def run(self, client: AsyncClient, wait: float) -> TrafficReport:
         tally, live = (
             self.tally,
             Live(self.tally.render(), console=self.console, auto_refresh=False),
@@ -425,7 +430,7 @@ class _Driver:
                 self.console.print(tally.render())
         return tally.report(self.n_rewarded, updates_start)
 
-    async def _wait_healthy(self, client: httpx.AsyncClient, wait: float) -> None:
+    async def _wait_healthy(self, client: AsyncClient, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
             if self.server_pid is not None and not _alive(self.server_pid):
@@ -434,69 +439,63 @@ class _Driver:
                     "its messages are above."
                 )
             try:
-                response = await client.get("/health")
-                if response.status_code == 200:
-                    return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                await client.health()
+                return
+            except InvalidResponse:
+                return  # it answered 200; what it serves is checked at the first rank
+            except BanditrecError as exc:
+                problem = f"HTTP {exc.status}" if exc.status else f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
-                health = client.build_request("GET", "/health").url
-                raise TrafficError(f"No server answers at {health} ({problem}).")
+                raise TrafficError(f"No server answers at {client.url}/health ({problem}).")
             await asyncio.sleep(0.2)
 
-    async def _poll_model(self, client: httpx.AsyncClient) -> None:
+    async def _poll_model(self, client: AsyncClient) -> None:
         # For the display only: a server without GET /v1/model still gets its traffic.
         try:
-            response = await client.get("/v1/model")
-            self.tally.model = response.json() if response.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+            self.tally.model = dataclasses.asdict(await client.model())
+        except BanditrecError:
             self.tally.model = {}
 
-    async def _round(self, client: httpx.AsyncClient, user: User) -> None:
+    async def _round(self, client: AsyncClient, user: User) -> None:
         context, mu, u, reference = user
-        answer = await self._post(client, "rank", "/v1/rank", {"context": context})
-        if answer is None:
+        decision = await self._call("rank", client.rank(context))
+        if decision is None:
             return
         actions = self.tally.sim.actions
-        if answer.get("action_id") not in actions:
+        if decision.action_id not in actions:
             self.fatal = (
-                f"The server served {answer.get('action_id')!r}, not one of the "
+                f"The server served {decision.action_id!r}, not one of the "
                 f"simulated app's actions {list(actions)}."
             )
             return
-        action = actions.index(answer["action_id"])
+        action = actions.index(decision.action_id)
         reward = 1.0 if u < mu[action] else 0.0
         self.tally.add(mu, action, reward, reference)
-        path = f"/v1/events/{answer.get('event_id')}/reward"
+        event_id = decision.event_id
         if self.reward_delay > 0:  # reported later by a task, so this worker moves on
-            task = asyncio.create_task(self._reward(client, path, reward, self.reward_delay))
+            task = asyncio.create_task(self._reward(client, event_id, reward, self.reward_delay))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
         else:
-            await self._reward(client, path, reward)
+            await self._reward(client, event_id, reward)
 
     async def _reward(
-        self, client: httpx.AsyncClient, path: str, value: float, delay: float = 0.0
+        self, client: AsyncClient, event_id: str, value: float, delay: float = 0.0
     ) -> None:
         await asyncio.sleep(delay)
-        if await self._post(client, "reward", path, {"value": value}) is not None:
+        if await self._call("reward", client.reward(event_id, value)) is not None:
             self.n_rewarded += 1
 
-    async def _post(
-        self, client: httpx.AsyncClient, what: str, path: str, body: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The JSON answer, or None once the failure is counted (and the run stopped if due)."""
+    async def _call(self, what: str, request: Awaitable[T]) -> T | None:
+        """The typed answer, or None once the failure is counted (and the run stopped if due)."""
         try:
-            response = await client.post(path, json=body)
-            if response.status_code == 200:
-                answer = response.json()
-                if isinstance(answer, dict):
-                    self.consecutive[what] = 0
-                    return answer
-            kind, detail = f"{what} HTTP {response.status_code}", response.text[:200]
-        except (httpx.HTTPError, ValueError) as exc:
-            kind, detail = f"{what} {type(exc).__name__}", str(exc)[:200]
+            answer = await request
+        except BanditrecError as exc:
+            kind = f"{what} HTTP {exc.status}" if exc.status else f"{what} {type(exc).__name__}"
+            detail = exc.message[:200]
+        else:
+            self.consecutive[what] = 0
+            return answer
         self.tally.errors[kind] += 1
         self.tally.last_error = f"{kind}: {detail}"
         self.consecutive[what] += 1
