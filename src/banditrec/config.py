@@ -139,12 +139,65 @@ class Settings(BaseSettings):
     reward_min: float = Field(0.0, description="Lowest reward accepted (422 below).")
     reward_max: float = Field(1.0, description="Highest reward accepted (422 above).")
 
+    # The lifecycle (banditrec.lifecycle, docs/lifecycle.md).
+    apprentice: bool = Field(
+        False,
+        description="Start in apprentice mode: serve the app's baseline (baseline_rules, or "
+        "baseline_action per rank request) until banditrec's own choices are proven better.",
+    )
+    baseline_rules: list[dict[str, JsonValue]] | None = Field(
+        None,
+        description='The app\'s current rule as a fixed_rule list, e.g. [{"if": {"segment": '
+        '"high"}, "then": "deep_link_to_store"}, {"else": "show_bonus_offer"}].',
+    )
+    apprentice_explore: float = Field(
+        0.1,
+        ge=0,
+        le=0.4,
+        description="Share of apprentice decisions drawn from banditrec's own "
+        "distribution (0: only an admin can end apprentice mode).",
+    )
+    apprentice_hold_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="The lift's lower bound must stay above 0 this long before "
+        "banditrec serves its own choices.",
+    )
+    auto_graduate: bool = Field(True, description="End apprentice mode automatically.")
+    auto_promote: bool = Field(
+        False, description="Promote a shadow candidate automatically once it passes the gate."
+    )
+    promotion_margin: float = Field(
+        0.0, ge=0, description="A candidate's lower bound must beat the live value by this."
+    )
+    guardrail: bool = Field(
+        True, description="Roll back when the previous version is significantly better."
+    )
+    guardrail_margin: float = Field(
+        0.0, ge=0, description="...by more than this (lower bound of previous minus live)."
+    )
+    lifecycle_window: int = Field(
+        5000, ge=100, description="Latest learned rounds each lifecycle estimate uses."
+    )
+    lifecycle_check_every: int = Field(
+        500, ge=1, description="Learned rounds between two checks of the gates."
+    )
+    lifecycle_min_effective_sample_size: float = Field(
+        100.0, ge=0, description="No switch on an estimate with fewer effective rounds."
+    )
+
     @model_validator(mode="after")
     def _check_reward_range(self) -> Settings:
         if not self.reward_min < self.reward_max:
             raise ValueError("reward_min must be below reward_max.")
         if not self.reward_min <= self.default_reward <= self.reward_max:
             raise ValueError("default_reward must lie in [reward_min, reward_max].")
+        return self
+
+    @model_validator(mode="after")
+    def _check_baseline(self) -> Settings:
+        if self.baseline_rules is not None:  # a bad rule fails at startup
+            build_policy("fixed_rule", {"rules": self.baseline_rules})
         return self
 
     @model_validator(mode="after")
