@@ -14,7 +14,6 @@ leaves every process running and healthy.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
 import threading
@@ -30,11 +29,11 @@ import numpy as np
 import pytest
 
 from banditrec.cluster import Cluster
-from banditrec.config import Settings
 from banditrec.engine import Engine
 from banditrec.features import load_default_schema
 from banditrec.snapshot import load_model
-from banditrec.store import LearnKind
+from banditrec.store import LearnEvent, LearnKind
+from banditrec.store.redis import RedisEventStore
 from conftest import SEED_CONTEXT
 from serving import clean_env
 
@@ -42,12 +41,6 @@ pytestmark = pytest.mark.timeout(300)
 
 N_THREADS = 6
 SCHEMA = load_default_schema()
-
-
-def _wired() -> bool:
-    return "store_url" in Settings.model_fields and bool(
-        importlib.util.find_spec("banditrec.store.redis")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +52,6 @@ def model_path(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def cluster(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not _wired():
-        pytest.skip("The server does not select the Redis store yet (BANDITREC_STORE_URL).")
     # No BANDITREC_* setting of the developer's shell reaches the replicas.
     with Cluster(tmp_path_factory.mktemp("cluster"), model_path, env=clean_env()) as running:
         yield running
@@ -74,9 +65,7 @@ def history() -> list[Answer]:
 
 
 @pytest.fixture(scope="module")
-def log(cluster: Cluster) -> Iterator[Any]:
-    from banditrec.store.redis import RedisEventStore
-
+def log(cluster: Cluster) -> Iterator[RedisEventStore]:
     store = RedisEventStore.from_url(cluster.redis_url, SCHEMA.encoding_hash)
     yield store
     store.close()
@@ -198,7 +187,7 @@ def _context(rng: np.random.Generator) -> dict[str, Any]:
 # -- checks --------------------------------------------------------------------------------
 
 
-def assert_nothing_lost(log: Any, answers: list[Answer]) -> None:
+def assert_nothing_lost(log: RedisEventStore, answers: list[Answer]) -> None:
     """Every decision answered 200 is in the log as served; every reward answered "learned"
     has exactly one learn event; no decision is learned from twice."""
     for a in answers:
@@ -217,14 +206,14 @@ def assert_nothing_lost(log: Any, answers: list[Answer]) -> None:
             assert learned[a.event_id] == 1, f"Reward {a.event_id} answered learned is not learned."
 
 
-def _learn_events(log: Any) -> list[Any]:
-    events: list[Any] = []
+def _learn_events(log: RedisEventStore) -> list[LearnEvent]:
+    events: list[LearnEvent] = []
     while batch := log.learn_events_after(events[-1].seq if events else 0):
         events.extend(batch)
     return events
 
 
-def replayed_model(log: Any, model_path: Path) -> dict[str, np.ndarray]:
+def replayed_model(log: RedisEventStore, model_path: Path) -> dict[str, np.ndarray]:
     """The base model plus every learn event after its epoch, applied in log order, as the
     arrays of a model file (what a replica's /v1/admin/model holds)."""
     base = load_model(model_path, SCHEMA)
@@ -235,7 +224,7 @@ def replayed_model(log: Any, model_path: Path) -> dict[str, np.ndarray]:
     return {name: state[name] for name in state if name != "shape_"}
 
 
-def replica_models(cluster: Cluster, log: Any) -> list[dict[str, np.ndarray]]:
+def replica_models(cluster: Cluster, log: RedisEventStore) -> list[dict[str, np.ndarray]]:
     """Each replica's live model arrays, once every replica has applied the whole log."""
     end = log.last_offset()
     deadline = time.monotonic() + 10  # far above the push latency: a margin, not a target
@@ -252,7 +241,7 @@ def replica_models(cluster: Cluster, log: Any) -> list[dict[str, np.ndarray]]:
     return models
 
 
-def assert_models_equal_replay(cluster: Cluster, log: Any, model_path: Path) -> None:
+def assert_models_equal_replay(cluster: Cluster, log: RedisEventStore, model_path: Path) -> None:
     expected = replayed_model(log, model_path)
     for i, model in enumerate(replica_models(cluster, log)):
         assert sorted(model) == sorted(expected), f"Replica {i} holds other arrays."
@@ -268,7 +257,7 @@ def statuses(answers: list[Answer], kind: str) -> Counter[int]:
 
 
 def test_replicas_converge_to_one_model(
-    cluster: Cluster, log: Any, model_path: Path, history: list[Answer]
+    cluster: Cluster, log: RedisEventStore, model_path: Path, history: list[Answer]
 ) -> None:
     with Load(cluster.url, "a", per_thread=120) as load:
         load.finish()
@@ -285,7 +274,7 @@ def test_replicas_converge_to_one_model(
 
 
 def test_kill_one_replica_mid_load(
-    cluster: Cluster, log: Any, model_path: Path, history: list[Answer]
+    cluster: Cluster, log: RedisEventStore, model_path: Path, history: list[Answer]
 ) -> None:
     with Load(cluster.url, "b", per_thread=150) as load:
         load.wait_for(200)
@@ -312,7 +301,7 @@ def test_kill_one_replica_mid_load(
 
 
 def test_kill_redis_mid_load(
-    cluster: Cluster, log: Any, model_path: Path, history: list[Answer]
+    cluster: Cluster, log: RedisEventStore, model_path: Path, history: list[Answer]
 ) -> None:
     with Load(cluster.url, "c", per_thread=1000) as load:
         load.wait_for(200)
