@@ -97,6 +97,8 @@ from banditrec.sim import AppSimulator
 Array = NDArray[np.float64]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
+#: Every data set `--datasets` accepts: the four above and the extra ones (`EXTRA`).
+ALL_DATASETS = (*DATASETS, "diabetes", "blobs", "many_classes", "moons", "quantiles")
 #: The policy `serve` runs when nothing is configured (``Settings().policy``).
 DEFAULT_POLICY: str = getattr(_policies, "DEFAULT_POLICY", "linucb")
 MABWISER_ALPHA = 1.0
@@ -163,11 +165,65 @@ def make_stream(X: Array, R: Array, mu: Array | None = None) -> Stream:
     return Stream(X, R, R if mu is None else mu, vw_shared_lines(X))
 
 
-def load_dataset(name: str) -> Stream:
-    """A scikit-learn classification set as a bandit stream (standardized, plus bias)."""
+def _diabetes_tertiles() -> tuple[Array, NDArray[Any]]:
+    """scikit-learn's diabetes regression set, its target cut at the tertiles: 3 classes."""
     from sklearn import datasets
 
-    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    X, target = datasets.load_diabetes(return_X_y=True)
+    return X, np.digitize(target, np.quantile(target, [1 / 3, 2 / 3]))
+
+
+def _generated(kind: str) -> tuple[Array, NDArray[Any]]:
+    """A synthetic problem from a scikit-learn generator with a fixed seed (see `EXTRA`)."""
+    from sklearn import datasets
+
+    if kind == "blobs":
+        X, y = datasets.make_blobs(
+            n_samples=1500, n_features=8, centers=5, cluster_std=1.0, random_state=11
+        )
+    elif kind == "many_classes":
+        X, y = datasets.make_classification(
+            n_samples=2000, n_features=20, n_informative=12, n_redundant=2, n_classes=12,
+            n_clusters_per_class=1, class_sep=1.5, flip_y=0.02, random_state=12,
+        )  # fmt: skip
+    elif kind == "moons":
+        X, y = datasets.make_moons(n_samples=1000, noise=0.25, random_state=13)
+    elif kind == "quantiles":
+        X, y = datasets.make_gaussian_quantiles(
+            n_samples=1500, n_features=6, n_classes=4, random_state=14
+        )
+    else:
+        raise ValueError(f"Unknown generated data set {kind!r}.")
+    return X, y
+
+
+#: The data sets beyond the four classification sets, and how each is made (offline: all
+#: ship inside scikit-learn). Chosen to differ in K, d, noise and shape: diabetes is a real,
+#: noisy problem (K = 3, d = 10); blobs is near-deterministic (5 well-separated clusters, a
+#: linear model is right almost always: the exploration floor is most of the loss); many_classes
+#: has K = 12 (greedy linear models do well); moons and quantiles are non-linear (a linear
+#: model per action cannot be right everywhere: moons K = 2, d = 2; quantiles K = 4 shells).
+EXTRA: dict[str, Callable[[], tuple[Array, NDArray[Any]]]] = {
+    "diabetes": _diabetes_tertiles,
+    "blobs": lambda: _generated("blobs"),
+    "many_classes": lambda: _generated("many_classes"),
+    "moons": lambda: _generated("moons"),
+    "quantiles": lambda: _generated("quantiles"),
+}
+
+
+def load_dataset(name: str) -> Stream:
+    """A classification set as a bandit stream (standardized, plus bias).
+
+    `name` is one of scikit-learn's four bundled classification sets (`DATASETS`) or one of
+    `EXTRA` (a bundled regression set cut into classes, or a seeded generator).
+    """
+    from sklearn import datasets
+
+    if name in EXTRA:
+        X, y = EXTRA[name]()
+    else:
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     X = np.asarray(X, dtype=np.float64)
     mean, std = X.mean(axis=0), X.std(axis=0)
     X = (X - mean) / np.where(std > 0, std, 1.0)  # constant columns (digits' borders) -> 0
@@ -372,6 +428,92 @@ def peer_contenders(log: Callable[[str], None], vw_cost: str = "neg") -> list[Co
     return out
 
 
+#: The tuning target's contenders beside the peers (issue 9): numpy LinUCB with α = 0.1 and
+#: α = 1 (banditrec's LinUCB, λ = 10, ε = 0.01) and a greedy linear model (ridge argmax,
+#: α = 0, no floor), by key: (policy parameters, exploration parameters).
+REFERENCES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "linucb_0.1": ("LinUCB α = 0.1", {"alpha": 0.1}, {}),
+    "linucb_1": ("LinUCB α = 1", {"alpha": 1.0}, {}),
+    "greedy": ("greedy linear", {"alpha": 0.0}, {"epsilon": 0.0}),
+}
+#: The policy the tuning target is about (issue 9): the self-tuning LinUCB.
+TUNING_SUBJECT = "auto"
+
+
+def tuning_contenders(log: Callable[[str], None], vw_cost: str = "neg") -> list[Contender]:
+    """The self-tuning policy, the fixed settings it must match, and the peers."""
+    probe = _policies.build_policy(TUNING_SUBJECT).reset(2, 2)
+    out = [
+        Contender(
+            TUNING_SUBJECT,
+            f"banditrec {TUNING_SUBJECT}",
+            "banditrec",
+            _banditrec_make(TUNING_SUBJECT, {}, {}),
+            _describe(probe),
+        )
+    ]
+    for key, (label, params, rule_params) in REFERENCES.items():
+        probe = _policies.build_policy("linucb", params, exploration_params=rule_params)
+        make = _banditrec_make("linucb", params, rule_params)
+        out.append(Contender(key, label, "reference", make, _describe(probe)))
+    return out + peer_contenders(log, vw_cost)
+
+
+def check_tuning(
+    subject: Contender,
+    contenders: Sequence[Contender],
+    names: Sequence[str],
+    data: dict[tuple[str, str], Cell],
+) -> bool:
+    """Print the tuning target's verdicts; True if it holds.
+
+    On every data set `subject` must not be significantly worse than the best other
+    contender (by mean loss): the paired Δ (ours − best) must be ≤ `SIGNIFICANCE_SE`
+    standard errors. And its mean rank over the data sets must be the lowest (first).
+    """
+    others = [c for c in contenders if c.key != subject.key]
+    print(
+        f"\nTuning target: {subject.label} never significantly worse than the best of "
+        f"{', '.join(c.label for c in others)} (paired Δ ≤ {SIGNIFICANCE_SE:g} s.e.), "
+        "and first by mean rank"
+    )
+    ok = True
+    ranks: dict[str, list[float]] = {c.key: [] for c in contenders}
+    for name in names:
+        cells = {c.key: data[(c.key, name)] for c in contenders if (c.key, name) in data}
+        if subject.key not in cells:
+            continue
+        means = {key: cell.mean for key, cell in cells.items()}
+        for key, rank in _ranks(means).items():
+            ranks[key].append(rank)
+        best = min((c for c in others if c.key in cells), key=lambda c: means[c.key])
+        comparison = paired(cells[subject.key], cells[best.key])
+        worse = comparison.verdict == "worse"
+        ok &= not worse
+        print(
+            f"  {name:<14} {means[subject.key]:.4f} vs best other {best.label} "
+            f"{means[best.key]:.4f}: {'WORSE' if worse else 'not worse'} "
+            f"({comparison.text(4)})"
+        )
+    mean_ranks = {key: statistics.fmean(r) for key, r in ranks.items() if r}
+    order = sorted(mean_ranks, key=lambda key: mean_ranks[key])
+    labels = {c.key: c.label for c in contenders}
+    print("  mean rank: " + ", ".join(f"{labels[k]} {mean_ranks[k]:.2f}" for k in order))
+    first = bool(order) and mean_ranks[subject.key] == mean_ranks[order[0]]
+    ok &= first
+    print(f"  overall: {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def _ranks(means: dict[str, float]) -> dict[str, float]:
+    """Rank 1 for the lowest mean; tied means share the average of their ranks."""
+    ordered = sorted(means.values())
+    return {
+        key: statistics.fmean(i + 1 for i, m in enumerate(ordered) if m == value)
+        for key, value in means.items()
+    }
+
+
 def _installed(package: str) -> bool:
     return _machine.installed_version(package) is not None
 
@@ -421,11 +563,17 @@ class Cell:
     def std(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
-    def text(self, digits: int = 3, show_n: bool = False) -> str:
+    @property
+    def se(self) -> float:
+        """Standard error of the mean (0 with one value)."""
+        return self.std / math.sqrt(len(self.values)) if self.values else 0.0
+
+    def text(self, digits: int = 3, show_n: bool = False, se: bool = False) -> str:
         if not self.values:
             return "—"
         n = f" (n={len(self.values)})" if show_n else ""
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}{n}"
+        spread = self.se if se else self.std
+        return f"{self.mean:.{digits}f} ± {spread:.{digits}f}{n}"
 
 
 def run_datasets(
@@ -523,20 +671,24 @@ def dataset_table(
     names: Sequence[str],
     results: dict[tuple[str, str], Cell],
     markdown: bool,
+    se: bool = False,
 ) -> None:
     columns: dict[str, list[str]] = {}
     for name in names:
         cells = [results.get((c.key, name), Cell()) for c in contenders]
         means = [cell.mean if cell.values else math.inf for cell in cells]
         most = max(len(cell.values) for cell in cells)
-        texts = [cell.text(show_n=0 < len(cell.values) < most) for cell in cells]
+        digits = 4 if se else 3
+        texts = [cell.text(digits, 0 < len(cell.values) < most, se) for cell in cells]
         columns[name] = _bold_best(texts, means, markdown)
     rows = []
     for i, c in enumerate(contenders):
         seconds = sum(results[(c.key, n)].seconds for n in names if (c.key, n) in results)
         rows.append([c.label, *(columns[n][i] for n in names), f"{seconds:,.1f}"])
+    spread = "standard error" if se else "std"
     print_table(
-        "Progressive validation loss (1 − mean reward, one online pass), mean ± std over shuffles",
+        f"Progressive validation loss (1 − mean reward, one online pass), mean ± {spread} "
+        "over shuffles",
         ["contender", *names, "time (s)"],
         rows,
         markdown,
@@ -719,6 +871,11 @@ def main(argv: list[str] | None = None) -> int:
         help="keep only these contenders (comma-separated keys: linucb, VW_squarecb, "
         "VW_epsilon_0.05, mabwiser, ...)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tuning", action="store_true",
+        help=f"issue 9's tuning table: {TUNING_SUBJECT} vs LinUCB α ∈ {{0.1, 1}}, greedy linear "
+        "and the peers, on every data set (--datasets all), mean ± s.e., no simulator",
+    )  # fmt: skip
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
@@ -726,11 +883,17 @@ def main(argv: list[str] | None = None) -> int:
         args.shuffles = min(args.shuffles, 3)
         args.sim_rounds = min(args.sim_rounds, 3_000)
         args.sim_seeds = min(args.sim_seeds, 2)
+    if args.tuning:
+        args.no_sim = True
+        if args.datasets == ",".join(DATASETS):
+            args.datasets = "all"
     if args.seed is None:
         args.seed = REPORTING_SEED if args.seeds == "report" else CHOOSING_SEEDS[0]
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in DATASETS]:
-        parser.error(f"unknown data sets {unknown}; choose from {DATASETS}")
+    if args.datasets == "all":
+        names = list(ALL_DATASETS)
+    if unknown := [n for n in names if n not in ALL_DATASETS]:
+        parser.error(f"unknown data sets {unknown}; choose from {ALL_DATASETS} (or all)")
     if args.shuffles < 1 or args.sim_rounds < 1 or args.sim_seeds < 1:
         parser.error("--shuffles, --sim-rounds and --sim-seeds must be ≥ 1")
 
@@ -742,7 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     if not _installed("scikit-learn"):
         print("scikit-learn is needed for the data sets (pip install scikit-learn).")
         return 2
-    contenders = banditrec_contenders(log)
+    contenders = tuning_contenders(log, args.vw_cost) if args.tuning else banditrec_contenders(log)
+    if args.tuning:
+        args.no_peers = True  # already in
     if args.only_default:
         contenders = [c for c in contenders if c.key == DEFAULT_POLICY]
     try:
@@ -779,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pandas/sklearn chatter in MABWiser
         data = run_datasets(contenders, names, args.shuffles, slow_shuffles, args.seed, log)
-        dataset_table(contenders, names, data, args.markdown)
+        dataset_table(contenders, names, data, args.markdown, se=args.tuning)
         sim = None
         checkpoints = [t for t in (1_000, 5_000) if t < args.sim_rounds]
         if not args.no_sim:
@@ -792,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             simulator_table(contenders, sim, args.sim_rounds, checkpoints, args.markdown)
     print(f"(total {time.perf_counter() - t_start:.0f} s)")
+    if args.tuning:
+        check_tuning(contenders[0], contenders, names, data)
+        return 0
     subjects = [c for c in contenders if c.key == DEFAULT_POLICY]
     subjects += [c for c in contenders if c.family == "proposed"]
     if not subjects:

@@ -6,6 +6,7 @@ One interface (`Policy`), one contract test suite, one registry (`POLICIES`):
 name                class                      what it serves
 ==================  =========================  ==========================================
 ``linucb``          `LinUCB`                   ε-greedy over per-action upper bounds
+``auto``            `AutoLinUCB`               LinUCB choosing its own width, shrinking floor
 ``hybrid_linucb``   `HybridLinUCB`             same, with coefficients shared by actions
 ``thompson``        `LinearThompsonSampling`   P(argmax) of posterior draws (Monte Carlo)
 ``epsilon_greedy``  `RidgeEpsilonGreedy`       ε-greedy over ridge means
@@ -17,9 +18,10 @@ name                class                      what it serves
 ==================  =========================  ==========================================
 
 Layout: `base` (the interface), `ridge` (per-action ridge statistics and the forgetting
-factor), `linear`, `hybrid`, `thompson`, `baselines`, `rules`, `registry`.
+factor), `linear`, `auto`, `hybrid`, `thompson`, `baselines`, `rules`, `registry`.
 """
 
+from banditrec.policies.auto import AutoLinUCB
 from banditrec.policies.base import Policy, Scores
 from banditrec.policies.baselines import MostPopular, UniformRandom
 from banditrec.policies.hybrid import HybridLinUCB
@@ -31,6 +33,7 @@ from banditrec.policies.thompson import LinearThompsonSampling
 
 __all__ = [
     "POLICIES",
+    "AutoLinUCB",
     "FixedRule",
     "HybridLinUCB",
     "LinUCB",

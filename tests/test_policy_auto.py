@@ -1,0 +1,173 @@
+"""The self-tuning LinUCB (`auto`): honest probabilities, its α, the member choice, the floor.
+
+The contract every policy keeps (distributions, batch = online, model files, bad input) is
+checked for `auto` by `test_policies.py`; here is what is its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from banditrec.exploration import EpsilonGreedy, Softmax, sample_action
+from banditrec.features import load_default_schema
+from banditrec.policies import AutoLinUCB, LinUCB, build_policy
+from banditrec.snapshot import Model, load_model, save_model
+
+
+def classification_stream(seed: int, n: int, d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly separable classes (one prototype each) plus a bias: the reward is 1 for the
+    label. A problem where exploring with α = 1 in d = 40 is wasteful."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(size=(k, d))
+    labels = rng.integers(0, k, n)
+    X = prototypes[labels] + 0.5 * rng.normal(size=(n, d))
+    return np.hstack([X, np.ones((n, 1))]), labels
+
+
+def run(policy: AutoLinUCB, X: np.ndarray, labels: np.ndarray, seed: int) -> list[float]:
+    """One online pass; returns the α reported at every decision."""
+    rng = np.random.default_rng(seed)
+    eligible = np.ones(policy.n_actions_, dtype=bool)
+    reported = []
+    for x, label in zip(X, labels, strict=True):
+        _, p = policy.distribution(x, eligible, rng)
+        reported.append(policy.alpha)
+        a = sample_action(p, rng)
+        policy.update(x, a, float(a == label))
+    return reported
+
+
+def test_the_served_probabilities_are_the_served_members_own() -> None:
+    """Selection is deterministic given the past: p is LinUCB's with the served α and floor."""
+    X, labels = classification_stream(1, 300, 6, 3)
+    policy = AutoLinUCB().reset(3, 7)
+    run(policy, X, labels, seed=2)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        x = np.append(rng.normal(size=6), 1.0)
+        eligible = rng.random(3) < 0.8
+        eligible[rng.integers(3)] = True
+        scores, p = policy.distribution(x, eligible)
+        twin = LinUCB(alpha=policy.alpha, ridge=policy.ridge).set_state(
+            {"A_": policy.A_, "b_": policy.b_, "n_updates_": policy.n_updates_}
+        )
+        np.testing.assert_allclose(scores.score, twin.score(x).score, rtol=1e-12, atol=1e-12)
+        floor = policy._floor(x, scores.width, policy.alpha, eligible)
+        expected = EpsilonGreedy(floor).probabilities(scores.score, eligible)
+        np.testing.assert_allclose(p, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_it_narrows_its_width_where_narrow_earns_more_and_reports_it() -> None:
+    X, labels = classification_stream(4, 3000, 40, 8)
+    auto = AutoLinUCB().reset(8, 41)
+    reported = run(auto, X, labels, seed=5)
+    assert reported[0] == 1.0  # the `start` member
+    assert auto.alpha == 0.3  # the data said narrower: measured switch after ~200 events
+    assert reported.index(0.3) < 1000
+    # And so it earns more than the width it started with, held fixed.
+    fixed = LinUCB(alpha=1.0).reset(8, 41)
+    rng, earned = np.random.default_rng(5), 0.0
+    for x, label in zip(X, labels, strict=True):
+        _, p = fixed.distribution(x, np.ones(8, dtype=bool), rng)
+        a = sample_action(p, rng)
+        fixed.update(x, a, float(a == label))
+        earned += a == label
+    rng, total = np.random.default_rng(5), 0.0
+    again = AutoLinUCB().reset(8, 41)
+    for x, label in zip(X, labels, strict=True):
+        _, p = again.distribution(x, np.ones(8, dtype=bool), rng)
+        a = sample_action(p, rng)
+        again.update(x, a, float(a == label))
+        total += a == label
+    assert total > earned
+
+
+def test_replicas_applying_the_same_learn_events_serve_the_same_member() -> None:
+    """The choice is a function of the learn stream: decisions elsewhere do not move it."""
+    X, labels = classification_stream(6, 2000, 40, 8)
+    leader = AutoLinUCB().reset(8, 41)
+    rng = np.random.default_rng(7)
+    events = []
+    for x, label in zip(X, labels, strict=True):
+        _, p = leader.distribution(x, np.ones(8, dtype=bool), rng)
+        a = sample_action(p, rng)
+        events.append((x, a, float(a == label)))
+        leader.update(x, a, float(a == label))
+    follower = AutoLinUCB().reset(8, 41)
+    other_rng = np.random.default_rng(99)
+    for i, (x, a, r) in enumerate(events):
+        if i % 3 == 0:  # decisions served by the follower itself learn nothing
+            follower.distribution(other_rng.normal(size=41), np.ones(8, dtype=bool), other_rng)
+        follower.update(x, a, r)
+    for name, value in leader.get_state().items():
+        np.testing.assert_array_equal(follower.get_state()[name], value, err_msg=name)
+    assert follower.alpha == leader.alpha
+
+
+def test_the_floor_shrinks_where_the_model_is_certain_down_to_its_minimum() -> None:
+    policy = AutoLinUCB(exploration=EpsilonGreedy(0.05)).reset(2, 3)
+    x, eligible = np.array([1.0, 0.5, 1.0]), np.ones(2, dtype=bool)
+    _, before = policy.distribution(x, eligible)
+    assert before.tolist() == [0.5, 0.5]  # nothing known: a tie
+    for _ in range(20):
+        for a in (0, 1):
+            policy.update(x, a, float(a))
+    _, few = policy.distribution(x, eligible)
+    assert 0.05 / 2 * 0.1 < few[0] < 0.05 / 2  # shrunk, not yet to its minimum
+    for _ in range(5000):
+        for a in (0, 1):
+            policy.update(x, a, float(a))
+    _, many = policy.distribution(x, eligible)
+    assert many[0] == pytest.approx(0.05 * 0.1 / 2, rel=1e-12)  # min_epsilon_share · ε / K
+    # Elsewhere (a direction never seen) the floor is still the full ε.
+    unseen = np.array([0.0, -3.0, 0.1])
+    assert policy._floor(unseen, policy.score(unseen).width, policy.alpha, eligible) > 0.9 * 0.05
+
+
+def test_the_member_choice_survives_a_model_file(tmp_path: Path) -> None:
+    schema = load_default_schema()
+    rng = np.random.default_rng(8)
+    policy = AutoLinUCB().reset(schema.n_actions, schema.n_features)
+    policy.served_[0] = 0  # as if the data had chosen the narrow member
+    policy.value_[:] = [3.0, 1.0]
+    save_model(Model(policy, schema, "2026-01-01T00:00:00+00:00", "v1"), tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz", schema).policy
+    assert isinstance(loaded, AutoLinUCB)
+    assert loaded.alpha == 0.3
+    np.testing.assert_array_equal(loaded.value_, [3.0, 1.0])
+    x = rng.normal(size=schema.n_features)
+    np.testing.assert_array_equal(
+        loaded.distribution(x, np.ones(schema.n_actions, dtype=bool))[1],
+        policy.distribution(x, np.ones(schema.n_actions, dtype=bool))[1],
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alphas": []}, "at least one width"),
+        ({"alphas": [0.3, -1.0]}, "alphas must be a finite number ≥ 0"),
+        ({"alphas": [1.0, 1.0]}, "alphas must be distinct"),
+        ({"start": 2}, "start must index alphas"),
+        ({"switch_margin": float("nan")}, "switch_margin"),
+        ({"min_epsilon_share": 0.0}, "min_epsilon_share must be in"),
+        ({"exploration": Softmax()}, "its exploration rule must be epsilon_greedy"),
+    ],
+)
+def test_bad_parameters_are_refused_with_a_sentence(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        AutoLinUCB(**kwargs)  # type: ignore[arg-type]
+
+
+def test_configuration_reaches_it_by_name() -> None:
+    policy = build_policy("auto", {"alphas": [0.1, 1.0]}, exploration_params={"epsilon": 0.02})
+    assert isinstance(policy, AutoLinUCB)
+    assert policy.get_params()["alphas"] == [0.1, 1.0]
+    assert policy.exploration == EpsilonGreedy(0.02)
+    with pytest.raises(ValueError, match="epsilon_greedy"):
+        build_policy("auto", exploration="softmax")
