@@ -7,6 +7,7 @@ a real `Engine` whose clock the test sets, so which decisions are old is exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -324,3 +325,84 @@ def test_the_cli_exports_evaluates_and_forgets(
     missing = runner.invoke(cli_app, ["forget-user", "u1", "--log", "nowhere.db"])
     assert missing.exit_code == 1
     assert "The event log nowhere.db does not exist." in " ".join(missing.output.split())
+
+
+# -- soak: steady traffic, retention on, the live log stays the same size ---------------------
+
+SOAK_SECONDS = 13.0
+SOAK_RULES = RewardRules(window_seconds=1.0, default_reward=0.0)
+
+
+def live_bytes(store: Any, redis_client: Any) -> tuple[int, int]:
+    """SQLite: the database file's size, and its WAL's. Redis: the server's ``used_memory``
+    (and 0). The archive is not counted: holding what leaves the live log is its point."""
+    if redis_client is not None:
+        return int(redis_client.info("memory")["used_memory"]), 0
+    path = store.path
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+
+def test_soak_the_live_log_stays_flat_with_retention(store: Any, tmp_path: Path) -> None:
+    """300 decisions a second for 13 s, every other one rewarded; retention 2 s, window 1 s.
+
+    From the 5-7 s window to the 11-13 s window, the SQLite file (or Redis's memory) grows
+    by less than a third of what the decisions made in between take in it (without
+    retention they would all stay: 100 %), and the live decisions stay bounded. SQLite's
+    WAL is a file that checkpoints rewind and writers reuse from its start: its size is
+    set by how many commits come between two checkpoints, not by what the log holds, so it
+    is checked against its own bound (the writer's safety-net checkpoint at 40 MiB)."""
+    redis_client = getattr(store, "_redis", None)
+    if redis_client is not None:
+        redis_client.execute_command("MEMORY", "PURGE")
+    engine = Engine(prior_model(SCHEMA), np.random.default_rng(0), store, SOAK_RULES)
+    snapshots = snapshot_store_for(store, tmp_path / "snapshots")
+    retention = Retention(
+        store, snapshots, SCHEMA, tmp_path / "archive", 2.0, every_seconds=0.5, batch=500
+    )
+    learner = Learner(
+        engine, store, snapshots, default_sweep_interval=0.25, snapshot_every_seconds=0.5,
+        retention=retention,
+    )  # fmt: skip
+    # (time, bytes, live decisions, decisions made, WAL bytes)
+    samples: list[tuple[float, int, int, int, int]] = []
+
+    async def traffic() -> int:
+        store.start()
+        running = asyncio.create_task(learner.run())
+        made, start = 0, time.monotonic()
+        baseline = live_bytes(store, redis_client)[0]
+        next_sample = 0.0
+        while (elapsed := time.monotonic() - start) < SOAK_SECONDS:
+            records = await asyncio.gather(*(engine.rank(SEED_CONTEXT) for _ in range(10)))
+            await asyncio.gather(*(engine.reward(r.event_id, 1.0) for r in records[::2]))
+            made += len(records)
+            if elapsed >= next_sample:
+                size, wal = live_bytes(store, redis_client)
+                samples.append((elapsed, size, store.count("decisions"), made, wal))
+                next_sample += 0.25
+            await asyncio.sleep(max(0.0, made / 300.0 - (time.monotonic() - start)))
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        return baseline
+
+    baseline = asyncio.run(traffic())
+    engine.close()
+    mid = [s for s in samples if 5.0 <= s[0] < 7.0]
+    end = [s for s in samples if s[0] >= 11.0]
+    assert mid and end, samples
+    made_between = end[-1][3] - mid[0][3]
+    rate = samples[-1][3] / samples[-1][0]
+    assert rate > 100, f"only {rate:.0f} decisions/s: the soak did not load the log"
+    # What one live decision takes (bytes), measured at the middle, with its share of the
+    # learn events, rewards and snapshots around it.
+    per_decision = (max(s[1] for s in mid) - baseline) / max(s[2] for s in mid)
+    growth = max(s[1] for s in end) - max(s[1] for s in mid)
+    assert growth < made_between * per_decision / 3, (growth, made_between, per_decision)
+    # Live decisions: about rate × (retention + window + sweep and job intervals), never all.
+    assert max(s[2] for s in end) < min(rate * 6.0, samples[-1][3] / 3)
+    archived = Archive(tmp_path / "archive", SCHEMA.encoding_hash).count_decisions()
+    assert archived + store.count("decisions") >= samples[-1][3]  # none lost
+    assert store.count("learn_events") < samples[-1][3] / 2  # trimmed behind the snapshots
+    assert max(s[4] for s in samples) < 40 * 2**20

@@ -18,14 +18,18 @@ The statuses and codes, as documented in ``docs/design.md``:
       ``not_found``
 405   ``method_not_allowed``      the route exists, not with this method
 409   ``action_exists``,          adding an action that exists; a reward for a deferred
-      ``event_not_activated``     event not activated yet (recorded, not learned)
+      ``event_not_activated``,    event not activated yet (recorded, not learned); a
+      ``candidate_exists``,       candidate name taken; a promotion the interval does not
+      ``not_proven``              support (banditrec.lifecycle)
 410   ``reward_window_closed``    the reward came after its window (recorded, not learned)
 413   ``payload_too_large``       the body is larger than ``max_body_bytes``
 415   ``unsupported_media_type``  a non-empty body whose Content-Type is not JSON
 422   ``validation_error``,       a field failed validation (each one named in ``detail``);
       ``invalid_context``,        a context the schema refuses; an unknown action name;
       ``unknown_action``,         every action excluded
-      ``no_eligible_action``
+      ``no_eligible_action``,     apprentice mode without a baseline (``no_baseline``); a
+      ``no_baseline``,            model file that does not load (``invalid_model_file``)
+      ``invalid_model_file``
 500   ``internal_error``          a bug: the traceback is logged, never sent
 503   ``store_unavailable``       the event log cannot be reached now; retry later
 ====  ==========================  =========================================================
@@ -42,7 +46,14 @@ from banditrec.actions import ActionExistsError, UnknownActionError
 from banditrec.auth import AuthError
 from banditrec.exploration import NoEligibleActionError
 from banditrec.features import SchemaError
+from banditrec.lifecycle.apprentice import ApprenticeError
+from banditrec.lifecycle.errors import (
+    CandidateExistsError,
+    LifecycleNotFoundError,
+    NotProvenError,
+)
 from banditrec.responses import FastJSONResponse, error_body
+from banditrec.snapshot import ModelFileError
 from banditrec.store import StoreUnavailableError
 
 __all__ = [
@@ -149,6 +160,11 @@ _DOMAIN: dict[type[Exception], tuple[int, str]] = {
     EventNotActivatedError: (409, "event_not_activated"),
     RewardWindowClosedError: (410, "reward_window_closed"),
     StoreUnavailableError: (503, "store_unavailable"),
+    ApprenticeError: (422, "no_baseline"),
+    ModelFileError: (422, "invalid_model_file"),
+    LifecycleNotFoundError: (404, "not_found"),
+    CandidateExistsError: (409, "candidate_exists"),
+    NotProvenError: (409, "not_proven"),
 }
 DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(_DOMAIN)
 
