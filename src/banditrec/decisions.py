@@ -69,6 +69,7 @@ class DecisionWork:
             event_id=body.event_id,
             deferred=body.defer_activation,
             user_id=body.user_id,
+            baseline=body.baseline_action,
         )
         content = rank_body(record)
         if body.explain:
@@ -96,10 +97,12 @@ class DecisionWork:
         event_id: str | None = None,
         deferred: bool = False,
         user_id: str | None = None,
+        baseline: str | None = None,
     ) -> DecisionRecord:
         record = await engine.rank(
-            context, eligible, event_id=event_id, deferred=deferred, user_id=user_id
-        )
+            context, eligible, event_id=event_id, deferred=deferred, user_id=user_id,
+            baseline=baseline,
+        )  # fmt: skip
         self.metrics.decision(record.action)
         return record
 

@@ -186,6 +186,14 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
                 "DELETE /v1/admin/users/{user_id} can remove it (privacy requests).",
             ),
         ),
+        baseline_action=(
+            NonEmptyString | None,
+            Field(
+                None,
+                description="In apprentice mode: the action the app's own rule would take. "
+                "It is served, except for a small exploring share (docs/lifecycle.md).",
+            ),
+        ),
     )
 
 
