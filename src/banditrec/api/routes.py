@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.datastructures import State
 from starlette.responses import Response
 
+from banditrec.api.lifecycle_routes import LIFECYCLE_ROUTES
 from banditrec.api.route import Route
 from banditrec.auth import Role
 from banditrec.engine import Engine
@@ -240,4 +241,5 @@ ROUTES: tuple[Route, ...] = (
         "DELETE", "/v1/admin/users/{user_id}", forget_user, ForgetUserResponse, Role.admin,
         params={"user_id": NonEmptyString}, errors=(503,),
     ),
+    *LIFECYCLE_ROUTES,
 )  # fmt: skip
