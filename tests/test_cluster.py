@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,15 +310,13 @@ def test_kill_redis_mid_load(
         before = len(load.snapshot())
         # Decisions through HAProxy keep being answered: refused, until Redis is back.
         _wait(lambda: sum(a.status == 503 for a in load.snapshot()[before:]) >= N_THREADS)
-        # Directly at each replica: a clear 503 for a decision, and /health says degraded.
-        for url in cluster.replica_urls:
-            body = {"context": SEED_CONTEXT, "event_id": "c-direct"}
-            response = httpx.post(f"{url}/v1/rank", json=body, timeout=30)
-            assert response.status_code == 503
-            error = response.json()
-            assert error["error"] == "store_unavailable" and error["detail"] == []
-            assert error["message"].endswith(".")
-            assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "degraded"
+        # Directly at each replica (all at once): a clear 503 for a decision, and /health
+        # says degraded.
+        with ThreadPoolExecutor(len(cluster.replica_urls)) as pool:
+            for error, health in pool.map(_refused_directly, cluster.replica_urls):
+                assert error["error"] == "store_unavailable" and error["detail"] == []
+                assert error["message"].endswith(".")
+                assert health["status"] == "degraded" and health["faults"]
         outage = load.snapshot()[before:]
         cluster.start_redis()  # same port, same append-only file
         cluster.wait_healthy(timeout=30)  # the replicas recover by themselves
@@ -340,6 +339,14 @@ def test_kill_redis_mid_load(
     # Nothing acknowledged in any test was lost with Redis's process (AOF, fsync always).
     assert_nothing_lost(log, history)
     assert_models_equal_replay(cluster, log, model_path)
+
+
+def _refused_directly(url: str) -> tuple[Any, Any]:
+    """A decision sent to the replica at `url` (it must be refused: 503) and its /health."""
+    body = {"context": SEED_CONTEXT, "event_id": "c-direct"}
+    response = httpx.post(f"{url}/v1/rank", json=body, timeout=30)
+    assert response.status_code == 503, response.text
+    return response.json(), httpx.get(f"{url}/health", timeout=30).json()
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
