@@ -26,6 +26,7 @@ from banditrec.engine import Engine, prior_model
 from banditrec.exploration import sample_action
 from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, recover_model
+from banditrec.lifecycle.service import LifecycleCollector, lifecycle_from_settings
 from banditrec.retention import retention_of
 from banditrec.snapshot import Model, ModelFileError, load_model
 from banditrec.snapshot_store import snapshot_store_for
@@ -99,6 +100,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.close()
         raise
     engine = Engine(model, np.random.default_rng(settings.seed), store, settings.reward_rules)
+    # Switch entries in the tail are applied while replaying: attach the lifecycle first.
+    # Automatic switches are made by the process holding the snapshot lease.
+    lifecycle = lifecycle_from_settings(
+        engine, store, settings, may_switch=lambda: bool(state.learner.holds_lease)
+    )
     replayed = engine.catch_up()
     logger.info("Model from %s, %d learn events replayed.", origin, replayed)
     learner = Learner(
@@ -113,6 +119,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention=retention_of(settings, store, snapshots),
     )
     state.engine, state.learner, state.model_loaded = engine, learner, loaded
+    state.lifecycle = lifecycle
+    if state.metrics.registry is not None:
+        state.metrics.registry.register(LifecycleCollector(lifecycle))
     state.metrics.model(engine.model_version, engine.model.n_updates)
     # Compile (or load) the decision path's kernels now, so the first request does not.
     _warm_up(engine)
@@ -125,13 +134,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
     store.start()  # background upkeep (SQLite: WAL checkpoints off the commit path)
     task = asyncio.create_task(learner.run())
+    following = asyncio.create_task(lifecycle.run(settings.poll_interval_seconds))
     try:
         yield
     finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        for running in (following, task):
+            running.cancel()
+            with suppress(asyncio.CancelledError):
+                await running
         engine.close()
+        lifecycle.records.close()
         store.close()
 
 

@@ -125,6 +125,10 @@ class LifecycleRecords(Protocol):
         """Every switch described, in log order."""
         ...
 
+    def close(self) -> None:
+        """Release what the records hold open (SQLite: their connection)."""
+        ...
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lifecycle_versions (n INTEGER PRIMARY KEY AUTOINCREMENT, "

@@ -18,13 +18,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from banditrec.actions import ACTION_CHANGES
 from banditrec.engine import Engine
 from banditrec.lifecycle.apprentice import ServingMode, apprentice_round
+from banditrec.lifecycle.errors import CandidateExistsError, LifecycleNotFoundError, NotProvenError
 from banditrec.lifecycle.estimates import Estimate, Track
 from banditrec.lifecycle.guardrail import Graduation, Guardrail, PromotionGate
 from banditrec.lifecycle.records import (
@@ -42,30 +46,16 @@ from banditrec.lifecycle.switching import (
     SwitchError,
     materialize,
 )
+from banditrec.policies import build_policy
 from banditrec.snapshot import load_model, model_bytes
 from banditrec.store import EventStore, LearnEvent, LearnKind
 
-__all__ = [
-    "CandidateExistsError",
-    "Lifecycle",
-    "LifecycleSettings",
-    "NotFoundError",
-    "NotProvenError",
-]
+if TYPE_CHECKING:
+    from banditrec.config import Settings
+
+__all__ = ["Lifecycle", "LifecycleCollector", "LifecycleSettings", "lifecycle_from_settings"]
 
 logger = logging.getLogger("banditrec.lifecycle")
-
-
-class NotFoundError(LookupError):
-    """No candidate or version of that name."""
-
-
-class CandidateExistsError(ValueError):
-    """A candidate of that name is registered already."""
-
-
-class NotProvenError(ValueError):
-    """A promotion the estimates do not support (and that was not forced)."""
 
 
 @dataclass(frozen=True)
@@ -348,7 +338,7 @@ class Lifecycle:
 
         Raises
         ------
-        NotFoundError
+        LifecycleNotFoundError
             For an unknown candidate.
         NotProvenError
             When its lower bound does not beat the live policy by the margin (unless
@@ -356,7 +346,9 @@ class Lifecycle:
         """
         shadow = self.shadows.get(name)
         if shadow is None:
-            raise NotFoundError(f"No candidate is named {name!r}; see GET /v1/admin/candidates.")
+            raise LifecycleNotFoundError(
+                f"No candidate is named {name!r}; see GET /v1/admin/candidates."
+            )
         estimate = self.estimate(name)
         if not force and (estimate is None or not self.gate.passes(estimate)):
             raise NotProvenError(self.gate.refusal(name, estimate or Estimate(0, None, None, None)))
@@ -380,12 +372,12 @@ class Lifecycle:
 
         Raises
         ------
-        NotFoundError
+        LifecycleNotFoundError
             For an unknown version.
         """
         known = {v.id: v for v in self.records.versions()}
         if version_id not in known:
-            raise NotFoundError(
+            raise LifecycleNotFoundError(
                 f"No model version is named {version_id!r}; see GET /v1/admin/models."
             )
         target = version_id
@@ -444,9 +436,11 @@ class Lifecycle:
         self.sync_candidates()
 
     def remove_candidate(self, name: str) -> None:
-        """Stop a candidate. Raises `NotFoundError` for an unknown one."""
+        """Stop a candidate. Raises `LifecycleNotFoundError` for an unknown one."""
         if not self.records.remove_candidate(name):
-            raise NotFoundError(f"No candidate is named {name!r}; see GET /v1/admin/candidates.")
+            raise LifecycleNotFoundError(
+                f"No candidate is named {name!r}; see GET /v1/admin/candidates."
+            )
         self.sync_candidates()
 
     # -- reports -----------------------------------------------------------------------
@@ -494,5 +488,73 @@ class Lifecycle:
         live = self.switcher.state(self.engine.model).live_version
         return [{**v.to_dict(), "live": v.id == live} for v in self.records.versions()]
 
+    def cached_estimates(self) -> dict[str, Estimate]:
+        """The estimates as last computed, by ``apprentice``, ``previous`` or candidate."""
+        return {key: estimate for key, (_, estimate) in list(self._estimates.items())}
+
     def state_now(self) -> LifecycleState:
         return self.switcher.state(self.engine.model)
+
+
+def lifecycle_from_settings(
+    engine: Engine,
+    store: EventStore,
+    settings: Settings,
+    may_switch: Callable[[], bool] = lambda: True,
+) -> Lifecycle:
+    """The lifecycle a server runs, configured by `settings` (``BANDITREC_*``)."""
+    rule = None
+    if settings.baseline_rules is not None:
+        schema = engine.schema
+        rule = build_policy("fixed_rule", {"rules": settings.baseline_rules}, schema=schema)
+        rule.reset(schema.n_actions, schema.n_features)
+    lifecycle_settings = LifecycleSettings(
+        window=settings.lifecycle_window,
+        check_every=settings.lifecycle_check_every,
+        min_effective_sample_size=settings.lifecycle_min_effective_sample_size,
+        apprentice=settings.apprentice,
+        apprentice_explore=settings.apprentice_explore,
+        apprentice_hold_seconds=settings.apprentice_hold_seconds,
+        auto_graduate=settings.auto_graduate,
+        auto_promote=settings.auto_promote,
+        promotion_margin=settings.promotion_margin,
+        guardrail=settings.guardrail,
+        guardrail_margin=settings.guardrail_margin,
+        seed=settings.seed or 0,
+    )
+    return Lifecycle.attach(engine, store, lifecycle_settings, rule, may_switch)
+
+
+class LifecycleCollector(Collector):
+    """Prometheus gauges of the lifecycle: what is served, and each estimate's interval as
+    last computed (a scrape never runs a bootstrap)."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    def collect(self) -> Iterator[Metric]:
+        lifecycle = self.lifecycle
+        serving = GaugeMetricFamily(
+            "banditrec_lifecycle_apprentice", "1 while the app's baseline is served."
+        )
+        serving.add_metric([], float(lifecycle.state_now().serving == "apprentice"))
+        yield serving
+        lift = GaugeMetricFamily(
+            "banditrec_lifecycle_lift",
+            "Estimated lift over the reference (the live policy; the baseline for the "
+            "apprentice), with its interval.",
+            labels=["policy", "bound"],
+        )
+        value = GaugeMetricFamily(
+            "banditrec_lifecycle_value",
+            "Estimated value (SNIPS) with its interval.",
+            labels=["policy", "bound"],
+        )
+        for key, estimate in lifecycle.cached_estimates().items():
+            for family, e in ((lift, estimate.lift), (value, estimate.value)):
+                if e is None:
+                    continue
+                for bound, number in (("value", e.value), ("low", e.ci_low), ("high", e.ci_high)):
+                    family.add_metric([key, bound], number)
+        yield lift
+        yield value
