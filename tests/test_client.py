@@ -460,6 +460,10 @@ def test_server_errors_are_not_retried_and_foreign_pages_are_quoted(open_server:
         proxy.answer = [(200, b"<html>hello</html>", "text/html")]
         with pytest.raises(InvalidResponse, match="not JSON"):
             client.health()
+        proxy.answer = [(200, b'{"hello": "world"}', "application/json")]
+        with pytest.raises(InvalidResponse, match="has no 'status' field") as wrong:
+            client.health()
+        assert (wrong.value.status, wrong.value.code) == (200, "invalid_response")
 
 
 def test_client_errors_are_never_retried(open_server: Served) -> None:

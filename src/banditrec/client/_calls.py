@@ -37,7 +37,6 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 
 from banditrec.client.errors import (
-    BanditrecError,
     ConnectionFailed,
     InvalidResponse,
     RequestTimeout,
@@ -144,9 +143,10 @@ class RetryPolicy:
             raise error_from_response(response, attempts.count)
         try:
             return call.parse(response, attempts)
-        except ValueError as exc:  # the body is not JSON
-            if isinstance(exc, BanditrecError):
-                raise
+        except InvalidResponse as exc:  # JSON, but not this route's answer
+            exc.status, exc.attempts = status, attempts.count
+            raise
+        except ValueError:  # the body is not JSON
             raise InvalidResponse(
                 f"{call.method} {call.path} answered {status} with a body that is not JSON.",
                 status=status,
