@@ -49,6 +49,7 @@ from banditrec.features import SchemaError
 from banditrec.lifecycle.apprentice import ApprenticeError
 from banditrec.lifecycle.errors import (
     CandidateExistsError,
+    InvalidCandidateError,
     LifecycleNotFoundError,
     NotProvenError,
 )
@@ -164,6 +165,7 @@ _DOMAIN: dict[type[Exception], tuple[int, str]] = {
     ModelFileError: (422, "invalid_model_file"),
     LifecycleNotFoundError: (404, "not_found"),
     CandidateExistsError: (409, "candidate_exists"),
+    InvalidCandidateError: (422, "invalid_candidate"),
     NotProvenError: (409, "not_proven"),
 }
 DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(_DOMAIN)

@@ -1,6 +1,11 @@
 """The errors of the lifecycle's admin operations (answered by `banditrec.errors`)."""
 
-__all__ = ["CandidateExistsError", "LifecycleNotFoundError", "NotProvenError"]
+__all__ = [
+    "CandidateExistsError",
+    "InvalidCandidateError",
+    "LifecycleNotFoundError",
+    "NotProvenError",
+]
 
 
 class LifecycleNotFoundError(LookupError):
@@ -13,3 +18,7 @@ class CandidateExistsError(ValueError):
 
 class NotProvenError(ValueError):
     """A promotion the estimates do not support, and that was not forced (HTTP 409)."""
+
+
+class InvalidCandidateError(ValueError):
+    """A candidate whose policy or parameters cannot run (HTTP 422)."""

@@ -28,7 +28,12 @@ from prometheus_client.registry import Collector
 from banditrec.actions import ACTION_CHANGES
 from banditrec.engine import Engine
 from banditrec.lifecycle.apprentice import ServingMode, apprentice_round
-from banditrec.lifecycle.errors import CandidateExistsError, LifecycleNotFoundError, NotProvenError
+from banditrec.lifecycle.errors import (
+    CandidateExistsError,
+    InvalidCandidateError,
+    LifecycleNotFoundError,
+    NotProvenError,
+)
 from banditrec.lifecycle.estimates import Estimate, Track
 from banditrec.lifecycle.guardrail import Graduation, Guardrail, PromotionGate
 from banditrec.lifecycle.records import (
@@ -47,7 +52,7 @@ from banditrec.lifecycle.switching import (
     materialize,
 )
 from banditrec.policies import build_policy
-from banditrec.snapshot import load_model, model_bytes
+from banditrec.snapshot import ModelFileError, load_model, model_bytes
 from banditrec.store import EventStore, LearnEvent, LearnKind
 
 if TYPE_CHECKING:
@@ -425,12 +430,17 @@ class Lifecycle:
 
         Raises
         ------
-        ValueError, ModelFileError
+        InvalidCandidateError, ModelFileError
             For a policy, parameters or model file that cannot run under the schema.
         CandidateExistsError
             For a name taken already.
         """
-        candidate_model(spec, self.engine.schema)  # fails here, not in every process later
+        try:  # fails here, not in every process later
+            candidate_model(spec, self.engine.schema)
+        except ModelFileError:
+            raise
+        except ValueError as exc:
+            raise InvalidCandidateError(f"The candidate {spec.name!r} cannot run: {exc}") from None
         if not self.records.put_candidate(spec):
             raise CandidateExistsError(f"A candidate is named {spec.name!r} already.")
         self.sync_candidates()
