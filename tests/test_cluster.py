@@ -15,7 +15,13 @@ leaves every process running and healthy.
 from __future__ import annotations
 
 import io
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -36,7 +42,7 @@ from banditrec.snapshot import load_model
 from banditrec.store import LearnEvent, LearnKind
 from banditrec.store.redis import RedisEventStore
 from conftest import SEED_CONTEXT
-from serving import clean_env
+from serving import clean_env, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -354,3 +360,36 @@ def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "Timed out."
         time.sleep(0.01)
+
+
+def test_the_cluster_command_runs_until_ctrl_c(tmp_path: Path) -> None:
+    """``python -m banditrec.cluster``: ready, serving through HAProxy, and Ctrl-C stops every
+    process it started."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "banditrec.cluster", "--replicas", "1", "--port", str(port),
+        "--work-dir", str(tmp_path / "cluster"),
+    ]  # fmt: skip
+    output = tmp_path / "output.txt"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=clean_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait(lambda: "Ready" in output.read_text() or process.poll() is not None, timeout=120)
+        text = output.read_text()
+        assert f"haproxy    http://127.0.0.1:{port}" in text, text
+        redis_port = re.search(r"redis +redis://127.0.0.1:(\d+)/0", text)
+        assert redis_port is not None, text
+        body = {"context": SEED_CONTEXT, "event_id": "cli-1"}
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/rank", json=body).status_code == 200
+        replica_pid = httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["pid"]
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
+        assert process.wait(timeout=60) == 0
+    assert output.read_text().rstrip().endswith("Stopped.")
+    with pytest.raises(ProcessLookupError):
+        os.kill(replica_pid, 0)
+    for stopped in (port, int(redis_port.group(1))):  # nothing listens any more
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", stopped), timeout=2).close()
