@@ -198,6 +198,37 @@ def test_a_crash_between_writing_and_deleting_loses_and_doubles_nothing(
     store.close()
 
 
+def test_a_decision_activated_while_it_is_archived_is_read_in_its_final_state(
+    store: Any, tmp_path: Path
+) -> None:
+    clock = Clock(1000.0)
+    engine = engine_on(store, clock)
+    retention = retention_of(store, tmp_path)
+
+    async def scenario() -> RetentionRun | None:
+        deferred = await engine.rank(SEED_CONTEXT, deferred=True)
+        clock.now = 1200.0
+        # Retention reads and archives the never-activated decision ...
+        rows = store.retirable_decisions(1150.0, 1200.0, 10)
+        assert [(r.record.event_id, r.state) for r in rows] == [(deferred.event_id, "inactive")]
+        ArchiveWriter(tmp_path / "archive", SCHEMA.encoding_hash).write_decisions(
+            (r.record, r.reward_total, r.state, None) for r in rows
+        )
+        # ... the client activates it at that instant, so the removal leaves it live ...
+        assert await engine.activate(deferred.event_id) is True
+        assert store.delete_decisions([(deferred.event_id, "inactive")]) == 0
+        clock.now = 1201.0
+        assert (await engine.reward(deferred.event_id, 1.0)).total == 1.0
+        clock.now = 1300.0  # ... and the next run archives it again, rewarded.
+        return await retention.run(engine, "me")
+
+    assert asyncio.run(scenario()) == RetentionRun(1, 1, 0)
+    archive = Archive(tmp_path / "archive", SCHEMA.encoding_hash)
+    assert archive.count_decisions() == 2
+    assert [(r.state, r.reward_total) for r in archive.iter_decision_rows()] == [("rewarded", 1.0)]
+    engine.close()
+
+
 def test_another_holder_of_the_lease_does_the_work(store: Any, tmp_path: Path) -> None:
     clock = Clock(1000.0)
     engine = engine_on(store, clock)

@@ -71,6 +71,8 @@ _LAYOUT_KEY, _TABLE_KEY, _HASH_KEY = (
     b"banditrec.encoding_hash",
 )
 STATES = ("inactive", "pending", "rewarded", "defaulted")
+#: Which copy of a decision archived twice is read: the highest (see `iter_decision_rows`).
+_FINALITY = {"rewarded": 2, "defaulted": 2, "pending": 1}
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -233,7 +235,8 @@ class Archive:
         self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000
     ) -> Iterator[tuple[DecisionRecord, Any]]:
         """Decisions with ``start <= created_at < end`` and their reward totals, like
-        `banditrec.store.EventStore.iter_decisions`; each event id once (the first copy).
+        `banditrec.store.EventStore.iter_decisions`; each event id once (see
+        `iter_decision_rows` for which copy).
 
         Files are read in name order, rows in file order: the log's order when the files
         were written by retention, oldest first.
@@ -244,15 +247,53 @@ class Archive:
     def iter_decision_rows(
         self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000
     ) -> Iterator[ArchivedDecision]:
-        """Like `iter_decisions`, with each decision's state and user id."""
-        seen: set[str] = set()
-        for path in self._files_between("decisions", start, end):
+        """Like `iter_decisions`, with each decision's state and user id.
+
+        An event id archived more than once (retention that crashed between writing and
+        deleting, or a deferred decision activated while retention archived it and archived
+        again once rewarded) is read once: the copy whose state is the most final
+        (rewarded or defaulted, then pending, then inactive or unknown), the first of those.
+        Finding it reads the ``event_id`` and ``state`` columns of every file first.
+        """
+        chosen = self._chosen_copies(start, end, batch_size)
+        for index, path in enumerate(self._files_between("decisions", start, end)):
+            position = 0
             with self._open(path, "decisions") as file:
                 for batch in file.iter_batches(batch_size=batch_size):
-                    for row in _decisions_of(batch, start, end):
-                        if row.record.event_id not in seen:
-                            seen.add(row.record.event_id)
-                            yield row
+                    ids = batch.column("event_id").to_pylist()
+                    wanted = [
+                        i for i, event_id in enumerate(ids)
+                        if chosen.get(event_id) == (index, position + i)
+                    ]  # fmt: skip
+                    position += batch.num_rows
+                    if wanted:
+                        yield from _decisions_of(batch.take(wanted), start, end)
+
+    def _chosen_copies(
+        self, start: float | None, end: float | None, batch_size: int
+    ) -> dict[str, tuple[int, int]]:
+        """Event id -> (file index, row) of the copy `iter_decision_rows` reads."""
+        best: dict[str, tuple[int, int, int]] = {}  # id -> (-finality, file, row)
+        for index, path in enumerate(self._files_between("decisions", start, end)):
+            position = 0
+            with self._open(path, "decisions") as file:
+                columns = ["event_id", "state", "created_at", "reward_total"]
+                for batch in file.iter_batches(batch_size=batch_size, columns=columns):
+                    data = batch.to_pydict()
+                    for i, (event_id, state, created_at, total) in enumerate(
+                        zip(*(data[c] for c in columns), strict=True)
+                    ):
+                        if not _within(created_at, start, end):
+                            continue
+                        # No state (an export that could not tell) but a total: final too.
+                        final = (
+                            2 if state is None and total is not None else _FINALITY.get(state, 0)
+                        )
+                        key = (-final, index, position + i)
+                        if event_id not in best or key < best[event_id]:
+                            best[event_id] = key
+                    position += batch.num_rows
+        return {event_id: (key[1], key[2]) for event_id, key in best.items()}
 
     def iter_rewards(
         self, start: float | None = None, end: float | None = None, *, batch_size: int = 10_000

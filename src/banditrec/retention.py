@@ -26,7 +26,8 @@ engine's writer thread (`Engine.write`) like a default-reward batch, so decision
 one batch at most. Write first, delete after: a crash in between leaves the batch both in
 the archive and in the live log, and the next run archives it again; the archive reader
 keeps one copy per event id, so nothing is ever lost or counted twice. The removal checks
-each decision's state again, so a deferred decision activated meanwhile stays live.
+each decision's state again, so a deferred decision activated meanwhile stays live; it is
+archived again once its window is over, and the reader prefers that final copy.
 
 `forget_user` serves privacy requests: it removes a user's decisions and their rewards from
 the live log and from every archive file, holding the retention lease meanwhile so that no
