@@ -361,10 +361,9 @@ class Cluster:
         """The "status" replica `i`'s /health reports ("ok", "degraded"), None if it does
         not answer."""
         try:
-            body = _get(f"{self.replica_urls[i]}/health")
-        except (OSError, ValueError):
+            status = json.loads(_get(f"{self.replica_urls[i]}/health")).get("status")
+        except (OSError, ValueError):  # not answering yet, or not JSON
             return None
-        status = json.loads(body).get("status")
         return str(status) if status is not None else None
 
     def haproxy_status(self) -> dict[str, str]:
@@ -387,8 +386,9 @@ class Cluster:
 
 # A request is sent again, to another replica, only when it never reached one (the connection
 # was refused or timed out): a decision or reward that reached a replica may have been logged
-# or learned, and sending it twice would decide or learn twice. Such a request fails with 502
-# and the client decides (a reward retried with its event id is idempotent).
+# or learned. Such a request fails (502, or a closed connection) and the client may retry it
+# by its event id, which is idempotent (banditrec.client does). deploy/haproxy.cfg follows
+# the same rules (tests/test_container.py compares the two).
 # Health checks every 200 ms, two failures to leave the rotation, two successes to rejoin.
 _HAPROXY_CONFIG = """\
 global
@@ -440,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--store", choices=("redis", "sqlite"), default="redis")
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
     args = parser.parse_args(argv)
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1.")
 
     # SIGTERM stops everything too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
