@@ -113,9 +113,10 @@ bench: install-dev
 bench-quality: install-dev
 	$(BIN)/python -m benchmarks.bench_quality
 
-# Decisions over HTTP on loopback against the app's own /ping (needs wrk: apt-get install wrk).
+# Decisions over HTTP on loopback against the app's own /ping, SQLite and Redis side by side
+# (needs wrk and redis-server: apt-get install wrk redis-server).
 bench-http: install-dev
-	$(BIN)/python -m benchmarks.bench_http
+	$(BIN)/python -m benchmarks.bench_http --redis
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
