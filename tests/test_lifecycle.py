@@ -1,0 +1,423 @@
+"""The lifecycle on real SQLite logs: the apprentice and guardrail scenarios, replicas that
+switch at the same learn event, recovery of what is served, and the records on both stores.
+
+The scenarios run the engine as the server does (decisions logged, rewards joined through
+the log, the lifecycle following the learn stream), on simulated users whose true expected
+rewards are known: every claim about "better" or "worse" is checked against that truth, not
+only against the estimates. Seeds are fixed; the margins asserted are several times what
+the runs show, so that a different CPU (another rounding, another path of the decisions)
+keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from banditrec.engine import Engine, prior_model
+from banditrec.features import load_default_schema
+from banditrec.lifecycle.apprentice import ApprenticeError, ServingMode, apprentice_round
+from banditrec.lifecycle.records import (
+    CandidateSpec,
+    RedisRecords,
+    SQLiteRecords,
+    SwitchRecord,
+    records_for,
+)
+from banditrec.lifecycle.service import Lifecycle, LifecycleSettings
+from banditrec.policies import build_policy
+from banditrec.sim import AppSimulator, DriftingAppSimulator
+from banditrec.snapshot import Model, load_model, model_bytes
+from banditrec.store import LearnKind, RewardRules
+from banditrec.store.redis import RedisEventStore
+from banditrec.store.sqlite import SQLiteEventStore
+from redis_server import RedisServer
+
+SCHEMA = load_default_schema()
+K, D = SCHEMA.n_actions, SCHEMA.n_features
+#: The app's current rule: a sensible one (0.52 of a possible 0.61 on the simulator).
+RULES: list[dict[str, Any]] = [
+    {"if": {"segment": "high", "device": "ios"}, "then": "deep_link_to_store"},
+    {"if": {"segment": "low"}, "then": "show_bonus_offer"},
+    {"if": {"device": "android"}, "then": "invite_friend"},
+    {"else": "suggest_new_app"},
+]
+
+
+class Clock:
+    """Seconds that the test moves: one per decision."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def contexts(sim: AppSimulator, n: int, seed: int) -> tuple[list[dict[str, Any]], Any]:
+    columns = sim.sample_contexts(n, np.random.default_rng(seed))
+    rows = [{f: columns[f][i].item() for f in SCHEMA.field_names} for i in range(n)]
+    return rows, columns
+
+
+def rule_policy() -> Any:
+    return build_policy("fixed_rule", {"rules": RULES}, schema=SCHEMA).reset(K, D)
+
+
+def open_engine(path: Path, clock: Clock, policy: Any = None, seed: int = 2) -> Engine:
+    store = SQLiteEventStore(path, SCHEMA.encoding_hash)
+    return Engine(prior_model(SCHEMA, policy), np.random.default_rng(seed), store, RewardRules(),
+                  clock)  # fmt: skip
+
+
+def close(engine: Engine) -> None:
+    engine.close()
+    assert engine.store is not None
+    engine.store.close()
+
+
+# -- apprentice mode --------------------------------------------------------------------
+
+
+def test_apprentice_serves_the_baseline_with_honest_probabilities() -> None:
+    mode = ServingMode(explore=0.2, rule=rule_policy())
+    own = np.array([0.1, 0.6, 0.2, 0.1])
+    eligible = np.ones(K, dtype=bool)
+    x = SCHEMA.vectorize({**first_context(), "segment": "low"})
+    served = mode.serve(own.copy(), eligible, None, x, SCHEMA.actions)
+    # The rule says show_bonus_offer (index 0) for a low-segment user.
+    assert served.tolist() == pytest.approx([0.8 + 0.02, 0.12, 0.04, 0.02])
+    assert served.sum() == pytest.approx(1.0)
+    seen = apprentice_round(mode.mark("m@1"), served, 1)
+    assert seen is not None
+    assert (seen.propensity, seen.own, seen.baseline) == pytest.approx((0.12, 0.6, 0.0))
+    # Sent by the app, the baseline wins over the configured rule.
+    sent = mode.serve(own.copy(), eligible, "invite_friend", x, SCHEMA.actions)
+    assert int(np.argmax(sent)) == 1
+
+
+def test_apprentice_refuses_a_missing_or_ineligible_baseline() -> None:
+    mode = ServingMode(explore=0.1)
+    x = SCHEMA.vectorize(first_context())
+    eligible = np.array([True, False, True, True])
+    with pytest.raises(ApprenticeError, match="no fixed rule is configured: send"):
+        mode.serve(np.full(K, 0.25), eligible, None, x, SCHEMA.actions)
+    with pytest.raises(ApprenticeError, match="'invite_friend' is excluded or disabled"):
+        mode.serve(np.full(K, 0.25), eligible, "invite_friend", x, SCHEMA.actions)
+    with pytest.raises(ValueError, match="Unknown baseline_action 'nope'"):
+        mode.serve(np.full(K, 0.25), eligible, "nope", x, SCHEMA.actions)
+    with pytest.raises(ValueError, match=r"share must lie in \[0, 0.4\]"):
+        ServingMode(explore=0.5)
+
+
+def first_context() -> dict[str, Any]:
+    return contexts(AppSimulator(), 1, 0)[0][0]
+
+
+async def _apprentice_run(tmp_path: Path, n: int) -> dict[str, Any]:
+    sim = AppSimulator(reward_scale=2.0)
+    rows, columns = contexts(sim, n, seed=1)
+    mu = sim.expected_rewards(columns)
+    rng = np.random.default_rng(1)
+    clock = Clock()
+    engine = open_engine(tmp_path / "events.db", clock)
+    settings = LifecycleSettings(
+        apprentice=True, apprentice_explore=0.2, apprentice_hold_seconds=1000.0,
+        window=2000, check_every=250,
+    )  # fmt: skip
+    lifecycle = Lifecycle.attach(engine, engine.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+    checks, own_true, base_true, served_true, apprentice = [], [], [], [], []
+    for i in range(n):
+        clock.now += 1.0
+        record = await engine.rank(rows[i])
+        seen = apprentice_round(record.model_version, record.probabilities, record.action_index)
+        apprentice.append(seen is not None)
+        if seen is not None:  # the truth of both policies at this decision
+            b = int(np.argmax(record.probabilities))
+            own = (record.probabilities - 0.8 * (np.arange(K) == b)) / 0.2
+            own_true.append(float(own @ mu[i]))
+            base_true.append(float(mu[i, b]))
+        served_true.append(float(mu[i, record.action_index]))
+        await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+        if i % 250 == 249:
+            await lifecycle.step()
+            estimate = lifecycle.estimate("apprentice")
+            checks.append((i, clock.now, lifecycle.state.serving, estimate))
+    switches = lifecycle.records.switches()
+    close(engine)
+    return {
+        "checks": checks, "own_true": np.array(own_true), "base_true": np.array(base_true),
+        "served_true": np.array(served_true), "apprentice": np.array(apprentice),
+        "switches": switches,
+    }  # fmt: skip
+
+
+def test_apprentice_starts_behind_overtakes_and_switches_only_after_the_interval(
+    tmp_path: Path,
+) -> None:
+    """The scenario of docs/benchmarks.md: banditrec starts from nothing in the shadow of a
+    sensible rule, is behind it, learns past it, and serves its own choices only once the
+    lower bound of its lift stayed above zero for the hold time (1000 s, 1000 decisions)."""
+    run = asyncio.run(_apprentice_run(tmp_path, n=7000))
+    own, base = run["own_true"], run["base_true"]
+    # Behind at first (truth): the prior is close to uniform, the rule is not.
+    # (The run shows 0.435 against 0.492 over the first 100 decisions.)
+    assert own[:100].mean() < base[:100].mean() - 0.03
+    first = run["checks"][0][3]  # after 250 decisions: -0.016 [-0.051, ...]
+    assert first.lift.ci_low < 0 and first.lift.value < 0.01
+    # One switch, to its own choices, with the interval in its reason.
+    (switch,) = run["switches"]
+    assert switch.kind == "serve_mode" and switch.target == "own"
+    assert "lower bound above 0 for 1,000 s" in switch.reason
+    # Only after the interval said so: every check before the lower bound first cleared 0
+    # was in apprentice mode, and from then to the switch it stayed above 0 for 1000 s.
+    apprentice_checks = [c for c in run["checks"] if c[2] == "apprentice" and c[3].lift]
+    cleared = [c for c in apprentice_checks if c[3].lift.ci_low > 0]
+    assert cleared, "the lower bound never cleared 0"
+    held_from = cleared[0][1]
+    assert all(c[3].lift.ci_low > 0 for c in apprentice_checks if c[1] >= held_from)
+    assert switch.at - held_from >= 1000.0
+    n_apprentice = int(run["apprentice"].sum())
+    assert run["apprentice"][:n_apprentice].all() and not run["apprentice"][n_apprentice:].any()
+    # Overtaken (truth): over the last 1000 apprentice decisions its own choices were
+    # better than the rule's (0.579 against 0.528), and once switched it serves better than
+    # the rule did (0.594 against 0.521).
+    assert own[-1000:].mean() > base[-1000:].mean() + 0.02
+    assert run["served_true"][n_apprentice + 250 :].mean() > base.mean() + 0.03
+
+
+def test_apprentice_without_exploration_never_switches_by_itself(tmp_path: Path) -> None:
+    """With ε = 0 nothing is known about the own choices off the baseline: no estimate can
+    clear the gate, and only an admin switch (through the log) ends apprentice mode."""
+
+    async def run() -> tuple[list[SwitchRecord], bool, bool]:
+        clock = Clock()
+        engine = open_engine(tmp_path / "events.db", clock)
+        settings = LifecycleSettings(apprentice=True, apprentice_explore=0.0,
+                                     apprentice_hold_seconds=0.0, check_every=100)  # fmt: skip
+        lifecycle = Lifecycle.attach(engine, engine.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        sim = AppSimulator(reward_scale=2.0)
+        rows, columns = contexts(sim, 1500, seed=3)
+        mu, rng = sim.expected_rewards(columns), np.random.default_rng(3)
+        for i, row in enumerate(rows):
+            record = await engine.rank(row)
+            assert record.probability == 1.0  # the baseline, always
+            await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+        while await lifecycle.step():
+            pass
+        before = engine.serving is not None
+        await lifecycle.set_serving("own", "admin: test")
+        after = engine.serving is not None
+        switches = lifecycle.records.switches()
+        close(engine)
+        return switches, before, after
+
+    switches, before, after = asyncio.run(run())
+    assert before and not after
+    assert [(s.kind, s.target, s.reason) for s in switches] == [
+        ("serve_mode", "own", "admin: test")
+    ]
+
+
+# -- the guardrail ----------------------------------------------------------------------
+
+
+def offline_model(n: int, epsilon: float) -> bytes:
+    """LinUCB trained offline on `n` uniform pre-drift rounds (a confident model that is
+    slow to unlearn), exploring with `epsilon`."""
+    sim = AppSimulator(reward_scale=2.0)
+    rows, columns = contexts(sim, n, seed=3)
+    mu = sim.expected_rewards(columns)
+    X = np.stack([SCHEMA.vectorize(row) for row in rows])
+    rng = np.random.default_rng(4)
+    actions = rng.integers(0, K, n)
+    rewards = (rng.random(n) < mu[np.arange(n), actions]).astype(float)
+    policy = build_policy("linucb", exploration_params={"epsilon": epsilon}).reset(K, D)
+    policy.update_batch(X, actions, rewards)
+    return model_bytes(Model(policy, SCHEMA, created_at="2026-01-01", version="offline"))
+
+
+async def _guardrail_run(tmp_path: Path, n: int, upload_at: int, drift_at: int) -> dict[str, Any]:
+    sim = DriftingAppSimulator(drift_at=drift_at, reward_scale=2.0)
+    rows, columns = contexts(sim, n, seed=1)
+    mu = sim.expected_rewards_at(columns, np.arange(n))
+    rng = np.random.default_rng(1)
+    clock = Clock()
+    engine = open_engine(tmp_path / "events.db", clock, build_policy("linucb", {"gamma": 0.995}))
+    settings = LifecycleSettings(window=2000, check_every=250, guardrail_margin=0.05,
+                                 min_effective_sample_size=50)  # fmt: skip
+    lifecycle = Lifecycle.attach(engine, engine.store, settings)  # type: ignore[arg-type]
+    served, estimates = [], []
+    data = offline_model(50_000, epsilon=0.1)
+    for i in range(n):
+        clock.now += 1.0
+        if i == upload_at:
+            await lifecycle.upload(data, "trained offline", activate=True)
+        record = await engine.rank(rows[i])
+        served.append(float(mu[i, record.action_index]))
+        await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+        if i % 250 == 249:
+            await lifecycle.step()
+            estimates.append((i, lifecycle.estimate("previous")))
+    result = {
+        "served": np.array(served), "switches": lifecycle.records.switches(),
+        "versions": lifecycle.records.versions(), "estimates": estimates,
+        "state": lifecycle.state_now(),
+    }  # fmt: skip
+    close(engine)
+    return result
+
+
+def test_guardrail_rolls_back_after_a_drift(tmp_path: Path) -> None:
+    """The drift scenario of docs/benchmarks.md: a model trained offline is uploaded and
+    served; the app's users then change their preferences; the uploaded model, confident in
+    what it learned, serves yesterday's favourites, while the previous version (LinUCB that
+    forgets, γ = 0.995) keeps learning in shadow. The guardrail rolls back to it once its
+    lower bound beats the live value by the margin, and what is served recovers."""
+    upload_at, drift_at, n = 3000, 6000, 11_000
+    run = asyncio.run(_guardrail_run(tmp_path, n, upload_at, drift_at))
+    served = run["served"]
+    kinds = [(s.kind, s.reason.split(":")[0]) for s in run["switches"]]
+    assert kinds == [("promote", "upload"), ("rollback", "guardrail")]
+    rollback = run["switches"][1]
+    # Not before the drift: the uploaded model was as good as the previous one until then.
+    assert rollback.seq > drift_at + 100  # one learn event per decision (its reward)
+    assert "previous version v1 is estimated better" in rollback.reason
+    # Truth: the drift hurt, the rollback healed.
+    drifted = served[drift_at : drift_at + 1000].mean()
+    before = served[upload_at:drift_at].mean()
+    after = served[-1500:].mean()
+    assert drifted < before - 0.15
+    assert after > drifted + 0.15
+    # The versions: the base (v1), the upload (v2), the rolled-back state (v3, of v1).
+    assert [(v.id, v.kind, v.parent) for v in run["versions"]] == [
+        ("v1", "base", None), ("v2", "upload", None), ("v3", "rollback", "v1"),
+    ]  # fmt: skip
+    assert run["state"].live_version == "v3" and run["state"].previous_version == "v2"
+    # No lower bound cleared the margin before the drift.
+    for i, estimate in run["estimates"]:
+        if i < drift_at and estimate is not None and estimate.lift is not None:
+            assert estimate.lift.ci_low < 0.05
+
+
+# -- replicas, recovery ----------------------------------------------------------------
+
+
+def test_two_engines_on_one_log_switch_at_the_same_seq(tmp_path: Path) -> None:
+    """A promotion made through one engine is applied by another on the same SQLite log at
+    the same learn event; both then hold the same model, bit for bit, and an engine started
+    later from the base model replays to the same model too."""
+
+    async def run() -> None:
+        clock = Clock()
+        path = tmp_path / "events.db"
+        a, b = open_engine(path, clock, seed=1), open_engine(path, clock, seed=2)
+        settings = LifecycleSettings(apprentice=True, apprentice_explore=0.3)
+        life_a = Lifecycle.attach(a, a.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        Lifecycle.attach(b, b.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        sim = AppSimulator()
+        rows, columns = contexts(sim, 600, seed=5)
+        mu, rng = sim.expected_rewards(columns), np.random.default_rng(5)
+        await asyncio.to_thread(
+            life_a.add_candidate,
+            CandidateSpec("greedy", 0.0, "epsilon_greedy", {"ridge": 1.0}),
+        )
+        for i, row in enumerate(rows):
+            engine = a if i % 2 else b
+            record = await engine.rank(row)
+            await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+            if i == 300:
+                await life_a.step()
+                serve = await life_a.set_serving("own")
+                promote = await life_a.promote("greedy", force=True)
+            b.catch_up()
+        a.catch_up()
+        assert a.applied_offset == b.applied_offset
+        for engine in (a, b):
+            assert engine.serving is None
+            assert engine.policy.name == "epsilon_greedy"
+            assert engine.model.lifecycle == {
+                "serving": "own", "live_version": "v2", "previous_version": None,
+            }  # fmt: skip
+        for name, value in a.policy.get_state().items():
+            assert np.array_equal(value, b.policy.get_state()[name]), name
+        # Decisions of both engines before each switch were apprentice ones, none after.
+        assert promote.seq == serve.seq + 1
+        # A third engine, started from the base model, replays the switches in the log.
+        c = open_engine(path, clock, seed=3)
+        Lifecycle.attach(c, c.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        c.catch_up()
+        assert c.policy.name == "epsilon_greedy" and c.serving is None
+        for name, value in a.policy.get_state().items():
+            assert np.array_equal(value, c.policy.get_state()[name]), name
+        for engine in (a, b, c):
+            close(engine)
+
+    asyncio.run(run())
+
+
+def test_what_is_served_travels_with_snapshots(tmp_path: Path) -> None:
+    """A snapshot taken after a switch restores it: an engine recovered from the snapshot
+    alone (no switch entry in its tail) serves as the log decided, not as configured."""
+
+    async def run() -> None:
+        clock = Clock()
+        engine = open_engine(tmp_path / "events.db", clock)
+        settings = LifecycleSettings(apprentice=True)
+        lifecycle = Lifecycle.attach(engine, engine.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        await lifecycle.set_serving("own")
+        data = model_bytes(engine.snapshot_model())
+        close(engine)
+        restored = load_model("snapshot", SCHEMA, data)
+        again = Engine(restored, np.random.default_rng(0),
+                       SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash))  # fmt: skip
+        Lifecycle.attach(again, again.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        assert again.serving is None and restored.lifecycle["serving"] == "own"
+        close(again)
+
+    asyncio.run(run())
+
+
+# -- the records, on both stores --------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_records_round_trip(backend: str, tmp_path: Path) -> None:
+    if backend == "sqlite":
+        store: Any = SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash)
+        server = None
+    else:
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+        store = RedisEventStore.from_url(server.url, SCHEMA.encoding_hash, prefix="t")
+    try:
+        records = records_for(store)
+        assert isinstance(records, SQLiteRecords if backend == "sqlite" else RedisRecords)
+        first = records.add_version("base", "b", 3, "linucb", b"one")
+        second = records.add_version("upload", "u", 9, "ridge", b"two", parent="v1")
+        assert (first.id, second.id) == ("v1", "v2")
+        assert records.versions() == [first, second]
+        assert records.version_model("v2") == b"two" and records.version_model("v9") is None
+        spec = CandidateSpec("c1", 1.0, "linucb", {"alpha": 0.1}, model=None)
+        filed = CandidateSpec("c2", 2.0, model=b"npz")
+        assert records.put_candidate(spec) and records.put_candidate(filed)
+        assert not records.put_candidate(spec)
+        assert records.candidates() == [spec, filed]
+        assert records.remove_candidate("c1") and not records.remove_candidate("c1")
+        records.record_switch(SwitchRecord(12, "promote", "v2", 5.0, ""))
+        records.record_switch(SwitchRecord(12, "promote", "v2", 5.0, "why"))
+        records.record_switch(SwitchRecord(4, "serve_mode", "own", 4.0, "first"))
+        assert [(s.seq, s.reason) for s in records.switches()] == [(4, "first"), (12, "why")]
+        # The switch entries themselves are learn-stream entries, in both backends.
+        seq = store.append_action_change(LearnKind.promote, "v2", 6.0)
+        (event,) = store.learn_events_after(seq - 1)
+        assert (event.kind, event.event_id) == (LearnKind.promote, "v2")
+        records.close()
+    finally:
+        store.close()
+        if server is not None:
+            server.kill()
