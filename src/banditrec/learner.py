@@ -209,7 +209,6 @@ class Learner:
     def __post_init__(self) -> None:
         self.owner = self.owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._last_sweep = 0.0
-        self._last_retention = time.monotonic()  # not at once: the server is starting
         self._last_snapshot_time = time.monotonic()
         self._last_snapshot_offset = self.engine.applied_offset
         self._holding = False
@@ -254,6 +253,9 @@ class Learner:
         the snapshot lease is released, so a restarted server snapshots at once.
         """
         follow = None if self._follower is None else asyncio.create_task(self._follower.run())
+        # Retention runs beside the steps, not in them: a long first run over a large log
+        # must not hold up learning, default rewards or snapshots.
+        retain = None if self.retention is None else asyncio.create_task(self._retain())
         try:
             while True:
                 try:
@@ -269,10 +271,11 @@ class Learner:
                     self.metrics.learner_faulty(self.fault is not None)
                 await asyncio.sleep(delay)
         finally:
-            if follow is not None:
-                follow.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follow
+            for task in (follow, retain):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.release_lease()
 
     async def step(self) -> None:
@@ -287,11 +290,6 @@ class Learner:
         if now - self._last_sweep >= self.default_sweep_interval:
             self._last_sweep = now
             await self.apply_default_rewards()
-        if self.retention is not None and now - self._last_retention >= (
-            self.retention.every_seconds
-        ):
-            self._last_retention = now
-            await self.run_retention()
         await self._refresh_lease(now)
         if self._holding and self._snapshot_due(now) and self._snapshot.ready(now):
             try:
@@ -323,6 +321,12 @@ class Learner:
         if total:
             logger.info("Applied the default reward to %d expired decisions.", total)
         return total
+
+    async def _retain(self) -> None:
+        assert self.retention is not None
+        while True:
+            await asyncio.sleep(self.retention.every_seconds)  # not at once: starting up
+            await self.run_retention()
 
     async def run_retention(self) -> None:
         """Run the retention job once if it is configured (see `banditrec.retention`); a
