@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS learn_events (
     x BLOB NOT NULL,
     reward REAL NOT NULL,
     weight REAL NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    propensity REAL                         -- the decision's logged probability (NULL: none)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     base_version TEXT PRIMARY KEY,          -- a base model (trained offline) ...
@@ -358,18 +359,19 @@ class SQLiteEventStore:
         self, db: sqlite3.Connection, event_id: str, value: float, now: float, rules: RewardRules
     ) -> tuple[RewardOutcome, float | None, str | None]:
         row = db.execute(
-            "SELECT state, deadline, action_index, action, x, reward_total "
+            "SELECT state, deadline, action_index, action, x, reward_total, probability "
             "FROM decisions WHERE event_id = ?",
             (event_id,),
         ).fetchone()
         if row is None:
             return RewardOutcome.unknown, None, None
-        state, deadline, action_index, action, x, total = row
+        state, deadline, action_index, action, x, total, propensity = row
         join = rewards.join_reward(state, deadline, total, value, now, rules)
         if join.learn is not None:
             self._append_learn_event(
-                db, event_id, join.learn.kind.value, action_index, x, join.learn.reward, now
-            )
+                db, event_id, join.learn.kind.value, action_index, x, join.learn.reward, now,
+                propensity,
+            )  # fmt: skip
             db.execute(
                 "UPDATE decisions SET state = ?, reward_total = ? WHERE event_id = ?",
                 (join.state, join.total, event_id),
@@ -385,11 +387,12 @@ class SQLiteEventStore:
         x: bytes,
         reward: float,
         now: float,
+        propensity: float,
     ) -> None:
         db.execute(
             "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
-            "created_at) VALUES (?, ?, ?, ?, ?, 1.0, ?)",
-            (event_id, kind, action_index, x, reward, now),
+            "created_at, propensity) VALUES (?, ?, ?, ?, ?, 1.0, ?, ?)",
+            (event_id, kind, action_index, x, reward, now, propensity),
         )
 
     def activate(self, event_id: str, now: float, rules: RewardRules) -> bool | None:
@@ -413,7 +416,7 @@ class SQLiteEventStore:
         by_action: dict[str, int] = {}
         with self._transaction() as db:
             expired = db.execute(
-                "SELECT seq, event_id, action_index, action, x FROM decisions "
+                "SELECT seq, event_id, action_index, action, x, probability FROM decisions "
                 "WHERE state = 'pending' AND deadline < ? ORDER BY deadline LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -422,8 +425,8 @@ class SQLiteEventStore:
             reward = rules.default_reward
             db.executemany(
                 "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
-                "created_at) VALUES (?, 'default', ?, ?, ?, 1.0, ?)",
-                [(event_id, index, x, reward, now) for _, event_id, index, _, x in expired],
+                "created_at, propensity) VALUES (?, 'default', ?, ?, ?, 1.0, ?, ?)",
+                [(event_id, index, x, reward, now, p) for _, event_id, index, _, x, p in expired],
             )
             db.executemany(
                 "UPDATE decisions SET state = 'defaulted', reward_total = ? WHERE seq = ?",
@@ -446,8 +449,8 @@ class SQLiteEventStore:
     def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:
         with self._read_lock:
             rows = self._read.execute(
-                "SELECT seq, event_id, kind, action_index, x, reward, weight FROM learn_events "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, event_id, kind, action_index, x, reward, weight, propensity "
+                "FROM learn_events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (offset, limit),
             ).fetchall()
         return [
@@ -459,8 +462,9 @@ class SQLiteEventStore:
                 reward=reward,
                 weight=weight,
                 kind=LearnKind(kind),
+                propensity=propensity,
             )
-            for seq, event_id, kind, action_index, x, reward, weight in rows
+            for seq, event_id, kind, action_index, x, reward, weight, propensity in rows
         ]
 
     def append_action_change(self, kind: LearnKind, action: str, now: float) -> int:
@@ -628,6 +632,9 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
     if "user_id" not in columns:  # logs written before user ids were kept: NULL for those
         db.execute("ALTER TABLE decisions ADD COLUMN user_id TEXT")
+    learned = {row[1] for row in db.execute("PRAGMA table_info(learn_events)")}
+    if "propensity" not in learned:  # learn events written before: NULL (read as None)
+        db.execute("ALTER TABLE learn_events ADD COLUMN propensity REAL")
 
 
 def _check_writable(path: Path) -> None:
