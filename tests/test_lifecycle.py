@@ -421,3 +421,26 @@ def test_records_round_trip(backend: str, tmp_path: Path) -> None:
         store.close()
         if server is not None:
             server.kill()
+
+
+def test_an_older_sqlite_log_gains_the_propensity_column(tmp_path: Path) -> None:
+    """A log written before learn events kept their propensity is upgraded in place: its
+    learn events read back with none, new ones with theirs."""
+    import sqlite3
+
+    path = tmp_path / "events.db"
+    SQLiteEventStore(path, SCHEMA.encoding_hash).close()
+    with sqlite3.connect(path) as db:  # what an older banditrec wrote
+        db.execute("ALTER TABLE learn_events DROP COLUMN propensity")
+        db.execute(
+            "INSERT INTO learn_events (event_id, kind, action_index, x, reward, weight, "
+            "created_at) VALUES ('old', 'reward', 0, x'', 1.0, 1.0, 0.0)"
+        )
+    store = SQLiteEventStore(path, SCHEMA.encoding_hash)
+    try:
+        (old,) = store.learn_events_after(0)
+        assert (old.event_id, old.propensity) == ("old", None)
+        seq = store.append_action_change(LearnKind.serve_mode, "own", 1.0)
+        assert store.learn_events_after(seq - 1)[0].propensity is None
+    finally:
+        store.close()

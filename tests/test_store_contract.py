@@ -574,3 +574,22 @@ def check_against_the_rules(
             expected += [(e.event_id, e.kind, e.reward) for e in got_defaults]
     assert [(e.event_id, e.kind, e.reward) for e in store.learn_events_after(0)] == expected
     assert {d.event_id: t for d, t in store.iter_decisions()} == {i: model[i][2] for i in ids}
+
+
+def test_learn_events_carry_the_logged_propensity(store: Any) -> None:
+    """Off-policy estimates of shadows need each learned round's logged probability: rewards,
+    corrections and default rewards carry their decision's; other entries none."""
+    rules = SUM_RULES
+    store.log_decisions([decision("r"), decision("d")], rules)
+    store.record_reward("r", 0.5, 1001.0, rules)
+    store.record_reward("r", 0.25, 1002.0, rules)  # a correction under "sum"
+    store.apply_default_rewards(1200.0, rules)
+    seq = store.append_action_change(LearnKind.promote, "v1", 1300.0)
+    events = store.learn_events_after(0)
+    assert [(e.kind, e.event_id, e.propensity) for e in events] == [
+        (LearnKind.reward, "r", 0.9),
+        (LearnKind.correction, "r", 0.9),
+        (LearnKind.default, "d", 0.9),
+        (LearnKind.promote, "v1", None),
+    ]
+    assert events[-1].seq == seq

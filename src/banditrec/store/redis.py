@@ -555,4 +555,5 @@ def _learn_event(entry_id: bytes, fields: dict[bytes, bytes]) -> LearnEvent:
         reward=float(fields[b"r"]),
         weight=float(fields[b"w"]),
         kind=LearnKind(fields[b"k"].decode()),
+        propensity=float(fields[b"p"]) if fields.get(b"p") else None,  # older entries: none
     )

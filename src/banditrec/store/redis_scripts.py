@@ -57,10 +57,11 @@ local function clip(v, lo, hi)
   if hi < v then v = hi end
   return v
 end
-local function learn(event_id, kind, action_index, x, reward, weight, now)
+-- propensity: the decision's logged probability ('' for entries that are not rewards).
+local function learn(event_id, kind, action_index, x, reward, weight, now, propensity)
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('XADD', P .. 'learn', string.format('%d-0', seq), 'e', event_id, 'k', kind,
-    'a', action_index, 'x', x, 'r', reward, 'w', weight, 't', now)
+    'a', action_index, 'x', x, 'r', reward, 'w', weight, 't', now, 'p', propensity)
   return seq
 end
 -- A call retried after a lost reply finds its first result here instead of running twice.
@@ -133,8 +134,9 @@ local aggregation, lo, hi, token = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local before = replay(token)
 if before then return before end
 local key = P .. 'd:' .. id
-local h = redis.call('HMGET', key, 'st', 'dl', 'tot', 'ai', 'a', 'x')
+local h = redis.call('HMGET', key, 'st', 'dl', 'tot', 'ai', 'a', 'x', 'p')
 local state, deadline, total, index, action, x = h[1], h[2], h[3], h[4], h[5], h[6]
+local propensity = h[7] or ''
 local outcome
 if not state then
   outcome, total, action = 'unknown', false, false
@@ -144,7 +146,7 @@ elseif state == 'defaulted' or now > tonumber(deadline) then
   outcome = 'late'
 elseif state == 'pending' then
   outcome, total = 'learned', fmt(clip(value, lo, hi))
-  learn(id, 'reward', index, x, total, '1', ARGV[4])
+  learn(id, 'reward', index, x, total, '1', ARGV[4], propensity)
   redis.call('HSET', key, 'st', 'rewarded', 'tot', total)
   redis.call('ZREM', P .. 'pending', id)
 elseif aggregation == 'earliest' then
@@ -154,7 +156,7 @@ else
   local old = tonumber(total)
   local new = clip(old + value, lo, hi)
   if new ~= old then  -- the correction moves b only (see LinUCB.correct)
-    learn(id, 'correction', index, x, fmt(new - old), '1', ARGV[4])
+    learn(id, 'correction', index, x, fmt(new - old), '1', ARGV[4], propensity)
     total = fmt(new)
     redis.call('HSET', key, 'tot', total)
   end
@@ -189,9 +191,9 @@ local ids = redis.call('ZRANGEBYSCORE', P .. 'pending', '-inf', '(' .. now,
 local actions = {}
 for _, id in ipairs(ids) do
   local key = P .. 'd:' .. id
-  local h = redis.call('HMGET', key, 'st', 'ai', 'a', 'x')
+  local h = redis.call('HMGET', key, 'st', 'ai', 'a', 'x', 'p')
   if h[1] == 'pending' then
-    learn(id, 'default', h[2], h[4], reward, '1', now)
+    learn(id, 'default', h[2], h[4], reward, '1', now, h[5] or '')
     redis.call('HSET', key, 'st', 'defaulted', 'tot', reward)
     actions[#actions + 1] = h[3]
   end
@@ -230,7 +232,7 @@ ACTION_CHANGE = (
     + """
 local before = replay(ARGV[5])
 if before then return tonumber(before[1]) end
-local seq = learn(ARGV[3], ARGV[2], '-1', '', '0', '0', ARGV[4])
+local seq = learn(ARGV[3], ARGV[2], '-1', '', '0', '0', ARGV[4], '')
 remember(ARGV[5], {tostring(seq)})
 return seq
 """
