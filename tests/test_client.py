@@ -274,6 +274,22 @@ def test_rank_with_actions_and_a_repeated_event_id(open_server: Served) -> None:
         assert open_server.decisions("order-1") == 1
 
 
+def test_rank_with_explain_types_every_actions_explanation(open_server: Served) -> None:
+    with Client(open_server.url, trust_env=False) as client:
+        plain = client.rank(SEED_CONTEXT)
+        explained = client.rank(SEED_CONTEXT, excluded_actions=["invite_friend"], explain=True)
+    assert all(a.mean is None and a.reason is None for a in plain.ranking)
+    assert plain.explanation_version is None
+    assert explained.explanation_version is not None
+    by_action = {a.action_id: a for a in explained.ranking}
+    assert by_action["invite_friend"].reason == "excluded"
+    assert by_action[explained.action_id].reason in ("best", "explored")
+    for action in explained.ranking:
+        assert action.mean is not None and action.width is not None and action.width >= 0
+        assert action.contributions  # LinUCB: a sum over the features
+        assert sum(action.contributions.values()) == pytest.approx(action.mean, abs=1e-9)
+
+
 def test_recommend_is_the_seeds_route(open_server: Served) -> None:
     context = {k: v for k, v in SEED_REQUEST.items() if k != "user_id"}
     with Client(open_server.url, trust_env=False) as client:

@@ -200,6 +200,8 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
         event_id: str | None,
         defer_activation: bool,
         user_id: str | None = None,
+        explain: bool = False,
+        baseline_action: str | None = None,
     ) -> Call[Decision]:
         body: dict[str, Any] = {
             "context": dict(context),
@@ -211,6 +213,10 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
             body["actions"] = list(actions)
         if user_id is not None:
             body["user_id"] = user_id
+        if explain:
+            body["explain"] = True
+        if baseline_action is not None:
+            body["baseline_action"] = baseline_action
         return Call("POST", "/v1/rank", lambda r, a: Decision.from_json(_json(r), a.count), body)
 
     @staticmethod

@@ -118,10 +118,21 @@ class AsyncClient:
         event_id: str | None = None,
         defer_activation: bool = False,
         user_id: str | None = None,
+        explain: bool = False,
+        baseline_action: str | None = None,
     ) -> Decision:
         """As `Client.rank`."""
         return await self._run(
-            calls.rank(context, actions, excluded_actions, event_id, defer_activation, user_id)
+            calls.rank(
+                context,
+                actions,
+                excluded_actions,
+                event_id,
+                defer_activation,
+                user_id,
+                explain,
+                baseline_action,
+            )
         )
 
     async def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:

@@ -87,6 +87,11 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _optional(kind: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    """`kind`, letting JSON null through as None."""
+    return lambda value: None if value is None else kind(value)
+
+
 def _object(body: Any) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise InvalidResponse(
@@ -102,11 +107,22 @@ def _number_map(value: Any) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class RankedAction:
-    """One action of a ranking: its serving probability and its score."""
+    """One action of a ranking: its serving probability and its score.
+
+    With ``rank(..., explain=True)`` also: `mean` (the estimated mean reward), `width` (its
+    uncertainty), `contributions` (feature name -> its part of the mean; they add up to
+    the mean for the linear policies, empty for the others) and `reason` (why it got its
+    probability: ``best``, ``explored``, ``capped``, ``excluded``, ``disabled``,
+    ``baseline``). None without ``explain``.
+    """
 
     action_id: str
     probability: float
     score: float
+    mean: float | None = None
+    width: float | None = None
+    contributions: dict[str, float] | None = None
+    reason: str | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> RankedAction:
@@ -115,6 +131,10 @@ class RankedAction:
             _get(body, "action_id", _string),
             _get(body, "probability", _number),
             _get(body, "score", _number),
+            mean=_get(body, "mean", _optional(_number), None),
+            width=_get(body, "width", _optional(_number), None),
+            contributions=_get(body, "contributions", _optional(_number_map), None),
+            reason=_get(body, "reason", _optional(_string), None),
         )
 
 
@@ -142,6 +162,9 @@ class Decision:
         first try was logged and its reply lost.
     context_mismatch
         A replayed decision was made for another context: an event id was reused by mistake.
+    explanation_version
+        With ``explain``: the model state the explanations were computed from (the
+        decision's `model_version` unless a learn event was applied in between).
     attempts
         How many times the request was sent.
     """
@@ -154,6 +177,7 @@ class Decision:
     deferred: bool = False
     replayed: bool = False
     context_mismatch: bool = False
+    explanation_version: str | None = None
     attempts: int = 1
 
     @property
@@ -174,6 +198,7 @@ class Decision:
             deferred=_get(body, "deferred", _flag, False),
             replayed=_get(body, "replayed", _flag, False),
             context_mismatch=_get(body, "context_mismatch", _flag, False),
+            explanation_version=_get(body, "explanation_version", _optional(_string), None),
             attempts=attempts,
         )
 
@@ -263,7 +288,7 @@ class RewardReceipt:
             learned=_get(body, "learned", _flag),
             duplicate=_get(body, "duplicate", _flag),
             value=_get(body, "value", _number),
-            total=_get(body, "total", lambda v: None if v is None else _number(v), None),
+            total=_get(body, "total", _optional(_number), None),
             attempts=attempts,
         )
         if lost_reply and receipt.duplicate and receipt.total == receipt.value:

@@ -176,6 +176,8 @@ class Client:
         event_id: str | None = None,
         defer_activation: bool = False,
         user_id: str | None = None,
+        explain: bool = False,
+        baseline_action: str | None = None,
     ) -> Decision:
         """Rank the actions for a context and choose one (``POST /v1/rank``), logged.
 
@@ -196,6 +198,12 @@ class Client:
         user_id
             Whose decision (not a feature): logged with it, so that `forget_user` can
             delete it.
+        explain
+            Also return, for each action of the ranking, its estimated mean, its
+            uncertainty, each feature's contribution and the reason for its probability.
+        baseline_action
+            In apprentice mode: the action the app's own rule would take (served, except
+            for a small exploring share; docs/lifecycle.md).
 
         Returns
         -------
@@ -218,7 +226,16 @@ class Client:
         ('deep_link_to_store', 0.9933)
         """
         return self._run(
-            calls.rank(context, actions, excluded_actions, event_id, defer_activation, user_id)
+            calls.rank(
+                context,
+                actions,
+                excluded_actions,
+                event_id,
+                defer_activation,
+                user_id,
+                explain,
+                baseline_action,
+            )
         )
 
     def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:
