@@ -147,7 +147,7 @@ class Load:
             self._errors.append(exc)
 
     def _send(self, t: int) -> None:
-        rng = np.random.default_rng([t, len(self.prefix)])
+        rng = np.random.default_rng([t, ord(self.prefix[0])])  # other contexts each phase
         with httpx.Client(base_url=self.url, timeout=30) as client:
             for i in range(self.per_thread):
                 if self._stop.is_set():
