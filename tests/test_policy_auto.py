@@ -60,12 +60,13 @@ def test_the_served_probabilities_are_the_served_members_own() -> None:
         np.testing.assert_allclose(p, expected, rtol=1e-12, atol=1e-15)
 
 
-def test_it_narrows_its_width_where_narrow_earns_more_and_reports_it() -> None:
+def test_the_evidence_narrows_its_width_where_narrow_earns_more_and_it_reports_it() -> None:
     X, labels = classification_stream(4, 3000, 40, 8)
-    auto = AutoLinUCB().reset(8, 41)
+    # A huge prior width keeps the prior rule on α = 1: only the evidence can narrow it.
+    auto = AutoLinUCB(prior_width=100.0).reset(8, 41)
     reported = run(auto, X, labels, seed=5)
-    assert reported[0] == 1.0  # the `start` member
-    assert auto.alpha == 0.3  # the data said narrower: measured switch after ~200 events
+    assert reported[:10] == [1.0] * 10
+    assert auto.alpha == 0.3 and auto.served_[1] == 1  # chosen by the evidence
     assert reported.index(0.3) < 1000
     # And so it earns more than the width it started with, held fixed.
     fixed = LinUCB(alpha=1.0).reset(8, 41)
@@ -76,7 +77,7 @@ def test_it_narrows_its_width_where_narrow_earns_more_and_reports_it() -> None:
         fixed.update(x, a, float(a == label))
         earned += a == label
     rng, total = np.random.default_rng(5), 0.0
-    again = AutoLinUCB().reset(8, 41)
+    again = AutoLinUCB(prior_width=100.0).reset(8, 41)
     for x, label in zip(X, labels, strict=True):
         _, p = again.distribution(x, np.ones(8, dtype=bool), rng)
         a = sample_action(p, rng)
@@ -107,6 +108,19 @@ def test_replicas_applying_the_same_learn_events_serve_the_same_member() -> None
     assert follower.alpha == leader.alpha
 
 
+def test_until_the_evidence_decides_the_width_fits_the_contexts_size() -> None:
+    """α·√(mean xᵀx / λ) ≤ prior_width: α = 1 on small contexts, 0.3 on large ones."""
+    small, large = AutoLinUCB().reset(2, 5), AutoLinUCB().reset(2, 50)
+    assert small.alpha == large.alpha == 1.0  # nothing learned: every action ties anyway
+    small.update(np.ones(5), 0, 1.0)  # √(5 / 10) = 0.71: α = 1 fits
+    large.update(np.ones(50), 0, 1.0)  # √(50 / 10) = 2.2: only α = 0.3 fits (0.67)
+    assert (small.alpha, large.alpha) == (1.0, 0.3)
+    assert small.served_[1] == large.served_[1] == 0  # the prior rule, not yet the evidence
+    tiny = AutoLinUCB(alphas=[0.5, 1.0]).reset(2, 500)
+    tiny.update(np.ones(500), 0, 1.0)  # nothing fits: the narrowest
+    assert tiny.alpha == 0.5
+
+
 def test_the_floor_shrinks_where_the_model_is_certain_down_to_its_minimum() -> None:
     policy = AutoLinUCB(exploration=EpsilonGreedy(0.05)).reset(2, 3)
     x, eligible = np.array([1.0, 0.5, 1.0]), np.ones(2, dtype=bool)
@@ -131,7 +145,7 @@ def test_the_member_choice_survives_a_model_file(tmp_path: Path) -> None:
     schema = load_default_schema()
     rng = np.random.default_rng(8)
     policy = AutoLinUCB().reset(schema.n_actions, schema.n_features)
-    policy.served_[0] = 0  # as if the data had chosen the narrow member
+    policy.served_[:] = (0, 1)  # as if the data had chosen the narrow member
     policy.value_[:] = [3.0, 1.0]
     save_model(Model(policy, schema, "2026-01-01T00:00:00+00:00", "v1"), tmp_path / "m.npz")
     loaded = load_model(tmp_path / "m.npz", schema).policy
@@ -151,7 +165,7 @@ def test_the_member_choice_survives_a_model_file(tmp_path: Path) -> None:
         ({"alphas": []}, "at least one width"),
         ({"alphas": [0.3, -1.0]}, "alphas must be a finite number ≥ 0"),
         ({"alphas": [1.0, 1.0]}, "alphas must be distinct"),
-        ({"start": 2}, "start must index alphas"),
+        ({"prior_width": 0.0}, "prior_width must be a finite number > 0"),
         ({"switch_margin": float("nan")}, "switch_margin"),
         ({"min_epsilon_share": 0.0}, "min_epsilon_share must be in"),
         ({"exploration": Softmax()}, "its exploration rule must be epsilon_greedy"),

@@ -23,6 +23,13 @@ alone: replicas applying the same learn events in the same order hold the same s
 the same member (DESIGN principle 3 holds for the model; the member choice depends on the
 order, as a forgetting factor does).
 
+Until the evidence first decides, a prior rule serves: the widest member whose width on a
+typical learned context at the prior, ``α·√(mean xᵀx / λ)``, is at most `prior_width` (one
+reward span by default). A first bonus wider than the rewards' span outranks every learned
+difference, so in high dimension (digits, d = 65: 2.5 at α = 1) α = 1 keeps exploring long
+after it helps, while in low dimension (iris, d = 5: 0.7) it is what finds the classes. This
+too is a function of the learn stream (the mean of xᵀx over learned events).
+
 Exploration that shrinks where the model is certain
 ---------------------------------------------------
 The exploration floor of a decision is ``ε·c(x)``, where ``c(x) ∈ (0, 1]`` is how uncertain
@@ -68,8 +75,11 @@ class AutoLinUCB(RidgePolicy):
     ----------
     alphas
         The members' widths (distinct, ≥ 0, at least one).
-    start
-        Index in `alphas` of the member served before the data say otherwise.
+    prior_width
+        Until the data choose, the served member is the widest whose width on a typical
+        context at the prior, ``α·√(mean xᵀx / λ)``, is at most this (> 0). The default 1
+        is the span of rewards in [0, 1]: a wider first bonus outranks any learned difference
+        and keeps exploring long after it helps (high-dimensional contexts).
     switch_margin
         A member replaces the served one once its estimated value leads by more than this
         many standard errors of the paired difference (≥ 0).
@@ -84,7 +94,7 @@ class AutoLinUCB(RidgePolicy):
     --------
     >>> import numpy as np
     >>> policy = AutoLinUCB().reset(n_actions=2, n_features=2)
-    >>> policy.alpha  # before any data: the `start` member
+    >>> policy.alpha  # before any data: the widest member
     1.0
     >>> _, p = policy.distribution(np.array([1.0, 0.0]), np.ones(2, dtype=bool))
     >>> p.tolist()  # nothing learned: a tie, split evenly
@@ -100,9 +110,10 @@ class AutoLinUCB(RidgePolicy):
         "value_",
         "value_sq_",
         "evaluated_",
+        "context_sq_",
         "served_",
     )
-    shared_arrays = ("value_", "value_sq_", "evaluated_", "served_")
+    shared_arrays = ("value_", "value_sq_", "evaluated_", "context_sq_", "served_")
     #: The arrays of the member choice (not the model): scored on each event's first reward.
     selection_arrays: ClassVar[tuple[str, ...]] = shared_arrays
 
@@ -114,7 +125,7 @@ class AutoLinUCB(RidgePolicy):
     def __init__(
         self,
         alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
-        start: int = 1,
+        prior_width: float = 1.0,
         switch_margin: float = 3.0,
         min_epsilon_share: float = 0.1,
         ridge: float = 10.0,
@@ -124,7 +135,7 @@ class AutoLinUCB(RidgePolicy):
     ) -> None:
         super().__init__(ridge, gamma, refresh_every, exploration)
         self.alphas = [float(a) for a in alphas]
-        self.start = start
+        self.prior_width = prior_width
         self.switch_margin = switch_margin
         self.min_epsilon_share = min_epsilon_share
         if not self.alphas:
@@ -133,8 +144,7 @@ class AutoLinUCB(RidgePolicy):
             check_positive("alphas", a, allow_zero=True)
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must be distinct, got {self.alphas}.")
-        if not 0 <= start < len(self.alphas):
-            raise ValueError(f"start must index alphas (0 to {len(self.alphas) - 1}), got {start}.")
+        check_positive("prior_width", prior_width)
         check_positive("switch_margin", switch_margin, allow_zero=True)
         if not 0 < min_epsilon_share <= 1:  # also False for NaN
             raise ValueError(f"min_epsilon_share must be in (0, 1], got {min_epsilon_share}.")
@@ -147,7 +157,7 @@ class AutoLinUCB(RidgePolicy):
     def get_params(self) -> dict[str, Any]:
         return {
             "alphas": list(self.alphas),
-            "start": self.start,
+            "prior_width": self.prior_width,
             "switch_margin": self.switch_margin,
             "min_epsilon_share": self.min_epsilon_share,
             **self._ridge_params(),
@@ -159,7 +169,9 @@ class AutoLinUCB(RidgePolicy):
         self.value_: Array = np.zeros(m)  # Σ doubly robust reward estimates per member
         self.value_sq_: Array = np.zeros((m, m))  # Σ of products: the paired differences' s.e.
         self.evaluated_: Array = np.zeros(1)  # Σ weights of the scored learn events
-        self.served_: NDArray[np.int64] = np.array([self.start], dtype=np.int64)
+        self.context_sq_: Array = np.zeros(1)  # Σ w·xᵀx: the typical context's size
+        # [served member, 1 once the evidence chose it (0: the prior rule still does)]
+        self.served_: NDArray[np.int64] = np.array([int(np.argmax(self.alphas)), 0], dtype=np.int64)
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -201,16 +213,7 @@ class AutoLinUCB(RidgePolicy):
             return epsilon
         # width = α·√(xᵀA⁻¹x); with α = 0 the kernel reports 0, so recompute it at α = 1.
         w = width / alpha if alpha > 0 else self._linear_scores(x, 1.0)[2]
-        import os
-
-        rule = os.environ.get("H11_FLOOR", "min")
-        if rule == "max":
-            u = float(np.max(w[eligible]))
-        elif rule == "min":
-            u = float(np.min(w[eligible]))
-        else:
-            u = float(np.mean(w[eligible]))
-        certainty = u / math.sqrt(norm / self.ridge)
+        certainty = float(np.min(w[eligible])) / math.sqrt(norm / self.ridge)
         return epsilon * min(1.0, max(self.min_epsilon_share, certainty))
 
     def _member_probabilities(self, x: Array) -> tuple[Array, Array]:
@@ -234,17 +237,21 @@ class AutoLinUCB(RidgePolicy):
         propensity = max(float(pi[served, action]), 1e-12)
         estimate = pi @ mean + pi[:, action] / propensity * (reward - mean[action])
         if self.gamma != 1.0:
-            self.value_ *= self.gamma
-            self.value_sq_ *= self.gamma
-            self.evaluated_ *= self.gamma
+            for stat in (self.value_, self.value_sq_, self.evaluated_, self.context_sq_):
+                stat *= self.gamma
         self.value_ += weight * estimate
         self.value_sq_ += weight * np.outer(estimate, estimate)
         self.evaluated_ += weight
+        self.context_sq_ += weight * float(np.dot(x, x))
         self._choose()
 
     def _choose(self) -> None:
         """Serve the best member if it leads the served one by `switch_margin` s.e."""
         n = float(self.evaluated_[0])
+        if n <= 0.0:
+            return
+        if not self.served_[1]:  # the prior rule, until the evidence first decides
+            self.served_[0] = self._prior_member(float(self.context_sq_[0]) / n)
         if n < 2.0:
             return
         served = int(self.served_[0])
@@ -258,7 +265,14 @@ class AutoLinUCB(RidgePolicy):
         mean = diff_sum / n
         variance = max(diff_sq / n - mean * mean, 0.0)
         if mean > self.switch_margin * math.sqrt(variance / n):
-            self.served_[0] = best
+            self.served_[:] = (best, 1)
+
+    def _prior_member(self, mean_context_sq: float) -> int:
+        """The widest member whose prior width on a typical context is ≤ `prior_width`."""
+        scale = math.sqrt(mean_context_sq / self.ridge)
+        fits = [m for m, a in enumerate(self.alphas) if a * scale <= self.prior_width]
+        pool = fits or [int(np.argmin(self.alphas))]
+        return max(pool, key=lambda m: self.alphas[m])
 
     def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
         self._check_one(x, action, reward, weight)
