@@ -238,3 +238,23 @@ def test_an_eligible_action_the_rule_never_serves_is_capped() -> None:
     }
     assert record.action == "suggest_new_app" and record.probability == 1.0
     assert content["explanation_version"] == record.model_version
+
+
+def test_the_apps_choice_is_the_baseline_in_apprentice_mode(
+    model_file: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        model_path=model_file, db_path=tmp_path / "events.db", seed=0, apprentice=True,
+        auto_graduate=False,
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        answer = rank(client, explain=True, baseline_action="invite_friend")
+    ranking = answer["ranking"]
+    assert isinstance(ranking, list)
+    by_action = {entry["action_id"]: entry for entry in ranking}
+    assert by_action["invite_friend"]["reason"] == "baseline"
+    assert by_action["invite_friend"]["probability"] > 0.5
+    others = [e["reason"] for a, e in by_action.items() if a != "invite_friend"]
+    assert set(others) <= {"best", "explored"} and all(
+        by_action[a]["probability"] > 0 for a in by_action
+    )

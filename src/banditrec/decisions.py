@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from banditrec.engine import Engine
 from banditrec.errors import EventNotActivatedError, EventNotFoundError, RewardWindowClosedError
+from banditrec.lifecycle.apprentice import apprentice_round
 from banditrec.metrics import Metrics
 from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
 
@@ -144,7 +145,7 @@ def rank_body(record: DecisionRecord) -> dict[str, Any]:
 
 
 #: Why an action got its probability (see `explain_ranking`).
-Reason = Literal["best", "explored", "capped", "excluded", "disabled"]
+Reason = Literal["baseline", "best", "explored", "capped", "excluded", "disabled"]
 
 #: Relative tolerance under which two scores count as tied (that of the exploration rules).
 _TIE_TOLERANCE = 1e-12
@@ -157,6 +158,8 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
     `Explanation`), ``contributions`` (feature name → its part of the mean; empty for
     policies whose mean is not a sum over features) and ``reason``:
 
+    - ``baseline``: in apprentice mode, the app's own rule's choice, served with most of
+      the mass (`banditrec.lifecycle.apprentice`);
     - ``excluded``: the request left it out (``actions``, ``excluded_actions``): probability 0;
     - ``disabled``: an admin disabled it: probability 0;
     - ``best``: the highest score among the eligible actions (ties: each of them), which the
@@ -180,11 +183,16 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
     index = {name: k for k, name in enumerate(record.actions)}
     disabled = engine.disabled
     contributions = explanation.contributions
+    # An apprentice decision logs the mixture: the app's choice holds most of the mass.
+    apprentice = apprentice_round(record.model_version, record.probabilities, 0) is not None
+    baseline = int(np.argmax(record.probabilities)) if apprentice else -1
     for entry in content["ranking"]:
         k = index[entry["action_id"]]
         reason: Reason
         if entry["action_id"] not in eligible:
             reason = "disabled" if entry["action_id"] in disabled else "excluded"
+        elif k == baseline:
+            reason = "baseline"
         elif float(scores[k]) >= best - tie:
             reason = "best"
         else:

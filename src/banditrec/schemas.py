@@ -175,7 +175,7 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
                 False,
                 description="Also return, for each action, its estimated mean, its "
                 "uncertainty width, each feature's contribution to the mean and why it got "
-                "its probability (best, explored, capped, excluded, disabled).",
+                "its probability (baseline, best, explored, capped, excluded, disabled).",
             ),
         ),
         user_id=(
@@ -227,11 +227,14 @@ class RankedAction(BaseModel):
         "policies; they add up to the mean). Empty for policies whose mean is not a sum "
         "over features (uniform, most popular, fixed rules).",
     )
-    reason: Literal["best", "explored", "capped", "excluded", "disabled"] | None = Field(
-        None,
-        description="explain: why it got its probability: best (highest score), explored "
-        "(exploration mass), capped (eligible, held at probability 0 by the rule), excluded "
-        "(by the request), disabled (by an admin).",
+    reason: Literal["baseline", "best", "explored", "capped", "excluded", "disabled"] | None = (
+        Field(
+            None,
+            description="explain: why it got its probability: baseline (the app's rule's "
+            "choice, in apprentice mode), best (highest score), explored "
+            "(exploration mass), capped (eligible, held at probability 0 by the rule), excluded "
+            "(by the request), disabled (by an admin).",
+        )
     )
 
 

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from banditrec.api.lifecycle_routes import LIFECYCLE_ROUTES
 from banditrec.api.route import Route
 from banditrec.auth import Role
+from banditrec.dashboard.page import Asset, dashboard_asset, dashboard_data, dashboard_page
 from banditrec.engine import Engine
 from banditrec.errors import ActionNotFoundError, EventNotFoundError
 from banditrec.metrics import metrics_response
@@ -241,5 +242,9 @@ ROUTES: tuple[Route, ...] = (
         "DELETE", "/v1/admin/users/{user_id}", forget_user, ForgetUserResponse, Role.admin,
         params={"user_id": NonEmptyString}, errors=(503,),
     ),
+    # The dashboard: the page and its assets are open (no data); its data needs a reader.
+    Route("GET", "/dashboard", dashboard_page, public=False),
+    Route("GET", "/dashboard/{name}", dashboard_asset, public=False, params={"name": Asset}),
+    Route("GET", "/v1/dashboard/data", dashboard_data, None, Role.reader, errors=(503,)),
     *LIFECYCLE_ROUTES,
 )  # fmt: skip
