@@ -11,7 +11,15 @@ import binascii
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StringConstraints,
+)
 from starlette.datastructures import State
 
 from banditrec.api.route import Route
@@ -83,7 +91,9 @@ class CandidateRequest(BaseModel):
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    force: bool = Field(False, description="Promote even if the interval does not support it.")
+    force: StrictBool = Field(
+        False, description="Promote even if the interval does not support it."
+    )
     reason: Reason = Field("admin", description="Written on the timeline.")
 
 
@@ -94,7 +104,7 @@ class UploadRequest(BaseModel):
     label: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
         description="What this model is, for the list of versions."
     )
-    activate: bool = Field(False, description="Serve it now (a promote entry in the log).")
+    activate: StrictBool = Field(False, description="Serve it now (a promote entry in the log).")
 
 
 def _lifecycle(state: State) -> Lifecycle:

@@ -366,6 +366,7 @@ class Lifecycle:
             )
             self.records.remove_candidate(name)
             self.shadows.pop(name, None)
+            self._specs.pop(name, None)
         return await self._switch(LearnKind.promote, version.id, reason)
 
     async def rollback(self, version_id: str, reason: str = "admin") -> SwitchRecord:
