@@ -156,6 +156,14 @@ def _running_figure(result: EvaluationResult) -> bytes:
             low, high = float(settled.min()), float(settled.max())
             pad = 0.15 * (high - low) + 0.005
             ax.set_ylim(low - pad, high + pad)
+        # The switches of what was served, where they fall among the held-out rounds.
+        for switch in result.timeline:
+            place = switch.get("round")
+            if place is not None and x.size and x[0] <= place <= x[-1]:
+                ax.axvline(place, color="0.5", lw=0.8, ls=":")
+                label = f"{switch['kind']} {switch['target']}"
+                ax.annotate(label, (place, 1.0), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7)  # fmt: skip
     est = result.config.ranking_estimator.upper()
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set_xlabel("log position (evaluation rounds)")
@@ -337,6 +345,20 @@ def render_html(result: EvaluationResult, figures: dict[str, bytes]) -> str:
             f"<h2>{e(titles.get(name, name))}</h2>",
             f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>",
         ]
+    if result.timeline:
+        parts += [
+            "<h2>Timeline</h2><p class='note'>Every switch of what was served (promotions, "
+            "rollbacks, apprentice mode), from the lifecycle's records.</p><table><tr>"
+            "<th>learn event</th><th class='l'>time</th><th class='l'>switch</th>"
+            "<th>round</th><th class='l'>reason</th></tr>",
+            *(
+                f"<tr><td>{s['seq']}</td><td class='l'>{e(s['time'])}</td><td class='l'>"
+                f"{e(s['kind'])} {e(s['target'])}</td><td>{_blank(s['round'])}</td>"
+                f"<td class='l'>{e(s['reason'])}</td></tr>"
+                for s in result.timeline
+            ),
+            "</table>",
+        ]
     parts += ["<h2>Protocol</h2>", f"<p>{e(result.protocol_text())}</p>", _counts_html(result)]
     notes = list(result.warnings)
     notes += [f"{c.label}: {w}" for c in result.candidates for w in dict.fromkeys(c.warnings)]
@@ -345,6 +367,10 @@ def render_html(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         parts += ["<h2>Warnings and notes</h2><ul>", *(f"<li>{e(n)}</li>" for n in notes), "</ul>"]
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _blank(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _html_table(result: EvaluationResult) -> str:

@@ -52,6 +52,8 @@ class LoggedRounds:
     logged_dist: FloatArray | None = None
     expected_rewards: FloatArray | None = None
     created_at: FloatArray | None = None
+    #: Switches of what was served (banditrec.lifecycle): seq, kind, target, at, reason.
+    switches: tuple[dict[str, Any], ...] = ()
 
     @property
     def n_rounds(self) -> int:
@@ -216,7 +218,21 @@ def _read(
                 yield record, reward
 
     short = Path(str(getattr(log, "path", label))).name
-    return _rounds_of(decisions(), total, label, short, schema, progress)
+    rounds = _rounds_of(decisions(), total, label, short, schema, progress)
+    return replace(rounds, switches=_switches_of(log))
+
+
+def _switches_of(log: ReadOnlyEventLog | EventStore | None) -> tuple[dict[str, Any], ...]:
+    """The lifecycle's switches recorded beside the log (none for an archive alone)."""
+    if isinstance(log, ReadOnlyEventLog):
+        return log.switches()
+    client = getattr(log, "_redis", None)
+    if client is None:
+        return ()
+    from banditrec.lifecycle.records import RedisRecords  # only reads
+
+    records = RedisRecords(client, str(getattr(log, "_prefix", "banditrec:")))
+    return tuple(record.to_dict() for record in records.switches())
 
 
 def _rounds_of(
@@ -403,6 +419,17 @@ class ReadOnlyEventLog:
             for row in rows:
                 yield _decision_of(row)
             last = rows[-1][0]
+
+    def switches(self) -> tuple[dict[str, Any], ...]:
+        """The lifecycle's switches (`banditrec.lifecycle.records`), in log order."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        if "lifecycle_switches" not in tables:
+            return ()
+        rows = self._db.execute(
+            "SELECT seq, kind, target, at, reason FROM lifecycle_switches ORDER BY seq"
+        ).fetchall()
+        names = ("seq", "kind", "target", "at", "reason")
+        return tuple(dict(zip(names, row, strict=True)) for row in rows)
 
     def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
         """Every decision in log order with its learned reward total (None if none yet)."""

@@ -139,9 +139,23 @@ def evaluate(
         stamp = [_iso(rounds.created_at[i]) for i in (0, n_train - 1, n_train, n - 1)]
         names = ("train_from", "train_to", "eval_from", "eval_to")
         result.time_range = dict(zip(names, stamp, strict=True))
+    result.timeline = _timeline(rounds)
     result.warnings = _notes(rounds, config, uniform, estimators)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _timeline(rounds: LoggedRounds) -> list[dict[str, Any]]:
+    """The switches of what was served, each with the first round logged after it (its
+    place on the running curves; None without times, or after the last round)."""
+    timeline = []
+    for switch in rounds.switches:
+        place = None
+        if rounds.created_at is not None:
+            i = int(np.searchsorted(rounds.created_at, float(switch["at"]), side="right"))
+            place = i if i < rounds.n_rounds else None
+        timeline.append({**switch, "time": _iso(float(switch["at"])), "round": place})
+    return timeline
 
 
 def _iso(t: float) -> str:

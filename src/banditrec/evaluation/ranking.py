@@ -107,6 +107,8 @@ class EvaluationResult:
     logging_curve: FloatArray | None = None
     curve_rounds: NDArray[np.intp] | None = None
     time_range: dict[str, str] = field(default_factory=dict)
+    #: Switches of what was served (promotions, rollbacks, apprentice mode), in log order.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -179,6 +181,13 @@ class EvaluationResult:
                 f"True value of the best on the evaluation rounds: {best.true_value:.4f} "
                 f"(logging {self.logging_true_value:.4f}, oracle {self.oracle_true_value:.4f})."
             )
+        if self.timeline:
+            lines.append(
+                f"What was served changed {len(self.timeline)} time(s) in this log (the "
+                "logging policy is their mixture): "
+                + "; ".join(f"{s['time']} {s['kind']} {s['target']}" for s in self.timeline)
+                + "."
+            )
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,6 +217,7 @@ class EvaluationResult:
                     "true_value": self.logging_true_value,
                 },
                 "oracle_true_value": self.oracle_true_value,
+                "timeline": self.timeline,
                 "best": None if self.best is None else self.best.label,
                 "summary": self.summary(),
                 "candidates": [_candidate_dict(c) for c in self.candidates],
