@@ -1,20 +1,14 @@
 """Several hosts on one machine: Redis, N serving replicas and HAProxy in front, supervised.
 
-A replica is a separate ``banditrec serve`` process on its own port with its own snapshot
-directory, as a separate host would be; the replicas share nothing but the Redis event log
-(``BANDITREC_STORE_URL``), through which they learn as one. HAProxy spreads requests over them
-round-robin and takes a replica out of rotation when its ``/health`` stops answering 200.
+A replica is a separate ``banditrec serve`` process on its own port, as a separate host would
+be; the replicas share nothing but the Redis event log (``BANDITREC_STORE_URL``), through which
+they learn as one. HAProxy spreads requests over them round-robin and takes a replica out of
+rotation when its ``/health`` stops answering 200.
 
 `Cluster` starts the three kinds of processes, waits until every replica is healthy and in
-HAProxy's rotation, and can kill (SIGKILL, like a crashed host) and restart a replica or Redis,
-which is what the multi-replica test does; ``python -m banditrec.cluster`` runs one until
-Ctrl-C. Only the standard library is used (the cluster must run where the server runs, and
-the server's runtime dependencies do not include an HTTP client), and every process listens on
-127.0.0.1 only. In a test::
-
-    with Cluster(tmp_path, model_path) as cluster:
-        httpx.post(f"{cluster.url}/v1/rank", json=...)
-        cluster.kill_replica(1)
+HAProxy's rotation, and can kill (SIGKILL, like a crashed host) and restart a replica or Redis:
+the multi-replica test (tests/test_cluster.py) does. ``python -m banditrec.cluster`` runs one
+until Ctrl-C (docs/scale-out.md). Standard library only; everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
