@@ -47,9 +47,10 @@ server, so absolute numbers move with the machine, ratios much less), and a Redi
 requests/s to the SQLite setup's with as many processes, in the same run.
 
 The table also shows the CPU time the server's processes used per answered request (from
-/proc; Redis's own CPU is included, and shown apart) and its ratio to /ping's: the same
-figure measured in CPU rather than in wall time, which moves less when other jobs share the
-machine ("other CPU": what the rest of the machine used meanwhile, in cores).
+/proc; Redis's own CPU is included, and shown apart) and its ratios to /ping's and to the
+SQLite twin's: the same figures measured in CPU rather than in wall time, which move less
+when other jobs share the machine ("other CPU": what the rest of the machine used meanwhile,
+in cores).
 
 After each setup stops, the log is checked: it holds at least as many decisions as `wrk`
 received 200 answers for, and one learned reward per reward answer.
@@ -651,8 +652,8 @@ def table(results: list[Result], markdown: bool) -> str:
     ping = {r.setup: r for r in results if r.endpoint == "ping"}
     header = [
         "setup", "endpoint", "conns", "req/s", "p50 ms", "p99 ms", "÷ /ping", "÷ SQLite",
-        "server CPU", "of it Redis", "µs CPU/req", "÷ /ping (CPU)", "wrk CPU", "other CPU",
-        "errors",
+        "server CPU", "of it Redis", "µs CPU/req", "÷ /ping (CPU)", "÷ SQLite (CPU)", "wrk CPU",
+        "other CPU", "errors",
     ]  # fmt: skip
     rows = []
     for r in results:
@@ -671,6 +672,7 @@ def table(results: list[Result], markdown: bool) -> str:
                 f"{r.redis_cpu:.0%}" if r.setup.store == "redis" else "-",
                 f"{r.server_cpu_us:.0f}",
                 f"{p.server_cpu_us / r.server_cpu_us:.2f}" if p else "-",
+                f"{twin.server_cpu_us / r.server_cpu_us:.2f}" if twin else "-",
                 f"{r.wrk_cpu:.0%}",
                 f"{r.other_cpu:.0%}",
                 str(r.errors) + (f" ({r.wrapped} reused ids)" if r.wrapped else ""),
@@ -705,10 +707,10 @@ def targets(results: list[Result], connections: int) -> list[tuple[str, bool]]:
     for r in results:
         twin = _sqlite_twin(results, r)
         if r.endpoint == "decision" and twin is not None:
-            ratio = r.rate / twin.rate
+            ratio, cpu = r.rate / twin.rate, twin.server_cpu_us / r.server_cpu_us
             checks.append(
-                (f"{r.setup.label}: decisions ÷ {twin.setup.label} = {ratio:.2f} ≥ 0.8",
-                 ratio >= 0.8)
+                (f"{r.setup.label}: decisions ÷ {twin.setup.label} = {ratio:.2f} ≥ 0.8 "
+                 f"(in CPU per decision: {cpu:.2f})", ratio >= 0.8)
             )  # fmt: skip
     one, two = by.get((Setup("redis", 1), "decision")), by.get((Setup("redis", 2), "decision"))
     if one is not None and two is not None:
