@@ -34,6 +34,7 @@ from banditrec.api import create_app
 from banditrec.auth import Role
 from banditrec.config import Settings
 from conftest import ACTIONS, SEED_CONTEXT
+from redis_server import RedisServer
 from serving import Server, running_server
 
 READER, WRITER, ADMIN = "reader-key-0123456789", "writer-key-0123456789", "admin-key-0123456789"
@@ -83,8 +84,19 @@ def traffic(
 # -- in process ---------------------------------------------------------------------------
 
 
-def test_data_counts_what_was_served_and_rewarded(tmp_path: Path) -> None:
-    with TestClient(create_app(settings(tmp_path))) as client:
+@pytest.fixture(params=["sqlite", "redis"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The event log on either backend: the feed reads it through the protocol only."""
+    if request.param == "sqlite":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"store_url": server.url}
+
+
+def test_data_counts_what_was_served_and_rewarded(
+    tmp_path: Path, store_settings: dict[str, Any]
+) -> None:
+    with TestClient(create_app(settings(tmp_path, **store_settings))) as client:
         first = client.get("/v1/dashboard/data")
         assert first.status_code == 200
         assert first.json()["window"]["resolved"] == 0
@@ -126,6 +138,18 @@ def test_data_counts_what_was_served_and_rewarded(tmp_path: Path) -> None:
     assert data["lifecycle"]["serving"] == "own" and data["lifecycle"]["candidates"] == []
     assert len(data["buckets"]) == data["window_seconds"] / data["bucket_seconds"]
     assert sum(b["resolved"] for b in data["buckets"]) == 120
+
+
+def test_a_dashboard_opened_late_reads_the_logs_history(tmp_path: Path) -> None:
+    with TestClient(create_app(settings(tmp_path))) as client:
+        rounds = traffic(client, 40, seed=5)
+        data = client.get("/v1/dashboard/data").json()
+    window = data["window"]
+    # The log-based panels start with the history of the log...
+    assert window["resolved"] == 40
+    assert window["reward"]["mean"] == pytest.approx(sum(r for _, r, _ in rounds) / 40)
+    # ...the metric-based ones at the first poll (nothing between two samples yet).
+    assert window["decisions"] == 0 and window["decisions_per_second"] is None
 
 
 def test_apprentice_decisions_give_the_apps_rule_as_a_baseline(tmp_path: Path) -> None:
@@ -377,3 +401,12 @@ def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: 
     assert screenshot.stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+    # A wrong key is refused by the server; the page says so and forgets it. (Chromium logs
+    # the 401 on the console: this comes after the console check.)
+    browser.find_element("id", "forget-key").click()
+    browser.find_element("id", "api-key").send_keys("not-a-key-0123456789")
+    browser.find_element("css selector", "#auth button[type=submit]").click()
+    wait_for(browser, lambda d: "refused (401 invalid_api_key)" in text_of(d, "status"),
+             "the refusal")  # fmt: skip
+    assert browser.execute_script("return sessionStorage.getItem('banditrec.apiKey')") is None
