@@ -444,3 +444,39 @@ def test_an_older_sqlite_log_gains_the_propensity_column(tmp_path: Path) -> None
         assert store.learn_events_after(seq - 1)[0].propensity is None
     finally:
         store.close()
+
+
+def test_evaluate_and_the_report_show_the_switches_on_their_timeline(tmp_path: Path) -> None:
+    from banditrec import evaluation as ev
+    from banditrec.report import write_report
+
+    async def log() -> None:
+        clock = Clock()
+        engine = open_engine(tmp_path / "events.db", clock)
+        settings = LifecycleSettings(apprentice=True, apprentice_explore=0.3)
+        lifecycle = Lifecycle.attach(engine, engine.store, settings, rule=rule_policy())  # type: ignore[arg-type]
+        await asyncio.to_thread(lifecycle.add_candidate, CandidateSpec("soft", 0.0, "softmax"))
+        sim = AppSimulator()
+        rows, columns = contexts(sim, 800, seed=7)
+        mu, rng = sim.expected_rewards(columns), np.random.default_rng(7)
+        for i, row in enumerate(rows):
+            clock.now += 1.0
+            if i == 300:
+                await lifecycle.set_serving("own", "admin: enough")
+            if i == 500:
+                await lifecycle.promote("soft", force=True, reason="admin: try it")
+            record = await engine.rank(row)
+            await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+        close(engine)
+
+    asyncio.run(log())
+    rounds = ev.load_event_log(tmp_path / "events.db", SCHEMA)
+    config = ev.EvaluationConfig(n_bootstrap=50, min_effective_sample_size=10, split=0.25)
+    result = ev.evaluate(rounds, [ev.make_candidate("linucb", {"alpha": 0.5})], config)
+    assert [(s["kind"], s["target"], s["round"]) for s in result.timeline] == [
+        ("serve_mode", "own", 300), ("promote", "v2", 500),
+    ]  # fmt: skip
+    assert any("changed 2 time(s)" in line for line in result.summary())
+    assert result.to_dict()["timeline"][1]["reason"] == "admin: try it"
+    html = write_report(result, tmp_path / "report").html.read_text()
+    assert "<h2>Timeline</h2>" in html and "promote v2" in html and "admin: enough" in html

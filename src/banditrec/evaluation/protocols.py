@@ -146,13 +146,13 @@ def evaluate(
 
 
 def _timeline(rounds: LoggedRounds) -> list[dict[str, Any]]:
-    """The switches of what was served, each with the first round logged after it (its
+    """The switches of what was served, each with the first round logged at or after it (its
     place on the running curves; None without times, or after the last round)."""
     timeline = []
     for switch in rounds.switches:
         place = None
         if rounds.created_at is not None:
-            i = int(np.searchsorted(rounds.created_at, float(switch["at"]), side="right"))
+            i = int(np.searchsorted(rounds.created_at, float(switch["at"]), side="left"))
             place = i if i < rounds.n_rounds else None
         timeline.append({**switch, "time": _iso(float(switch["at"])), "round": place})
     return timeline
