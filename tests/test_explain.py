@@ -25,6 +25,7 @@ from banditrec.engine import Engine
 from banditrec.exploration import EpsilonGreedy
 from banditrec.features import load_default_schema
 from banditrec.policies import (
+    POLICIES,
     HybridLinUCB,
     LinearThompsonSampling,
     LinUCB,
@@ -48,6 +49,7 @@ LINEAR: dict[str, Callable[[], Policy]] = {
     "thompson": lambda: LinearThompsonSampling(v=0.3),
     "hybrid": lambda: HybridLinUCB(alpha=0.5),
     "linucb-gamma": lambda: LinUCB(gamma=0.99),
+    "auto": lambda: POLICIES["auto"](),  # the self-tuning default: its served member's α
 }
 
 NOT_LINEAR: dict[str, Callable[[], Policy]] = {
@@ -113,6 +115,12 @@ def test_width_is_the_policy_uncertainty(name: str, scale: float) -> None:
     np.testing.assert_allclose(policy.explain(x).width, scale * np.sqrt(quadratic), rtol=1e-9)
     if name != "epsilon_greedy":  # its score has no width; its explanation has α = 1's
         np.testing.assert_array_equal(policy.explain(x).width, policy.score(x).width)
+
+
+@pytest.mark.parametrize("name", ["linucb", "thompson", "hybrid", "auto"])
+def test_width_is_the_one_the_score_adds(name: str) -> None:
+    policy, x = trained(LINEAR[name])
+    np.testing.assert_array_equal(policy.explain(x).width, policy.score(x).width)
 
 
 @pytest.mark.parametrize("name", NOT_LINEAR)

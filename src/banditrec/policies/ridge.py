@@ -111,13 +111,16 @@ class RidgePolicy(Policy):
         _kernels.linear_scores(self.A_inv_, self.theta_, x, alpha, score, mean, width)
         return score, mean, width
 
-    def explain(self, x: Array, width_scale: float = 1.0) -> Explanation:
+    def explain(self, x: Array, width_scale: float | None = None) -> Explanation:
         """Means ``θ_kᵀx``, widths ``width_scale·√(xᵀA_k⁻¹x)``, contributions ``θ_k[j]·x[j]``.
 
         The means and widths are those the policy scores with (the same kernel), so an
-        explanation matches the scores of a decision made with the same model.
+        explanation matches the scores of a decision made with the same model. The default
+        scale is the policy's ``alpha`` where it has one (the width its score adds), else 1
+        (the ridge-mean policies, whose score has no width).
         """
-        _, mean, width = self._linear_scores(x, width_scale)
+        scale = float(getattr(self, "alpha", 1.0)) if width_scale is None else width_scale
+        _, mean, width = self._linear_scores(x, scale)
         return Explanation(mean, width, self.theta_ * x)
 
     def _epsilon_greedy_distribution(
