@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from banditrec.dashboard.stats import MetricSample, Moments, read_metrics
+from banditrec.dashboard.stats import MetricSample, Moments, read_metrics, served_version
 from banditrec.engine import Engine
 from banditrec.lifecycle.apprentice import apprentice_round
 from banditrec.metrics import Metrics
@@ -70,7 +70,7 @@ class Bucket:
     defaulted: int = 0
     entropy: float = 0.0  # sum over resolved decisions
     probability_counts: list[int] = field(default_factory=lambda: [0] * len(PROBABILITY_EDGES))
-    versions: set[str] = field(default_factory=set)
+    versions: set[str] = field(default_factory=set)  # served versions (no offsets)
     # From the metrics (deltas between samples, over `seconds` of samples).
     seconds: float = 0.0
     decisions: dict[str, float] = field(default_factory=dict)
@@ -169,6 +169,8 @@ class DashboardFeed:
         if bucket is None:
             return
         p = float(record.probability)
+        if p <= 0:  # never for a served action; a guard against a damaged log
+            return
         n_eligible = max(len(record.eligible), 1)
         uniform = reward / (n_eligible * p) if record.action in record.eligible else 0.0
         bucket.reward.add(reward)
@@ -184,7 +186,7 @@ class DashboardFeed:
             if p <= edge:
                 bucket.probability_counts[i] += 1
                 break
-        bucket.versions.add(record.model_version)
+        bucket.versions.add(served_version(record.model_version))
         found = apprentice_round(record.model_version, probabilities, record.action_index)
         if found is not None and found.propensity > 0:
             baseline = reward * found.baseline / found.propensity

@@ -7,7 +7,6 @@ regular), then the same figures over the whole window. Every figure that has no 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from banditrec.dashboard.feed import (
@@ -17,33 +16,16 @@ from banditrec.dashboard.feed import (
     Bucket,
     DashboardFeed,
 )
-from banditrec.dashboard.stats import Moments, latency_quantile
+from banditrec.dashboard.stats import Moments, latency_quantile, served_version
 from banditrec.metrics import LATENCY_BUCKETS
 
-__all__ = ["build_payload", "served_version"]
+__all__ = ["build_payload"]
 
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _MOMENTS = (
     "reward", "uniform", "lift", "weights", "apprentice_served", "apprentice_baseline",
     "apprentice_own", "apprentice_lift",
 )  # fmt: skip
-#: The version of the served model in a logged ``model_version``: ``<base>@<offset>`` and,
-#: in apprentice mode, ``+apprentice(ε)``.
-_VERSION = re.compile(r"^(?P<base>.*?)@\d+(?P<mode>\+apprentice\([^)]*\))?$")
-
-
-def served_version(model_version: str) -> str:
-    """The base version (and serving mode) of a logged model version, without its offset.
-
-    Examples
-    --------
-    >>> served_version("v3@1042"), served_version("base@7+apprentice(0.1)")
-    ('v3', 'base+apprentice(0.1)')
-    """
-    found = _VERSION.match(model_version)
-    if found is None:
-        return model_version
-    return found.group("base") + (found.group("mode") or "")
 
 
 def _ess(weights: Moments) -> dict[str, float] | None:
@@ -88,7 +70,7 @@ def _log_figures(b: Bucket) -> dict[str, Any]:
         entropy=b.entropy / n if n else None,
         ess=_ess(b.weights),
         probabilities=list(b.probability_counts),
-        versions=sorted({served_version(v) for v in b.versions}),
+        versions=sorted(b.versions),
     )
     return figures
 
@@ -128,7 +110,7 @@ def _switches(rows: list[tuple[float, Bucket]]) -> list[dict[str, Any]]:
     switches: list[dict[str, Any]] = []
     previous: str | None = None
     for start, b in rows:
-        versions = sorted({served_version(v) for v in b.versions})
+        versions = sorted(b.versions)
         if not versions:
             continue
         current = versions[-1] if previous not in versions else previous

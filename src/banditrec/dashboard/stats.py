@@ -1,20 +1,30 @@
-"""Small statistics for the dashboard: running moments, metric samples, latency quantiles.
+"""Small helpers of the dashboard: running moments, metric samples, latency quantiles.
 
 `Moments` keeps n, Σv and Σv² of per-decision terms (a reward, an inverse-propensity term,
 a paired difference), enough for a mean and a normal 95 % interval, and adds up across
 time buckets. `read_metrics` reads the counters and the request-latency histogram of a
 `Metrics` object (one process, or the sum over worker processes) into a `MetricSample`;
-the difference of two samples is what happened between them.
+the difference of two samples is what happened between them. `served_version` strips the
+log offset from a logged model version, so the decisions of one served version group
+together.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from banditrec.metrics import LATENCY_BUCKETS, Metrics
 
-__all__ = ["LATENCY_ROUTES", "MetricSample", "Moments", "latency_quantile", "read_metrics"]
+__all__ = [
+    "LATENCY_ROUTES",
+    "MetricSample",
+    "Moments",
+    "latency_quantile",
+    "read_metrics",
+    "served_version",
+]
 
 #: The routes whose latency the dashboard shows: deciding and rewarding.
 LATENCY_ROUTES = frozenset({"/v1/rank", "/recommend_action", "/v1/events/{event_id}/reward"})
@@ -145,3 +155,22 @@ def latency_quantile(cumulative: list[float], q: float) -> float | None:
             return lower + (float(edge) - lower) * share
         lower, below = float(edge), count
     return float(LATENCY_BUCKETS[-1])
+
+
+#: The version of the served model in a logged ``model_version``: ``<base>@<offset>`` and,
+#: in apprentice mode, ``+apprentice(ε)``.
+_VERSION = re.compile(r"^(?P<base>.*?)@\d+(?P<mode>\+apprentice\([^)]*\))?$")
+
+
+def served_version(model_version: str) -> str:
+    """The base version (and serving mode) of a logged model version, without its offset.
+
+    Examples
+    --------
+    >>> served_version("v3@1042"), served_version("base@7+apprentice(0.1)")
+    ('v3', 'base+apprentice(0.1)')
+    """
+    found = _VERSION.match(model_version)
+    if found is None:
+        return model_version
+    return found.group("base") + (found.group("mode") or "")
