@@ -28,6 +28,7 @@ from banditrec.store import (
     StoreError,
     StoreUnavailableError,
 )
+from banditrec.store import redis as redis_store
 from banditrec.store.redis import RedisEventStore
 from redis_server import RedisServer, free_port
 
@@ -213,7 +214,12 @@ def test_an_unreachable_redis_raises_store_unavailable_with_a_sentence(
         with pytest.raises(StoreUnavailableError, match="cannot be used now"):
             call()
     assert issubclass(StoreUnavailableError, StoreError)
-    redis_server.start()  # back: the same store recovers by itself
+    redis_server.start()
+    # Right after a failure, calls fail at once (no second of reconnection retries each);
+    # once that pause is over the same store recovers by itself.
+    with pytest.raises(StoreUnavailableError, match="cannot be used now"):
+        store.record_reward("e1", 1.0, 1001.0, RULES)
+    time.sleep(redis_store._DOWN_SECONDS)
     assert store.record_reward("e1", 1.0, 1001.0, RULES).outcome is RewardOutcome.learned
     store.close()
 

@@ -35,6 +35,7 @@ action-change scripts carry a token, so a call whose reply was lost is not appli
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -69,6 +70,8 @@ _T = TypeVar("_T")
 #: Redis errors that mean "not now" rather than "wrong": the caller may retry later.
 _UNAVAILABLE_REPLIES = ("MISCONF", "OOM", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
 _SNAPSHOTS_KEPT = 3
+#: After a failure, calls fail at once for this long (then one probes the server again).
+_DOWN_SECONDS = 0.5
 #: Stream entries read per step while looking for what retention or a privacy request removes.
 _SCAN_ENTRIES = 1000
 
@@ -78,14 +81,27 @@ def _available(method: Callable[_P, _T]) -> Callable[_P, _T]:
 
     @functools.wraps(method)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        store = args[0]
+        assert isinstance(store, RedisEventStore)
+        # Once Redis is known to be down, fail at once for a moment instead of spending
+        # redis-py's reconnection retries (about a second) on every call: decisions waiting
+        # behind one another on the writer thread would otherwise time out at the client
+        # instead of getting their 503. One call per `_DOWN_SECONDS` still probes.
+        down = store._down
+        if down is not None and time.monotonic() < down[0]:
+            raise _unavailable(store, down[1])
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError) as exc:
-            raise _unavailable(args[0], exc) from exc
+            store._down = (time.monotonic() + _DOWN_SECONDS, exc)
+            raise _unavailable(store, exc) from exc
         except redis.ResponseError as exc:
             if str(exc).startswith(_UNAVAILABLE_REPLIES):
-                raise _unavailable(args[0], exc) from exc
+                store._down = (time.monotonic() + _DOWN_SECONDS, exc)
+                raise _unavailable(store, exc) from exc
             raise
+        store._down = None
+        return result
 
     return call
 
@@ -116,6 +132,8 @@ class RedisEventStore:
     def __init__(self, client: redis.Redis, encoding_hash: str, prefix: str = "banditrec") -> None:
         self._redis = client
         self._prefix = prefix + ":"
+        #: (until when, why) while Redis is known to be unreachable; see `_available`.
+        self._down: tuple[float, Exception] | None = None
         kwargs = client.connection_pool.connection_kwargs
         self.where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/" + (
             f"{kwargs.get('db', 0)} (keys {self._prefix}*)"
