@@ -410,3 +410,37 @@ def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: 
     wait_for(browser, lambda d: "refused (401 invalid_api_key)" in text_of(d, "status"),
              "the refusal")  # fmt: skip
     assert browser.execute_script("return sessionStorage.getItem('banditrec.apiKey')") is None
+
+
+# -- the small statistics -----------------------------------------------------------------
+
+
+def test_moments_give_the_mean_and_a_normal_interval() -> None:
+    from banditrec.dashboard.stats import Z95, Moments
+
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 3.5]
+    moments = Moments()
+    for v in values:
+        moments.add(v)
+    interval = moments.interval()
+    assert interval is not None
+    mean = sum(values) / len(values)
+    half = Z95 * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    assert interval["mean"] == pytest.approx(mean, rel=1e-12)
+    assert interval["low"] == pytest.approx(mean - half, rel=1e-12)
+    assert interval["high"] == pytest.approx(mean + half, rel=1e-12)
+    assert Moments().interval() is None
+
+
+def test_latency_quantiles_interpolate_within_their_bucket() -> None:
+    from banditrec.dashboard.stats import latency_quantile
+    from banditrec.metrics import LATENCY_BUCKETS
+
+    n = len(LATENCY_BUCKETS) + 1
+    # 100 requests: 40 under 0.5 ms, 60 between 0.5 and 1 ms.
+    cumulative = [40.0] + [100.0] * (n - 1)
+    assert latency_quantile(cumulative, 0.2) == pytest.approx(0.00025)
+    assert latency_quantile(cumulative, 0.7) == pytest.approx(0.0005 + 0.0005 * 0.5)
+    # Beyond the last finite edge: that edge (Prometheus does the same).
+    assert latency_quantile([0.0] * (n - 1) + [5.0], 0.5) == LATENCY_BUCKETS[-1]
+    assert latency_quantile([0.0] * n, 0.5) is None
