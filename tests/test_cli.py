@@ -25,7 +25,9 @@ from typer.testing import CliRunner
 from banditrec.cli import app
 from banditrec.features import load_default_schema
 from banditrec.snapshot import load_model, read_metadata
+from banditrec.store.redis import RedisEventStore
 from conftest import ACTIONS, SEED_REQUEST, other_schema_toml
+from redis_server import RedisServer
 from serving import clean_env, free_port, running_process
 
 SCHEMA = load_default_schema()
@@ -415,6 +417,43 @@ def test_serve_without_a_model_file_logs_the_prior_and_the_replay_in_uvicorn_for
     assert "learn events replayed." in log
     assert any(line.startswith("INFO:     Model from ") for line in log.splitlines())
     assert not (tmp_path / "data" / "events.db").exists()
+
+
+def test_serve_store_logs_decisions_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    """--store redis://... makes the server log to (and learn from) the Redis event log."""
+    port = free_port()
+    args = [sys.executable, "-m", "banditrec", "serve", "--port", str(port),
+            "--store", redis_server.url, "--no-access-log"]  # fmt: skip
+    with running(args, tmp_path, port, BANDITREC_SNAPSHOT_DIR=str(tmp_path / "snaps")) as url:
+        body = {"context": {k: v for k, v in SEED_REQUEST.items() if k != "user_id"},
+                "event_id": "via-redis"}  # fmt: skip
+        assert httpx.post(f"{url}/v1/rank", json=body, timeout=5).status_code == 200
+        reward = httpx.post(f"{url}/v1/events/via-redis/reward", json={"value": 1.0}, timeout=5)
+        assert reward.json()["status"] == "learned"
+        log = (tmp_path / f"server-{port}.log").read_text()
+    store = RedisEventStore.from_url(redis_server.url, SCHEMA.encoding_hash)
+    try:
+        logged = store.get_decision("via-redis")
+        assert logged is not None and logged.event_id == "via-redis"
+        assert [e.event_id for e in store.learn_events_after(0)] == ["via-redis"]
+    finally:
+        store.close()
+    assert f"INFO:     Event log: {redis_server.url}." in log
+    assert not (tmp_path / "data" / "events.db").exists()  # nothing went to SQLite
+
+
+def test_serve_store_with_an_unknown_scheme_is_one_error_line(tmp_path: Path) -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "banditrec", "serve", "--port", str(port), "--store", "mysql://x/y"],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=STARTUP_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert (
+        "Cannot start banditrec (StoreError): The store URL 'mysql://x/y' has an unknown "
+        "scheme 'mysql'; use sqlite:///path/to/events.db or redis://host:port/db." in done.stderr
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_help_lists_every_setting_with_its_default(tmp_path: Path) -> None:

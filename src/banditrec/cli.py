@@ -233,6 +233,13 @@ def serve(
         Path | None,
         typer.Option(help="SQLite event log (BANDITREC_DB_PATH; default data/events.db)."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared event log of replicas on several hosts, redis://host:port/db "
+            "(BANDITREC_STORE_URL); default: the SQLite file --db."
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(min=1, max=65535, envvar="BANDITREC_PORT", help="Port to listen on.")
@@ -260,6 +267,8 @@ def serve(
         os.environ["BANDITREC_MODEL_PATH"] = str(model)
     if db is not None:
         os.environ["BANDITREC_DB_PATH"] = str(db)
+    if store is not None:
+        os.environ["BANDITREC_STORE_URL"] = store
     if schema is not None:
         os.environ["BANDITREC_SCHEMA_PATH"] = str(schema)
     try:
