@@ -33,6 +33,7 @@ from fastapi.testclient import TestClient
 from banditrec.api import create_app
 from banditrec.auth import Role
 from banditrec.config import Settings
+from banditrec.dashboard.feed import BUCKET_SECONDS
 from conftest import ACTIONS, SEED_CONTEXT
 from redis_server import RedisServer
 from serving import Server, running_server
@@ -336,7 +337,14 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield server
 
 
-def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: Path) -> None:
+def next_bucket() -> None:
+    """Sleep into the next 5-second bucket, so the screenshot's charts have several points."""
+    time.sleep(BUCKET_SECONDS - time.time() % BUCKET_SECONDS + 0.05)
+
+
+def test_dashboard_in_headless_chromium(
+    server: Server, browser: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     writer = {"X-API-Key": WRITER}
     browser.get(f"{server.url}/dashboard?interval=400")
     # Keys are configured: the page asks for one and calls nothing without it.
@@ -350,7 +358,9 @@ def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: 
         browser.find_element("css selector", "#auth button[type=submit]").click()
         wait_for(browser, lambda d: text_of(d, "status").startswith("updated"), "an update")
         # The metric-based panels count from the page's first poll on.
-        traffic(client, 150, seed=2, baseline="show_bonus_offer", **writer)
+        traffic(client, 75, seed=2, baseline="show_bonus_offer", **writer)
+        next_bucket()
+        traffic(client, 75, seed=12, baseline="show_bonus_offer", **writer)
         for panel in PANELS:
             wait_for(browser, lambda d, p=panel: panel_state(d, p) == "ready", panel)
         wait_for(
@@ -370,6 +380,7 @@ def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: 
         admin = {"X-API-Key": ADMIN}
         switched = client.post("/v1/admin/lifecycle/serve", json={"mode": "own"}, headers=admin)
         assert switched.status_code == 200, switched.text
+        next_bucket()
         traffic(client, 60, seed=3, **writer)
         disabled = client.post("/v1/admin/actions/invite_friend/disable", headers=admin)
         assert disabled.status_code == 200
@@ -397,7 +408,8 @@ def test_dashboard_in_headless_chromium(server: Server, browser: Any, tmp_path: 
 
     screenshot = artifacts_dir(tmp_path) / "dashboard.png"
     browser.save_screenshot(str(screenshot))
-    print(f"Dashboard screenshot: {screenshot}")
+    with capsys.disabled():  # shown whatever pytest's capture
+        print(f"\nDashboard screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
