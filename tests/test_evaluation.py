@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from banditrec import evaluation as ev
+from banditrec import ope
 from banditrec.cli import app
 from banditrec.engine import Engine, prior_model
+from banditrec.evaluation.ranking import rank
 from banditrec.features import load_default_schema
 from banditrec.logged_data import write_logged_csv
 from banditrec.policies import POLICIES, LinUCB
@@ -425,6 +428,63 @@ def test_low_effective_sample_sizes_are_flagged_and_ranked_last() -> None:
     assert greedy.low_ess and greedy.rank == 2
     assert any("effective sample size" in w for w in greedy.warnings)
     assert any("ranked last" in line for line in result.summary())
+
+
+def test_a_low_ess_says_how_many_more_decisions_would_make_it_reliable() -> None:
+    config = ev.EvaluationConfig(n_bootstrap=20, min_effective_sample_size=60.0)
+    greedy = [ev.make_candidate("linucb", {"epsilon": 0.0})]
+    small = ev.evaluate(_rounds(400), greedy, config).candidates[0]
+    assert small.low_ess and small.decisions_needed is not None
+    ess = small.effective_sample_size
+    assert ess is not None
+    held = small.estimates["dr"].n_rounds
+    expected = math.ceil(held * (60.0 / ess - 1.0) / (1.0 - config.split))
+    assert small.decisions_needed == expected
+    # The promise holds: a log that much larger (logged alike) is reliable.
+    grown = ev.evaluate(_rounds(400 + small.decisions_needed, seed=1), greedy, config)
+    assert not grown.candidates[0].low_ess
+    assert grown.candidates[0].decisions_needed is None
+    result = ev.evaluate(_rounds(400), greedy, config)
+    assert f"about {small.decisions_needed:,} more" in " ".join(result.summary())
+    assert result.to_dict()["candidates"][0]["decisions_needed"] == small.decisions_needed
+
+
+def _estimate(value: float, low: float, high: float, ess: float = 500.0) -> ope.PolicyValueEstimate:
+    return ope.PolicyValueEstimate("dr", value, low, high, 600, ess)
+
+
+def _ranked(*rows: tuple[str, ope.PolicyValueEstimate, ope.PolicyValueEstimate]) -> list[Any]:
+    """Candidates with a DR estimate and a paired lift over the logging policy, ranked."""
+    config = ev.EvaluationConfig(n_bootstrap=20, estimators=("dr",))
+    results = [
+        ev.CandidateResult(ev.make_candidate("linucb", {"alpha": alpha}), {"dr": e}, lift=lift)
+        for alpha, e, lift in ((float(a), e, lift) for a, e, lift in rows)
+    ]
+    rank(results, config, _estimate(0.40, 0.37, 0.43))
+    return results
+
+
+def test_a_row_worse_than_logging_is_not_tied_with_a_best_that_is_not() -> None:
+    # Before: the marginal intervals overlap, so row 2 was "worse" and "tied with best".
+    best, worse = _ranked(
+        ("1", _estimate(0.42, 0.36, 0.48), _estimate(+0.02, -0.01, +0.05)),
+        ("2", _estimate(0.37, 0.34, 0.40), _estimate(-0.03, -0.05, -0.01)),
+    )
+    assert (best.verdict, worse.verdict) == ("no significant difference", "worse")
+    assert worse.estimates["dr"].ci_high >= best.estimates["dr"].ci_low  # they overlap
+    assert not worse.tied_with_best
+    # Two rows with the same verdict and overlapping intervals are tied.
+    best, other = _ranked(
+        ("1", _estimate(0.42, 0.36, 0.48), _estimate(+0.02, -0.01, +0.05)),
+        ("2", _estimate(0.41, 0.35, 0.47), _estimate(+0.01, -0.02, +0.04)),
+    )
+    assert other.tied_with_best
+    # An unreliable estimate is tied with nothing.
+    best, unreliable = _ranked(
+        ("1", _estimate(0.42, 0.36, 0.48), _estimate(+0.02, -0.01, +0.05)),
+        ("2", _estimate(0.45, 0.10, 0.90, ess=5.0), _estimate(+0.05, -0.3, +0.5)),
+    )
+    assert unreliable.low_ess and not unreliable.tied_with_best
 
 
 def test_a_candidate_does_not_depend_on_the_other_candidates() -> None:

@@ -244,7 +244,10 @@ def _ci(value: float, low: float, high: float, signed: bool = False) -> str:
 def _flags(c: CandidateResult) -> str:
     flags = []
     if c.low_ess:
-        flags.append("low ESS")
+        needed = c.decisions_needed
+        flags.append(
+            "low ESS" if needed is None else f"low ESS (≈{needed:,} more decisions needed)"
+        )
     if c.tied_with_best and c.rank != 1:
         flags.append("tied with best")
     if c.ci_overlaps_logging and c.verdict != "no significant difference":

@@ -73,6 +73,9 @@ class CandidateResult:
     ci_overlaps_logging: bool | None = None
     effective_sample_size: float | None = None
     low_ess: bool = False
+    #: With a low ESS: about how many more decisions, logged as these were, would bring the
+    #: ESS to the threshold (None when reliable, or when no amount would: no overlap).
+    decisions_needed: int | None = None
     unsupported_mass: float | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -169,13 +172,30 @@ class EvaluationResult:
             f"Against the logging policy: {better} candidate(s) significantly better, {same} "
             "not significantly different (paired interval of the difference contains 0)."
         )
-        low = [c.label for c in self.candidates if c.low_ess and c.error is None]
+        low = [c for c in self.candidates if c.low_ess and c.error is None]
         if low:
+            reliable = len(self.candidates) - len(low)
             lines.append(
                 f"{len(low)} candidate(s) have an effective sample size below "
                 f"{self.config.min_effective_sample_size:g} and are ranked last: their "
-                "estimates are unreliable."
+                f"estimates are unreliable ({reliable} reliable)."
             )
+            needs = sorted(
+                (c.decisions_needed, c.label) for c in low if c.decisions_needed is not None
+            )
+            if needs:
+                shown = "; ".join(f"{label}: about {n:,} more" for n, label in needs[:5])
+                lines.append(
+                    "More decisions logged like these would make them reliable (the ESS "
+                    f"grows in proportion): {shown}{' …' if len(needs) > 5 else ''}."
+                )
+            hopeless = [c.label for c in low if c.decisions_needed is None]
+            if hopeless:
+                lines.append(
+                    f"{len(hopeless)} candidate(s) put their mass where this log has (almost) "
+                    "none, so more of the same log will not help; log with more exploration: "
+                    f"{', '.join(hopeless[:5])}{' …' if len(hopeless) > 5 else ''}."
+                )
         if best.true_value is not None:
             lines.append(
                 f"True value of the best on the evaluation rounds: {best.true_value:.4f} "
@@ -255,6 +275,7 @@ def _candidate_dict(c: CandidateResult) -> dict[str, Any]:
         "tied_with_best": c.tied_with_best,
         "effective_sample_size": c.effective_sample_size,
         "low_ess": c.low_ess,
+        "decisions_needed": c.decisions_needed,
         "unsupported_mass": c.unsupported_mass,
         "warnings": c.warnings,
         "error": c.error,
@@ -312,6 +333,8 @@ def rank(
         )
         r.ci_overlaps_logging = _overlap(e, logging)
         r.verdict = _verdict(r.lift)
+        if r.low_ess:
+            r.decisions_needed = _decisions_needed(weights, config)
         for estimate in r.estimates.values():
             r.warnings.extend(estimate.warnings)
 
@@ -323,9 +346,44 @@ def rank(
     for i, r in enumerate(results, start=1):
         r.rank = i
     if results and results[0].error is None:
-        top = results[0].estimates[est]
+        best = results[0]
         for r in ok:
-            r.tied_with_best = _overlap(r.estimates[est], top)
+            r.tied_with_best = _tied(r, best, est)
+
+
+def _tied(r: CandidateResult, best: CandidateResult, est: str) -> bool:
+    """Whether this log cannot tell `r` from the best.
+
+    The intervals overlap, and the paired verdicts against the logging policy do not already
+    separate them (a candidate significantly worse than the logging policy is not tied with a
+    best that is not, whatever its marginal interval says: the paired interval is the sharper
+    one). An unreliable (low-ESS) estimate is tied with nothing: its interval says nothing.
+    """
+    if r is best:
+        return True
+    if r.low_ess or best.low_ess:
+        return False
+    if (r.verdict == "worse") != (best.verdict == "worse"):
+        return False
+    if (r.verdict == "better") != (best.verdict == "better"):
+        return False
+    return _overlap(r.estimates[est], best.estimates[est])
+
+
+def _decisions_needed(e: ope.PolicyValueEstimate, config: EvaluationConfig) -> int | None:
+    """More decisions that would bring the ESS of `e` to the threshold, if the log grew alike.
+
+    The ESS of importance weights grows in proportion to the rounds evaluated (n·E[w]²/E[w²]
+    for weights drawn alike), and the evaluated rounds are the held-out share of the log, so
+    the log must grow by the factor threshold / ESS. None when the ESS is 0 or not finite:
+    the candidate's mass is where the log has none, and more of the same will not help.
+    """
+    ess, threshold = e.effective_sample_size, config.min_effective_sample_size
+    if not (math.isfinite(ess) and ess > 0.0) or e.n_rounds <= 0:
+        return None
+    held_share = 1.0 - config.split
+    more_held = e.n_rounds * (threshold / ess - 1.0)
+    return max(1, math.ceil(more_held / held_share))
 
 
 def _verdict(lift: ope.PolicyValueEstimate | None) -> str:
