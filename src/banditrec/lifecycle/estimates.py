@@ -16,6 +16,7 @@ A round enters with the evaluated policy's probability *before* it learns that r
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class Track:
         self.window = window
         self._rows: deque[tuple[float, float, float, float]] = deque(maxlen=window)
         self.n_total = 0
+        # Rounds are added by the lifecycle's background step and read by the API's.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -97,18 +100,22 @@ class Track:
         probability of the logged action."""
         if not propensity > 0.0:
             return  # nothing served with probability 0 can be weighed (a broken log)
-        self._rows.append((reward, propensity, q, q_ref))
-        self.n_total += 1
+        with self._lock:
+            self._rows.append((reward, propensity, q, q_ref))
+            self.n_total += 1
 
     def clear(self) -> None:
-        self._rows.clear()
+        with self._lock:
+            self._rows.clear()
 
     def estimate(self, n_bootstrap: int, alpha: float, seed: int) -> Estimate:
         """Values and lift over the rounds in the window (None parts: too few rounds)."""
-        n = len(self._rows)
+        with self._lock:
+            rows = list(self._rows)
+        n = len(rows)
         if n < 2:
             return Estimate(n, None, None, None)
-        r, p, q, q_ref = np.array(self._rows).T
+        r, p, q, q_ref = np.array(rows).T
         rng = np.random.default_rng([seed, n])
         hyper = (n_bootstrap, alpha, 0.0)  # the ESS is judged by the caller
         with warnings.catch_warnings():

@@ -285,6 +285,10 @@ class Lifecycle:
         """Check the gates now; append the switch one calls for. Returns its reason."""
         if self._pending > self.cursor or not self.may_switch():
             return None
+        # Far behind the engine (catching up after a start), the estimates describe the
+        # past: no switch is decided on them.
+        if self.engine.applied_offset - self.cursor > self.settings.check_every:
+            return None
         s, now = self.settings, self.engine.clock()
         if self.state.serving == "apprentice" and s.auto_graduate:
             estimate = self.estimate("apprentice")
@@ -300,9 +304,11 @@ class Lifecycle:
                 await self.rollback(version, reason)
                 return reason
         if s.auto_promote:
+            with self._work:
+                names = list(self.shadows)
             passing = [
                 (e.lift.value, name)
-                for name in list(self.shadows)
+                for name in names
                 if (e := self.estimate(name)) is not None and e.lift and self.gate.passes(e)
             ]
             if passing:
