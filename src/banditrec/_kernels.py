@@ -48,11 +48,13 @@ __all__ = [
     "hybrid_scores",
     "igw_probabilities",
     "linear_epsilon_greedy",
+    "linear_epsilon_greedy_batch",
     "linear_scores",
     "rank_one_update",
     "ridge_refresh",
     "ridge_update",
     "sample_index",
+    "sample_indices",
     "softmax_probabilities",
     "spd_inverse",
 ]
@@ -231,6 +233,28 @@ def linear_epsilon_greedy(A_inv, theta, x, alpha, eligible, epsilon, tie_toleran
     return epsilon_greedy_probabilities(out[0], eligible, epsilon, tie_tolerance, out[3])
 
 
+@njit(cache=True, nogil=True, fastmath=set(LINEAR_FASTMATH))
+def linear_epsilon_greedy_batch(A_inv, theta, X, alpha, eligible, epsilon, tie_tolerance, out):  # type: ignore[no-untyped-def]
+    """`linear_epsilon_greedy` for every row of X (n, d), row i under its mask eligible[i].
+
+    out (4, n, K) receives the score, mean and width matrices and, in out[3], the
+    probabilities: one call from Python for a whole batch of decisions. Each row runs the
+    same loops as a single decision; LLVM may schedule their reassociation differently
+    here, so scores equal the single path's to rounding (~1e-16 relative), and the
+    ε-greedy probabilities, which depend on the scores only through which ones tie with
+    the best, are the same unless two scores lie within that rounding of the tie tolerance.
+    Returns -1, or the first row with no eligible action (rows after it are not computed).
+    """
+    for r in range(X.shape[0]):
+        linear_scores(A_inv, theta, X[r], alpha, out[0, r], out[1, r], out[2, r])
+        if (
+            epsilon_greedy_probabilities(out[0, r], eligible[r], epsilon, tie_tolerance, out[3, r])
+            == 0
+        ):
+            return r
+    return -1
+
+
 @njit(cache=True, nogil=True)
 def sample_index(probabilities, u):  # type: ignore[no-untyped-def]
     """Inverse-CDF draw: the first k with cumsum(p)[k] > u; skips zero-probability actions."""
@@ -243,6 +267,13 @@ def sample_index(probabilities, u):  # type: ignore[no-untyped-def]
             if u < total:
                 return k
     return last  # u within rounding of 1.0: the last action that can be served
+
+
+@njit(cache=True, nogil=True)
+def sample_indices(probabilities, uniforms, out):  # type: ignore[no-untyped-def]
+    """`sample_index` of every row of probabilities (n, K) with its uniform, into out (n,)."""
+    for r in range(probabilities.shape[0]):
+        out[r] = sample_index(probabilities[r], uniforms[r])
 
 
 @njit(cache=True, nogil=True)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     )
     seed: int | None = Field(None, description="Seed of the decision sampler (None: random).")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
+    max_batch_size: int = Field(
+        1000, ge=1, description="Most contexts in one POST /v1/rank/batch; more get 422."
+    )
+    max_batch_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Larger POST /v1/rank/batch bodies get 413."
+    )
     # The HTTP server's own bounds (banditrec.server), so that one client cannot exhaust it.
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="Request line and headers of one request; more get 431."

@@ -27,9 +27,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.actions import ACTION_CHANGES, ActionExistsError, ActionSet, UnknownActionError
-from banditrec.exploration import sample_action
+from banditrec.exploration import sample_action, sample_actions
 from banditrec.features import FeatureSchema
 from banditrec.group_commit import GroupCommitLog
+from banditrec.lifecycle.apprentice import ServingMode
+from banditrec.lifecycle.switching import SWITCHES, Switcher
 from banditrec.policies import LinUCB, Policy
 from banditrec.policies.base import Explanation
 from banditrec.snapshot import Model
@@ -97,6 +99,10 @@ class Engine:
         # the event loop thread, but scripts may share an engine between threads.
         self._lock = threading.Lock()
         self._actions = ActionSet(model.actions, model.disabled)
+        #: Switch entries (banditrec.lifecycle) are applied by it; None: they are ignored.
+        self.switcher: Switcher | None = None
+        #: The apprentice mode while the app's baseline is served; None: the own choices.
+        self.serving: ServingMode | None = None
         self._log = (
             GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
             if store is not None
@@ -150,15 +156,20 @@ class Engine:
         event_id: str | None = None,
         deferred: bool = False,
         user_id: str | None = None,
+        baseline: str | None = None,
     ) -> DecisionRecord:
-        """Choose an action for a validated `context` by sampling the policy's distribution."""
+        """Choose an action for a validated `context` by sampling the policy's distribution
+        (in apprentice mode: mostly the `baseline`, see `banditrec.lifecycle.apprentice`)."""
         x = self.schema.vectorize(context)
         with self._lock:
             actions = self._actions
             mask = actions.all_eligible if eligible is None else eligible
             scores, probabilities = self.policy.distribution(x, mask, self.rng)
-            index = sample_action(probabilities, self.rng)
             version = self._version
+            if self.serving is not None:  # apprentice: the app's baseline, mostly
+                probabilities = self.serving.serve(probabilities, mask, baseline, x, actions.names)
+                version = self.serving.mark(version)
+            index = sample_action(probabilities, self.rng)
         return DecisionRecord(
             event_id=event_id or new_event_id(),
             created_at=self.clock(),
@@ -182,15 +193,82 @@ class Engine:
         event_id: str | None = None,
         deferred: bool = False,
         user_id: str | None = None,
+        baseline: str | None = None,
     ) -> DecisionRecord:
         """Decide and durably log the decision before returning it.
 
         A repeated client `event_id` returns the decision logged the first time.
         """
-        record = self.decide(context, eligible, event_id, deferred, user_id)
+        record = self.decide(context, eligible, event_id, deferred, user_id, baseline=baseline)
         if self._log is None:
             return record
         return await self._log.log_decision(record)
+
+    def decide_batch(
+        self,
+        contexts: Sequence[Mapping[str, Any]],
+        eligible: NDArray[np.bool_] | None = None,
+        user_ids: Sequence[str | None] | None = None,
+        baselines: Sequence[str | None] | None = None,
+    ) -> list[DecisionRecord]:
+        """`decide` for each of `contexts` (validated), scored in one call of the policy
+        (`Policy.distribution_batch`), each with a new event id.
+
+        The served actions are drawn with ``rng.random(n)``: for a policy whose distribution
+        draws nothing (LinUCB, the ridge policies), the same actions and probabilities as n
+        calls of `decide` in a row with the same generator. `eligible` (one mask) holds for
+        every context.
+        """
+        n = len(contexts)
+        X = np.empty((n, self.schema.n_features))
+        for i, context in enumerate(contexts):
+            X[i] = self.schema.vectorize(context)
+        with self._lock:
+            actions = self._actions
+            mask = actions.all_eligible if eligible is None else eligible
+            masks = np.tile(mask, (n, 1))
+            scores, probabilities = self.policy.distribution_batch(X, masks, self.rng)
+            version = self._version
+            if self.serving is not None:  # apprentice: the app's baselines, mostly
+                for i in range(n):
+                    baseline = None if baselines is None else baselines[i]
+                    probabilities[i] = self.serving.serve(
+                        probabilities[i], mask, baseline, X[i], actions.names
+                    )
+                version = self.serving.mark(version)
+            chosen = sample_actions(probabilities, self.rng).tolist()
+        now = self.clock()
+        served = actions.names_of(mask)
+        return [
+            DecisionRecord(
+                event_id=new_event_id(),
+                created_at=now,
+                model_version=version,
+                context=dict(contexts[i]),
+                x=X[i],
+                actions=actions.names,
+                eligible=served,
+                action_index=chosen[i],
+                probability=float(probabilities[i, chosen[i]]),
+                probabilities=probabilities[i],
+                scores=scores.score[i],
+                user_id=None if user_ids is None else user_ids[i],
+            )
+            for i in range(n)
+        ]
+
+    async def rank_batch(
+        self,
+        contexts: Sequence[Mapping[str, Any]],
+        eligible: NDArray[np.bool_] | None = None,
+        user_ids: Sequence[str | None] | None = None,
+        baselines: Sequence[str | None] | None = None,
+    ) -> list[DecisionRecord]:
+        """`decide_batch`, then log every decision in one group commit before returning."""
+        records = self.decide_batch(contexts, eligible, user_ids, baselines)
+        if self._log is None:
+            return records
+        return await self._log.log_decisions(records)
 
     # -- rewards and learning ----------------------------------------------------------
 
@@ -248,6 +326,8 @@ class Engine:
                     continue
                 if event.kind in ACTION_CHANGES:
                     self._apply_action_change(event.kind, event.event_id)
+                elif event.kind in SWITCHES:
+                    self._apply_switch(event)
                 elif event.correction:
                     self.policy.correct(event.x, event.action_index, event.reward)
                 else:
@@ -268,6 +348,28 @@ class Engine:
             self.policy.add_action()
         self._actions = changed
         self.model.actions, self.model.disabled = changed.names, changed.disabled
+
+    def _apply_switch(self, event: LearnEvent) -> None:
+        if self.switcher is None:  # a script's engine, or a replay: the version serves on
+            return
+        model = self.switcher.apply(event, self.model)
+        if model is not self.model:
+            self.model = model
+            self._actions = ActionSet(model.actions, model.disabled)
+        self.serving = self.switcher.serving(model)
+
+    def attach(self, switcher: Switcher) -> None:
+        """Apply switch entries with `switcher` from now on, serving as the model records."""
+        with self._lock:
+            self.switcher = switcher
+            self.serving = switcher.serving(self.model)
+
+    async def switch(self, kind: LearnKind, target: str) -> int:
+        """Append a switch entry (`banditrec.lifecycle.switching`) and apply it; its seq."""
+        store, log = self._require_log()
+        seq: int = await log.call(store.append_action_change, kind, target, self.clock())
+        self.catch_up()
+        return seq
 
     async def change_action(self, kind: LearnKind, name: str) -> None:
         """Add, disable or enable an action, through the log so that every replica does it.
@@ -302,6 +404,7 @@ class Engine:
                 self._actions.names,
                 self._actions.disabled,
                 log_id=self.model.log_id,
+                lifecycle=dict(self.model.lifecycle),
             )
 
     def _require_log(self) -> tuple[EventStore, GroupCommitLog]:

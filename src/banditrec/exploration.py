@@ -37,6 +37,7 @@ __all__ = [
     "Softmax",
     "exploration_from_params",
     "sample_action",
+    "sample_actions",
 ]
 
 
@@ -228,6 +229,26 @@ def sample_action(probabilities: NDArray[np.float64], rng: np.random.Generator) 
     1
     """
     return int(_kernels.sample_index(probabilities, rng.random()))
+
+
+def sample_actions(
+    probabilities: NDArray[np.float64], rng: np.random.Generator
+) -> NDArray[np.intp]:
+    """Draw one action index per row of `probabilities` (n, K), in row order.
+
+    The uniforms are ``rng.random(n)``, the same numbers as n calls of `sample_action`
+    would draw one by one, so a batch serves what n single decisions would have served
+    (for policies whose distribution draws nothing from `rng`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sample_actions(np.array([[0.0, 1.0], [1.0, 0.0]]), np.random.default_rng(0)).tolist()
+    [1, 0]
+    """
+    out = np.empty(probabilities.shape[0], dtype=np.intp)
+    _kernels.sample_indices(probabilities, rng.random(probabilities.shape[0]), out)
+    return out
 
 
 ExplorationRule = EpsilonGreedy | Softmax | InverseGapWeighting

@@ -39,7 +39,10 @@ class GroupCommitLog:
         self.rules = rules
         self.on_rewards = on_rewards
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banditrec-log")
-        self._pending: list[tuple[DecisionRecord, asyncio.Future[DecisionRecord]]] = []
+        # A single decision waits on its own future; a batch (`log_decisions`) on one future
+        # for all of its records, which go into the same commit.
+        self._pending: list[tuple[DecisionRecord, asyncio.Future[Any]]] = []
+        self._batches: list[tuple[list[DecisionRecord], asyncio.Future[Any]]] = []
         self._rewards: list[tuple[tuple[str, float, float], asyncio.Future[RewardResult]]] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -47,6 +50,13 @@ class GroupCommitLog:
     async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
         future: asyncio.Future[DecisionRecord] = self._loop().create_future()
         self._pending.append((record, future))
+        self._start_flushing()
+        return await future
+
+    async def log_decisions(self, records: list[DecisionRecord]) -> list[DecisionRecord]:
+        """Log `records` together, in the next group commit (one `log_decisions` call)."""
+        future: asyncio.Future[list[DecisionRecord]] = self._loop().create_future()
+        self._batches.append((records, future))
         self._start_flushing()
         return await future
 
@@ -67,18 +77,39 @@ class GroupCommitLog:
 
     async def _flush(self) -> None:
         try:
-            while self._pending or self._rewards:
+            while self._pending or self._batches or self._rewards:
                 # Decisions first: a reward may refer to a decision waiting beside it.
-                if self._pending:
-                    batch, self._pending = self._pending, []
-                    records = [record for record, _ in batch]
-                    await self._commit(self.store.log_decisions, records, batch)
+                if self._pending or self._batches:
+                    await self._commit_decisions()
                 if self._rewards:
                     rewards, self._rewards = self._rewards, []
                     items = [item for item, _ in rewards]
                     await self._commit(self.store.record_rewards, items, rewards, self.on_rewards)
         finally:
             self._flushing = False
+
+    async def _commit_decisions(self) -> None:
+        """Commit the waiting decisions, single and batched, in one `log_decisions` call."""
+        singles, self._pending = self._pending, []
+        batches, self._batches = self._batches, []
+        records = [record for record, _ in singles]
+        for batch, _ in batches:
+            records.extend(batch)
+        try:
+            results = await self.call(self.store.log_decisions, records, self.rules)
+        except Exception as exc:  # every waiting request learns of the failure
+            for _, future in (*singles, *batches):
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(singles, results, strict=False):
+            if not future.done():
+                future.set_result(result)
+        start = len(singles)
+        for batch, future in batches:
+            if not future.done():
+                future.set_result(results[start : start + len(batch)])
+            start += len(batch)
 
     async def _commit(
         self,

@@ -68,7 +68,12 @@ def create_app(
     install_openapi(
         app, [r.request_model for r in bound if r.request_model], bool(settings.api_keys)
     )
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, hot_routes=hot_routes)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        hot_routes=hot_routes,
+        path_limits={"/v1/rank/batch": settings.max_batch_body_bytes},
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outer: 413/415 are timed too
     app.add_middleware(StartupFailure)
     for error in ANSWERED_ERRORS:

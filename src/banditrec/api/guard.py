@@ -5,7 +5,7 @@ body in the scope (`BODY_KEY`) for the routes, and hands it to the hot path (`Ho
 before FastAPI sees the request. The content type is read here and nowhere else.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,19 +48,26 @@ class RequestGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, hot_routes: BodyHandler | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        hot_routes: BodyHandler | None = None,
+        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hot_routes = hot_routes
+        #: Paths with a limit of their own (``POST /v1/rank/batch`` carries many contexts).
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
         length = header(scope, b"content-length")
-        if length and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await _error(send, 413, "payload_too_large", self._too_large)
+        if length and (not length.isdigit() or int(length) > limit):
+            await _error(send, 413, "payload_too_large", _too_large(limit))
             return
         # The first Content-Type header, as Starlette and FastAPI read it.
         json_body = is_json(header(scope, b"content-type"))
@@ -78,8 +85,8 @@ class RequestGuard:
                 return
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_body_bytes:
-                await _error(send, 413, "payload_too_large", self._too_large)
+            if received > limit:
+                await _error(send, 413, "payload_too_large", _too_large(limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -102,9 +109,9 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    @property
-    def _too_large(self) -> str:
-        return f"The request body is larger than {self.max_body_bytes} bytes."
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
 
 
 async def _error(send: Send, status: int, error: str, message: str) -> None:

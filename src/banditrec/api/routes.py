@@ -18,6 +18,7 @@ from starlette.responses import Response
 from banditrec.api.lifecycle_routes import LIFECYCLE_ROUTES
 from banditrec.api.route import Route
 from banditrec.auth import Role
+from banditrec.batch import RankBatchResponse, rank_batch, rank_batch_request_model
 from banditrec.dashboard.page import Asset, dashboard_asset, dashboard_data, dashboard_page
 from banditrec.engine import Engine
 from banditrec.errors import ActionNotFoundError, EventNotFoundError
@@ -213,6 +214,11 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/rank", rank, RankResponse, Role.writer,
         body=lambda s: rank_request_model(s.feature_schema), errors=(503,), hot=True,
+    ),
+    Route(
+        "POST", "/v1/rank/batch", rank_batch, RankBatchResponse, Role.writer,
+        body=lambda s: rank_batch_request_model(s.feature_schema, s.max_batch_size),
+        errors=(503,), hot=True,
     ),
     Route(
         "POST", "/v1/events/{event_id}/reward", reward, RewardResponse, Role.writer,

@@ -196,6 +196,28 @@ class Policy(ABC):
         scores = self.score(x)
         return scores, self.exploration.probabilities(scores.score, eligible)
 
+    def distribution_batch(
+        self, X: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        """`distribution` of every row of `X` (n, d) under its mask ``eligible[i]`` (n, K).
+
+        Returns Scores of (n, K) matrices and the probabilities (n, K). This fallback calls
+        `distribution` row by row, in order (a policy that draws from `rng` draws what the
+        same rows decided one by one would, minus the sampling draws in between); the
+        linear policies override it with one compiled call.
+
+        Raises
+        ------
+        NoEligibleActionError
+            If some row has no eligible action (nothing of the batch is then usable).
+        """
+        n, K = X.shape[0], self.n_actions_
+        out = np.empty((4, n, K))
+        for i in range(n):
+            scores, probabilities = self.distribution(X[i], eligible[i], rng)
+            out[0, i], out[1, i], out[2, i], out[3, i] = (*scores, probabilities)
+        return Scores(out[0], out[1], out[2]), out[3]
+
     # -- learning ----------------------------------------------------------------------
 
     @abstractmethod

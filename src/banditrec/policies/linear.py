@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from banditrec.exploration import EpsilonGreedy, Exploration, InverseGapWeighting, Softmax
+from banditrec import _kernels
+from banditrec.exploration import (
+    EpsilonGreedy,
+    Exploration,
+    InverseGapWeighting,
+    NoEligibleActionError,
+    Softmax,
+)
 from banditrec.policies.base import Array, Explanation, Scores, check_positive
 from banditrec.policies.ridge import RidgePolicy
 
@@ -94,6 +101,14 @@ class LinUCB(RidgePolicy):
             return self._epsilon_greedy_distribution(x, eligible, self.alpha, rule)
         return super().distribution(x, eligible, rng)
 
+    def distribution_batch(
+        self, X: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        rule = self.exploration
+        if type(rule) is EpsilonGreedy:  # a batch of decisions in one compiled call
+            return _epsilon_greedy_batch(self, X, eligible, self.alpha, rule)
+        return super().distribution_batch(X, eligible, rng)
+
 
 class _RidgeMeans(RidgePolicy):
     """Score = the ridge mean θᵀx; the exploration rule does all the exploring."""
@@ -111,6 +126,14 @@ class _RidgeMeans(RidgePolicy):
         if type(rule) is EpsilonGreedy:  # as `score` then the rule, in one compiled call
             return self._epsilon_greedy_distribution(x, eligible, 0.0, rule)
         return super().distribution(x, eligible, rng)
+
+    def distribution_batch(
+        self, X: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
+    ) -> tuple[Scores, Array]:
+        rule = self.exploration
+        if type(rule) is EpsilonGreedy:
+            return _epsilon_greedy_batch(self, X, eligible, 0.0, rule)
+        return super().distribution_batch(X, eligible, rng)
 
 
 class RidgeEpsilonGreedy(_RidgeMeans):
@@ -181,3 +204,25 @@ class SquareCB(_RidgeMeans):
     @classmethod
     def default_exploration(cls) -> Exploration:
         return InverseGapWeighting()
+
+
+def _epsilon_greedy_batch(
+    policy: RidgePolicy, X: Array, eligible: NDArray[np.bool_], alpha: float, rule: EpsilonGreedy
+) -> tuple[Scores, Array]:
+    """`RidgePolicy._epsilon_greedy_distribution` of every row of X (n, d), in one compiled
+    call (`_kernels.linear_epsilon_greedy_batch`)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n_actions, n_features = policy.n_actions_, policy.n_features_
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"X must have shape (n, {n_features}), got {X.shape}.")
+    if eligible.shape != (X.shape[0], n_actions):
+        raise ValueError(
+            f"eligible must have shape ({X.shape[0]}, {n_actions}), got {eligible.shape}."
+        )
+    out = np.empty((4, X.shape[0], n_actions))
+    row = _kernels.linear_epsilon_greedy_batch(
+        policy.A_inv_, policy.theta_, X, alpha, eligible, rule.epsilon, rule.tie_tolerance, out
+    )
+    if row >= 0:
+        raise NoEligibleActionError(f"No eligible action is left to serve (row {row}).")
+    return Scores(out[0], out[1], out[2]), out[3]

@@ -1,0 +1,256 @@
+"""Batches of decisions: the policy's batch distribution, `Engine.rank_batch`, and
+``POST /v1/rank/batch`` over HTTP (every decision logged, in one group commit; bad input
+refused whole, with nothing logged or learned)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from banditrec.api import create_app
+from banditrec.config import Settings
+from banditrec.exploration import (
+    EpsilonGreedy,
+    InverseGapWeighting,
+    NoEligibleActionError,
+    Softmax,
+    sample_action,
+    sample_actions,
+)
+from banditrec.policies import POLICIES, LinUCB, Policy
+from banditrec.sim import AppSimulator
+from banditrec.store import DecisionRecord, RewardRules
+from banditrec.store.sqlite import SQLiteEventStore
+from conftest import ACTIONS, SEED_CONTEXT
+
+JSON = {"content-type": "application/json"}
+
+
+def _learned(policy: Policy, K: int, d: int, seed: int = 0) -> Policy:
+    rng = np.random.default_rng(seed)
+    policy.reset(K, d)
+    policy.update_batch(rng.normal(size=(500, d)), rng.integers(0, K, 500), rng.random(500))
+    return policy
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        LinUCB(exploration=EpsilonGreedy(0.05)),
+        LinUCB(exploration=Softmax(0.2, epsilon=0.01)),
+        LinUCB(exploration=InverseGapWeighting(50.0)),
+        POLICIES["epsilon_greedy"](),
+        POLICIES["squarecb"](),
+        POLICIES["uniform"](),
+    ],
+    ids=lambda p: f"{p.name}-{p.exploration.name}",
+)
+@pytest.mark.parametrize(("K", "d"), [(4, 21), (50, 50)])
+def test_a_batch_serves_what_single_decisions_serve_bit_for_bit(
+    policy: Policy, K: int, d: int
+) -> None:
+    """Same scores, probabilities and (with the same generator) actions as n calls of
+    `distribution` + `sample_action`, including rows with masked actions."""
+    policy = _learned(policy, K, d)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, d))
+    eligible = rng.random((300, K)) < 0.7
+    eligible[np.arange(300), rng.integers(0, K, 300)] = True  # at least one per row
+    scores, probabilities = policy.distribution_batch(X, eligible, None)
+    served = sample_actions(probabilities, np.random.default_rng(7))
+    one_by_one = np.random.default_rng(7)
+    for i in range(300):
+        s, p = policy.distribution(X[i], eligible[i], None)
+        np.testing.assert_array_equal(scores.score[i], s.score)
+        np.testing.assert_array_equal(scores.mean[i], s.mean)
+        np.testing.assert_array_equal(scores.width[i], s.width)
+        np.testing.assert_array_equal(probabilities[i], p)
+        assert served[i] == sample_action(p, one_by_one)
+    assert np.all(probabilities[~eligible] == 0.0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_a_batch_with_a_row_that_has_no_eligible_action_is_refused() -> None:
+    policy = _learned(LinUCB(), 4, 5)
+    eligible = np.ones((3, 4), dtype=bool)
+    eligible[1] = False
+    with pytest.raises(NoEligibleActionError, match="row 1"):
+        policy.distribution_batch(np.ones((3, 5)), eligible)
+    with pytest.raises(ValueError, match="eligible must have shape"):
+        policy.distribution_batch(np.ones((3, 5)), np.ones((2, 4), dtype=bool))
+
+
+# -- the engine -----------------------------------------------------------------------------
+
+
+class CountingStore(SQLiteEventStore):
+    """The real SQLite store, counting the calls that log decisions (and their sizes)."""
+
+    def __init__(self, path: Path, encoding_hash: str) -> None:
+        super().__init__(path, encoding_hash)
+        self.calls: list[int] = []
+
+    def log_decisions(
+        self, records: Sequence[DecisionRecord], rules: RewardRules
+    ) -> list[DecisionRecord]:
+        self.calls.append(len(records))
+        return super().log_decisions(records, rules)
+
+
+def _contexts(n: int, seed: int = 3) -> list[dict[str, Any]]:
+    columns = AppSimulator().sample_contexts(n, np.random.default_rng(seed))
+    del columns["user_id"]
+    return [{k: v[i].item() for k, v in columns.items()} for i in range(n)]
+
+
+@pytest.fixture
+def app_client(model_file: Path, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(model_path=model_file, db_path=tmp_path / "events.db", seed=0)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_rank_batch_logs_every_decision_in_one_commit_and_matches_single_decisions(
+    app_client: TestClient, tmp_path: Path
+) -> None:
+    """Through HTTP: one decision per context, in order, each logged with what was answered;
+    one `log_decisions` call; with the same seed, the same actions and probabilities as
+    the contexts sent one by one to /v1/rank."""
+    engine = app_client.app.state.engine  # type: ignore[attr-defined]
+    store = CountingStore(engine.store.path, engine.schema.encoding_hash)
+    engine.store, engine._log.store = store, store
+    contexts = _contexts(200)
+    response = app_client.post("/v1/rank/batch", json={"contexts": contexts})
+    assert response.status_code == 200, response.text
+    decisions = response.json()["decisions"]
+    assert len(decisions) == 200 and store.calls == [200]
+    assert len({d["event_id"] for d in decisions}) == 200
+    for d, context in zip(decisions, contexts, strict=True):
+        logged = store.get_decision(d["event_id"])
+        assert logged is not None and logged.action == d["action_id"]
+        assert logged.probability == d["probability"] and logged.context == context
+        assert d["ranking"][0]["probability"] >= d["ranking"][-1]["probability"]
+        assert {r["action_id"] for r in d["ranking"]} == set(ACTIONS)
+    assert store.count("decisions") == 200
+    # The same contexts, one by one, from a fresh app with the same seed.
+    settings = app_client.app.state.settings  # type: ignore[attr-defined]
+    again = settings.model_copy(update={"db_path": tmp_path / "single.db"})
+    with TestClient(create_app(again)) as single:
+        for d, context in zip(decisions, contexts, strict=True):
+            one = single.post("/v1/rank", json={"context": context}).json()
+            assert (one["action_id"], one["probability"]) == (d["action_id"], d["probability"])
+            assert one["ranking"] == d["ranking"]
+
+
+def test_a_batch_decision_takes_rewards_like_any_other(app_client: TestClient) -> None:
+    decisions = app_client.post(
+        "/v1/rank/batch", json={"contexts": _contexts(3), "user_ids": ["a", None, "c"]}
+    ).json()["decisions"]
+    engine = app_client.app.state.engine  # type: ignore[attr-defined]
+    before = int(engine.policy.n_updates_.sum())
+    for d in decisions:
+        r = app_client.post(f"/v1/events/{d['event_id']}/reward", json={"value": 1.0})
+        assert r.status_code == 200 and r.json()["learned"] is True
+    assert int(engine.policy.n_updates_.sum()) == before + 3
+    assert engine.store.get_decision(decisions[0]["event_id"]).user_id == "a"
+    assert engine.store.get_decision(decisions[1]["event_id"]).user_id is None
+
+
+def test_excluded_actions_hold_for_every_context(app_client: TestClient) -> None:
+    body = {"contexts": _contexts(50), "excluded_actions": ["invite_friend", "suggest_new_app"]}
+    decisions = app_client.post("/v1/rank/batch", json=body).json()["decisions"]
+    for d in decisions:
+        assert d["action_id"] in ("show_bonus_offer", "deep_link_to_store")
+        zero = {r["action_id"] for r in d["ranking"] if r["probability"] == 0.0}
+        assert zero == {"invite_friend", "suggest_new_app"}
+
+
+# -- bad input: status, message, nothing logged or learned ----------------------------------
+
+
+def _nothing_changes(client: TestClient) -> tuple[int, dict[str, np.ndarray]]:
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    return engine.store.count("decisions"), engine.policy.get_state()
+
+
+def _assert_unchanged(client: TestClient, before: tuple[int, dict[str, np.ndarray]]) -> None:
+    count, state = _nothing_changes(client)
+    assert count == before[0]
+    for name, value in before[1].items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "words"),
+    [
+        ({"contexts": []}, 422, "validation_error", "contexts: List should have at least 1"),
+        (
+            {"contexts": [SEED_CONTEXT] * 1001},
+            422,
+            "validation_error",
+            "at most 1000 contexts (setting max_batch_size), this one has 1001",
+        ),
+        (
+            {"contexts": [SEED_CONTEXT, {**SEED_CONTEXT, "n_sessions": -1}]},
+            422,
+            "validation_error",
+            "contexts.1.n_sessions",
+        ),
+        (
+            {"contexts": [SEED_CONTEXT] * 2, "user_ids": ["a"]},
+            422,
+            "validation_error",
+            "user_ids has 1 entries for 2 contexts",
+        ),
+        ({"contexts": [SEED_CONTEXT], "context": {}}, 422, "validation_error", "context"),
+        (
+            {"contexts": [SEED_CONTEXT], "actions": ["nope"]},
+            422,
+            "unknown_action",
+            "nope",
+        ),
+        (
+            {"contexts": [SEED_CONTEXT], "excluded_actions": list(ACTIONS)},
+            422,
+            "no_eligible_action",
+            "No eligible action",
+        ),
+    ],
+    ids=["empty", "too-many", "bad-field", "lengths", "unknown-key", "unknown-action", "none"],
+)
+def test_a_bad_batch_is_refused_whole(
+    app_client: TestClient, body: dict[str, Any], status: int, error: str, words: str
+) -> None:
+    app_client.post("/v1/rank/batch", json={"contexts": _contexts(2)})  # something logged
+    before = _nothing_changes(app_client)
+    response = app_client.post("/v1/rank/batch", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert words in response.json()["message"], response.json()
+    _assert_unchanged(app_client, before)
+
+
+def test_a_batch_body_over_its_own_limit_is_413(model_file: Path, tmp_path: Path) -> None:
+    settings = Settings(
+        model_path=model_file, db_path=tmp_path / "e.db", seed=0, max_batch_body_bytes=4096
+    )
+    with TestClient(create_app(settings)) as client:
+        before = _nothing_changes(client)
+        response = client.post("/v1/rank/batch", json={"contexts": [SEED_CONTEXT] * 100})
+        assert response.status_code == 413
+        assert response.json()["message"] == "The request body is larger than 4096 bytes."
+        _assert_unchanged(client, before)
+        # The other routes keep the general limit; a batch within its own is served.
+        assert client.post("/v1/rank/batch", json={"contexts": [SEED_CONTEXT] * 5}).is_success
+
+
+def test_the_batch_route_is_documented(app_client: TestClient) -> None:
+    spec = app_client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/rank/batch"]["post"]
+    assert {"200", "413", "422"} <= set(operation["responses"])
+    assert "RankBatchRequest" in spec["components"]["schemas"]
