@@ -51,11 +51,10 @@ def test_the_served_probabilities_are_the_served_members_own() -> None:
         eligible = rng.random(3) < 0.8
         eligible[rng.integers(3)] = True
         scores, p = policy.distribution(x, eligible)
-        twin = LinUCB(alpha=policy.alpha, ridge=policy.ridge).set_state(
-            {"A_": policy.A_, "b_": policy.b_, "n_updates_": policy.n_updates_}
-        )
-        np.testing.assert_allclose(scores.score, twin.score(x).score, rtol=1e-12, atol=1e-12)
-        floor = policy._floor(x, scores.width, policy.alpha, eligible)
+        twin = LinUCB(alpha=policy.alpha, ridge=policy.ridge).reset(3, 7)
+        twin.A_inv_, twin.theta_ = policy.A_inv_, policy.theta_  # the same derived arrays
+        np.testing.assert_array_equal(scores.score, twin.score(x).score)  # bit for bit
+        floor = policy._floor(x, policy._scores(x)[1], eligible)
         expected = EpsilonGreedy(floor).probabilities(scores.score, eligible)
         np.testing.assert_allclose(p, expected, rtol=1e-12, atol=1e-15)
 
@@ -138,7 +137,7 @@ def test_the_floor_shrinks_where_the_model_is_certain_down_to_its_minimum() -> N
     assert many[0] == pytest.approx(0.05 * 0.1 / 2, rel=1e-12)  # min_epsilon_share · ε / K
     # Elsewhere (a direction never seen) the floor is still the full ε.
     unseen = np.array([0.0, -3.0, 0.1])
-    assert policy._floor(unseen, policy.score(unseen).width, policy.alpha, eligible) > 0.9 * 0.05
+    assert policy._floor(unseen, policy._scores(unseen)[1], eligible) > 0.9 * 0.05
 
 
 def test_the_member_choice_survives_a_model_file(tmp_path: Path) -> None:

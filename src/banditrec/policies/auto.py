@@ -187,45 +187,53 @@ class AutoLinUCB(RidgePolicy):
         return self.alphas[int(self.served_[0])]
 
     def score(self, x: Array) -> Scores:
-        return Scores(*self._linear_scores(x, self.alpha))
+        return self._scores(x)[0]
+
+    def _scores(self, x: Array) -> tuple[Scores, Array]:
+        """The served member's scores and the unscaled widths √(xᵀA⁻¹x), in one kernel call.
+
+        Bitwise the scores of `LinUCB` with the served α: the kernel's width is α·√q and
+        its score mean + width, the same two IEEE operations as here.
+        """
+        _, mean, raw = self._linear_scores(x, 1.0)
+        width = self.alpha * raw
+        return Scores(mean + width, mean, width), raw
 
     def distribution(
         self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
     ) -> tuple[Scores, Array]:
-        scores = self.score(x)
+        scores, raw = self._scores(x)
         probabilities = np.empty(self.n_actions_)
-        epsilon = self._floor(x, scores.width, self.alpha, eligible)
+        epsilon = self._floor(x, raw, eligible)
         if not _kernels.epsilon_greedy_probabilities(
-            scores.score,
-            eligible,
-            epsilon,
-            self._rule.tie_tolerance,
-            probabilities,
+            scores.score, eligible, epsilon, self._rule.tie_tolerance, probabilities
         ):
             raise NoEligibleActionError("No eligible action is left to serve.")
         return scores, probabilities
 
-    def _floor(self, x: Array, width: Array, alpha: float, eligible: NDArray[np.bool_]) -> float:
-        """ε·c(x): the floor shrinks with the uncertainty left in direction x (module doc)."""
+    def _floor(self, x: Array, raw_width: Array, eligible: NDArray[np.bool_]) -> float:
+        """ε·c(x): the floor shrinks with the uncertainty left in direction x (module doc).
+
+        `raw_width` is √(xᵀA_k⁻¹x) per action: the least uncertain eligible action decides.
+        """
         epsilon = self._rule.epsilon
         norm = float(np.dot(x, x))
         if norm <= 0.0 or not eligible.any():
             return epsilon
-        # width = α·√(xᵀA⁻¹x); with α = 0 the kernel reports 0, so recompute it at α = 1.
-        w = width / alpha if alpha > 0 else self._linear_scores(x, 1.0)[2]
-        certainty = float(np.min(w[eligible])) / math.sqrt(norm / self.ridge)
+        certainty = float(np.min(raw_width[eligible])) / math.sqrt(norm / self.ridge)
         return epsilon * min(1.0, max(self.min_epsilon_share, certainty))
 
     def _member_probabilities(self, x: Array) -> tuple[Array, Array]:
         """Every member's distribution (M, K) over all actions at x, and the ridge means."""
-        _, mean, width = self._linear_scores(x, 1.0)
+        _, mean, raw = self._linear_scores(x, 1.0)
         everyone = np.ones(self.n_actions_, dtype=bool)
         tie = self._rule.tie_tolerance
+        epsilon = self._floor(x, raw, everyone)  # the same for every member
         out = np.empty((len(self.alphas), self.n_actions_))
         for m, alpha in enumerate(self.alphas):
-            scores = mean + alpha * width
-            epsilon = self._floor(x, alpha * width, alpha, everyone)
-            _kernels.epsilon_greedy_probabilities(scores, everyone, epsilon, tie, out[m])
+            _kernels.epsilon_greedy_probabilities(
+                mean + alpha * raw, everyone, epsilon, tie, out[m]
+            )
         return out, mean
 
     # -- learning ----------------------------------------------------------------------
