@@ -480,3 +480,25 @@ def test_evaluate_and_the_report_show_the_switches_on_their_timeline(tmp_path: P
     assert result.to_dict()["timeline"][1]["reason"] == "admin: try it"
     html = write_report(result, tmp_path / "report").html.read_text()
     assert "<h2>Timeline</h2>" in html and "promote v2" in html and "admin: enough" in html
+
+
+def test_a_version_kept_before_an_action_was_added_gains_it(tmp_path: Path) -> None:
+    """A model file without the actions added at run time since is brought up to them when
+    served, and the actions disabled now stay disabled."""
+
+    async def run() -> None:
+        engine = open_engine(tmp_path / "events.db", Clock())
+        assert engine.store is not None
+        lifecycle = Lifecycle.attach(engine, engine.store, LifecycleSettings())
+        data = model_bytes(engine.snapshot_model())  # the four actions of the schema
+        await engine.change_action(LearnKind.add_action, "new_offer")
+        await engine.change_action(LearnKind.disable_action, "invite_friend")
+        await lifecycle.upload(data, "kept before", activate=True)
+        assert engine.actions[-1] == "new_offer" and engine.disabled == {"invite_friend"}
+        mask = engine.eligible_mask(actions=["new_offer"])
+        record = await engine.rank(first_context(), mask)
+        result = await engine.reward(record.event_id, 1.0)
+        assert result.outcome.value == "learned" and engine.policy.n_updates_[-1] == 1
+        close(engine)
+
+    asyncio.run(run())

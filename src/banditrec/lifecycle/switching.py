@@ -170,6 +170,13 @@ class Switcher:
             logger.error("Cannot serve model version %s at seq %d: %s", event.event_id,
                          event.seq, exc)  # fmt: skip
             return model
+        # Actions added at run time before the version was kept are not in its file (those
+        # added after are in the replay); which actions are disabled is the operators' choice
+        # of now, not the version's.
+        for action in model.actions[len(served.actions) :]:
+            served.policy.add_action()
+            served.actions = (*served.actions, action)
+        served.disabled = frozenset(model.disabled)
         served.version, served.created_at = model.version, model.created_at  # snapshots match
         served.log_id, served.lifecycle = model.log_id, new_state.to_dict()
         logger.info(
