@@ -270,3 +270,19 @@ def test_two_apps_on_one_log_switch_at_the_same_event(tmp_path: Path) -> None:
         assert model_a["n_updates_by_action"] == model_b["n_updates_by_action"]
         assert b.get("/v1/lifecycle").json()["live_version"] == switch["target"]
         assert a.get("/v1/admin/model").content == b.get("/v1/admin/model").content
+
+
+def test_metrics_show_the_lifecycle() -> None:
+    with serve(apprentice=True, baseline_rules=RULES, lifecycle_check_every=1) as client:
+        for _ in range(30):
+            event = client.post("/v1/rank", json={"context": CONTEXT}).json()["event_id"]
+            client.post(f"/v1/events/{event}/reward", json={"value": 1.0})
+        # The background step scores the rounds; the status computes the estimates.
+        deadline = time.monotonic() + 20.0
+        while client.get("/v1/lifecycle").json()["apprentice"]["estimate"]["n_rounds"] < 30:
+            assert time.monotonic() < deadline, "the lifecycle never scored the rounds"
+            time.sleep(0.02)
+        text = client.get("/metrics").text
+    assert "banditrec_lifecycle_apprentice 1.0" in text
+    for bound in ("value", "low", "high"):
+        assert f'banditrec_lifecycle_lift{{bound="{bound}",policy="apprentice"}}' in text
