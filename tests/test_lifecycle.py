@@ -502,3 +502,41 @@ def test_a_version_kept_before_an_action_was_added_gains_it(tmp_path: Path) -> N
         close(engine)
 
     asyncio.run(run())
+
+
+def test_two_engines_on_one_redis_log_switch_at_the_same_seq(redis_server: RedisServer) -> None:
+    """The same on the Redis log: versions in its keys, switches in its stream."""
+
+    async def run() -> None:
+        clock = Clock()
+
+        def engine(seed: int) -> Engine:
+            store = RedisEventStore.from_url(redis_server.url, SCHEMA.encoding_hash, prefix="lc")
+            return Engine(prior_model(SCHEMA), np.random.default_rng(seed), store,
+                          RewardRules(), clock)  # fmt: skip
+
+        a, b = engine(1), engine(2)
+        life_a = Lifecycle.attach(a, a.store, LifecycleSettings())  # type: ignore[arg-type]
+        Lifecycle.attach(b, b.store, LifecycleSettings())  # type: ignore[arg-type]
+        await asyncio.to_thread(life_a.add_candidate, CandidateSpec("soft", 0.0, "softmax"))
+        sim = AppSimulator()
+        rows, columns = contexts(sim, 200, seed=9)
+        mu, rng = sim.expected_rewards(columns), np.random.default_rng(9)
+        for i, row in enumerate(rows):
+            engine_i = a if i % 2 else b
+            record = await engine_i.rank(row)
+            await engine_i.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+            if i == 100:
+                await life_a.step()
+                switch = await life_a.promote("soft", force=True)
+            b.catch_up()
+        a.catch_up()
+        assert a.applied_offset == b.applied_offset > switch.seq
+        for e in (a, b):
+            assert e.policy.name == "softmax" and e.model.lifecycle["live_version"] == "v2"
+        for name, value in a.policy.get_state().items():
+            assert np.array_equal(value, b.policy.get_state()[name]), name
+        for e in (a, b):
+            close(e)
+
+    asyncio.run(run())
