@@ -540,3 +540,46 @@ def test_two_engines_on_one_redis_log_switch_at_the_same_seq(redis_server: Redis
             close(e)
 
     asyncio.run(run())
+
+
+def test_a_better_candidate_is_promoted_by_the_lease_holder_only(tmp_path: Path) -> None:
+    """Live: uniform random. Candidate: LinUCB, in shadow. With automatic promotion the
+    process that may switch (the lease holder) promotes it once its lower bound beats the live
+    value by the margin; the other process, which may not, decides nothing, and applies the
+    promotion from the log."""
+
+    async def run() -> None:
+        clock = Clock()
+        path = tmp_path / "events.db"
+        a = open_engine(path, clock, build_policy("uniform"), seed=1)
+        b = open_engine(path, clock, build_policy("uniform"), seed=2)
+        settings = LifecycleSettings(auto_promote=True, promotion_margin=0.05, check_every=250,
+                                     window=2000)  # fmt: skip
+        holder = Lifecycle.attach(a, a.store, settings)  # type: ignore[arg-type]
+        other = Lifecycle.attach(b, b.store, settings, may_switch=lambda: False)  # type: ignore[arg-type]
+        await asyncio.to_thread(holder.add_candidate, CandidateSpec("lin", 0.0, "linucb"))
+        other.sync_candidates()
+        sim = AppSimulator(reward_scale=2.0)
+        rows, columns = contexts(sim, 3000, seed=11)
+        mu, rng = sim.expected_rewards(columns), np.random.default_rng(11)
+        served = []
+        for i, row in enumerate(rows):
+            clock.now += 1.0
+            engine = a if i % 2 else b
+            record = await engine.rank(row)
+            served.append(mu[i, record.action_index])
+            await engine.reward(record.event_id, float(rng.random() < mu[i, record.action_index]))
+            if i % 250 == 249:
+                await other.step()
+                await holder.step()
+                b.catch_up()
+        (switch,) = holder.records.switches()
+        assert switch.kind == "promote"
+        assert switch.reason.startswith("promotion: lin beats the live policy by +0.")
+        assert a.policy.name == b.policy.name == "linucb"
+        promoted_at = switch.seq  # one learn event per decision before it
+        assert np.mean(served[promoted_at + 200 :]) > np.mean(served[:promoted_at]) + 0.1
+        for engine in (a, b):
+            close(engine)
+
+    asyncio.run(run())

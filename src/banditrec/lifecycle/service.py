@@ -35,7 +35,7 @@ from banditrec.lifecycle.errors import (
     NotProvenError,
 )
 from banditrec.lifecycle.estimates import Estimate, Track
-from banditrec.lifecycle.guardrail import Graduation, Guardrail, PromotionGate
+from banditrec.lifecycle.guardrail import Graduation, Guardrail, PromotionGate, interval_text
 from banditrec.lifecycle.records import (
     CandidateSpec,
     LifecycleRecords,
@@ -313,7 +313,12 @@ class Lifecycle:
             ]
             if passing:
                 _, name = max(passing)
-                reason = f"promotion: {name} passed the gate"
+                passed = self.estimate(name)
+                assert passed is not None
+                reason = (
+                    f"promotion: {name} beats the live policy by {interval_text(passed)}, "
+                    f"above the margin {s.promotion_margin:g}"
+                )
                 await self.promote(name, reason=reason)
                 return reason
         return None
