@@ -52,6 +52,13 @@ MABWiser
     ``partial_fit`` of that row. Its rule is its own: argmax of the UCB, first arm on ties,
     no probabilities.
 
+Tuning table (issue 9): ``--tuning`` runs the self-tuning policy (`TUNING_SUBJECT`, ``auto``)
+against banditrec's LinUCB with α = 0.1 and α = 1, a greedy linear model (`REFERENCES`) and the
+peers, on all nine data sets (the four above and five more made offline from what scikit-learn
+ships: `EXTRA`), prints mean ± standard error, skips the simulator, and checks that the subject
+is never significantly worse than the best other contender on any data set (paired Δ ≤ 2 s.e.)
+and first by mean rank (`check_tuning`). ``--datasets all`` runs the nine in the normal mode.
+
 Optional ``--variant 'alpha=0.3,ridge=2,epsilon=0.02'`` adds the default policy with other
 parameters as a separately labelled row ("proposed"): it is never the default, and its target
 verdict is printed apart. ``--only KEYS`` keeps some contenders (plus the variants).

@@ -114,3 +114,61 @@ def test_reports_run_on_seeds_that_did_not_choose_the_defaults(bq: ModuleType) -
     assert "USED TO CHOOSE" in bq.seeds_note(2020, 10, 5, True)
     assert "reporting seeds" in bq.seeds_note(2020, 10, 5, False)
     assert bq.REPORTING_SEED not in bq.CHOOSING_SEEDS
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "d", "k"),
+    [("diabetes", 442, 11, 3), ("blobs", 1500, 9, 5), ("many_classes", 2000, 21, 12),
+     ("moons", 1000, 3, 2), ("quantiles", 1500, 7, 4)],
+)  # fmt: skip
+def test_the_extra_data_sets_are_bundled_and_fixed(
+    bq: ModuleType, name: str, n: int, d: int, k: int
+) -> None:
+    stream = bq.load_dataset(name)
+    assert (stream.n, stream.n_features, stream.n_actions) == (n, d, k)
+    np.testing.assert_allclose(stream.X[:, :-1].mean(axis=0), 0.0, atol=1e-12)
+    assert np.all(stream.R.sum(axis=1) == 1.0) and stream.R.sum(axis=0).min() > 0
+    np.testing.assert_array_equal(bq.load_dataset(name).X, stream.X)  # seeded: the same
+
+
+def _cells(bq: ModuleType, values: dict[str, list[float]]) -> dict[tuple[str, str], object]:
+    return {(key, "set"): bq.Cell(list(v)) for key, v in values.items()}
+
+
+def test_the_tuning_target_needs_no_significant_loss_and_the_first_mean_rank(
+    bq: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def contender(key: str) -> object:
+        return bq.Contender(key, key, "banditrec", lambda stream, seed: None, "")
+
+    subject, other = contender("auto"), contender("fixed")
+    noise = [0.01, -0.01, 0.02, -0.02, 0.0]
+    fixed = [0.30 + e for e in noise]
+    # Within noise of the best (Δ = +0.004 ± 0.0034 s.e.): not worse, but not first either.
+    tied = _cells(bq, {"auto": [0.324, 0.284, 0.324, 0.28, 0.308], "fixed": fixed})
+    assert not bq.check_tuning(subject, [subject, other], ["set"], tied)
+    assert "not worse" in capsys.readouterr().out
+    # Clearly better: met.
+    better = _cells(bq, {"auto": [v - 0.05 for v in fixed], "fixed": fixed})
+    assert bq.check_tuning(subject, [subject, other], ["set"], better)
+    # Significantly worse (Δ = +0.02, tiny s.e.): not met, whatever the rank elsewhere.
+    worse = _cells(bq, {"auto": [0.3201, 0.2899, 0.3402, 0.2798, 0.32], "fixed": fixed})
+    assert not bq.check_tuning(subject, [subject, other], ["set"], worse)
+    assert "WORSE" in capsys.readouterr().out
+
+
+def test_ranks_share_ties(bq: ModuleType) -> None:
+    assert bq._ranks({"a": 0.1, "b": 0.2, "c": 0.1}) == {"a": 1.5, "b": 3.0, "c": 1.5}
+
+
+def test_the_tuning_command_prints_its_table_and_verdict(
+    bq: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bq.main(["--tuning", "--datasets", "iris", "--shuffles", "2", "--markdown", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± standard error over shuffles" in out
+    for label in ("| banditrec auto |", "| LinUCB α = 0.1 |", "| LinUCB α = 1 |",
+                  "| greedy linear |"):  # fmt: skip
+        assert label in out
+    assert "Tuning target: banditrec auto" in out and "mean rank:" in out
+    assert "cumulative regret" not in out  # no simulator
