@@ -62,7 +62,7 @@ try:  # python -m benchmarks.<name>, or python benchmarks/<name>.py
     from benchmarks import _machine
 except ImportError:
     import _machine  # type: ignore[no-redef]
-from banditrec.exploration import EpsilonGreedy, sample_action
+from banditrec.exploration import EpsilonGreedy, sample_action, sample_actions
 from banditrec.policies import LinUCB
 
 Array = NDArray[np.float64]
@@ -287,6 +287,81 @@ def run_mabwiser(
         actions[i] = a
 
 
+#: Contexts per call of the batch contenders (as in one POST /v1/rank/batch).
+BATCH = 1000
+
+#: (K, d, divisor) of the batch table: d = 21 is the seed's schema (20 features + bias).
+BATCH_SETTINGS: tuple[tuple[int, int, int], ...] = ((4, 21, 1), (50, 50, 5))
+
+
+def run_banditrec_batch(
+    policy: LinUCB, stream: Stream, n: int, rng: np.random.Generator, actions: NDArray[np.intp]
+) -> None:
+    """Batches of `BATCH` rows: `LinUCB.distribution_batch` (one compiled call) →
+    `sample_actions` → `LinUCB.update_batch` (per-action sums, one exact refresh)."""
+    X, R = stream.X, stream.R
+    eligible = np.ones((BATCH, stream.n_actions), dtype=bool)
+    for start in range(0, n, BATCH):
+        Xb = X[start : min(start + BATCH, n)]
+        m = Xb.shape[0]
+        _, probs = policy.distribution_batch(Xb, eligible[:m], rng)
+        chosen = sample_actions(probs, rng)
+        policy.update_batch(Xb, chosen, R[start + np.arange(m), chosen])
+        actions[start : start + m] = chosen
+
+
+class NumpyBatched:
+    """Batched LinUCB in plain numpy, the way a careful numpy user writes it.
+
+    Per batch: every context's scores from stacked matrix products (``A_k⁻¹`` applied to
+    the whole batch at once), ε-greedy probabilities and inverse-CDF draws vectorised over
+    the batch, then the batch learned at once: ``A_k += X_kᵀX_k``, ``b_k += X_kᵀr_k`` and
+    ``A⁻¹ = np.linalg.inv(A)``, ``θ = A⁻¹b`` for all actions in one call each.
+    """
+
+    def __init__(self, K: int, d: int) -> None:
+        self.A = np.tile(np.eye(d) * RIDGE, (K, 1, 1))
+        self.A_inv = np.tile(np.eye(d) / RIDGE, (K, 1, 1))
+        self.b = np.zeros((K, d))
+        self.theta = np.zeros((K, d))
+
+    def choose(self, X: Array, uniforms: Array) -> NDArray[np.intp]:
+        K = self.A.shape[0]
+        U = np.matmul(self.A_inv, X.T)  # (K, d, n): A_k⁻¹x for every action and row
+        q = np.einsum("kdn,nd->nk", U, X)
+        score = X @ self.theta.T + ALPHA * np.sqrt(np.maximum(q, 0.0))
+        top = score.max(axis=1, keepdims=True)
+        tied = score >= top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top))
+        probs = EPSILON / K + tied * ((1.0 - EPSILON) / tied.sum(axis=1, keepdims=True))
+        chosen = (np.cumsum(probs, axis=1) > uniforms[:, None]).argmax(axis=1)
+        return chosen
+
+    def learn(self, X: Array, chosen: NDArray[np.intp], r: Array) -> None:
+        for k in range(self.A.shape[0]):
+            rows = chosen == k
+            Xk = X[rows]
+            self.A[k] += Xk.T @ Xk
+            self.b[k] += r[rows] @ Xk
+        self.A_inv = np.linalg.inv(self.A)
+        self.theta = np.einsum("kij,kj->ki", self.A_inv, self.b)
+
+
+def run_numpy_batched(
+    model: NumpyBatched,
+    stream: Stream,
+    n: int,
+    rng: np.random.Generator,
+    actions: NDArray[np.intp],
+) -> None:
+    X, R = stream.X, stream.R
+    for start in range(0, n, BATCH):
+        Xb = X[start : min(start + BATCH, n)]
+        m = Xb.shape[0]
+        chosen = model.choose(Xb, rng.random(m))
+        model.learn(Xb, chosen, R[start + np.arange(m), chosen])
+        actions[start : start + m] = chosen
+
+
 def mabwiser_available() -> bool:
     try:
         import mabwiser  # noqa: F401
@@ -345,6 +420,34 @@ CONTENDERS = (
         run_mabwiser,
         slow=True,
         epsilon_greedy=False,
+    ),
+)
+
+
+BATCH_CONTENDERS = (
+    Contender(
+        "banditrec_batch",
+        f"banditrec LinUCB, batches of {BATCH:,}",
+        lambda K, d, seed: new_banditrec(K, d),
+        run_banditrec_batch,
+        slow=False,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "numpy_batched",
+        f"numpy batched LinUCB, batches of {BATCH:,}",
+        lambda K, d, seed: NumpyBatched(K, d),
+        run_numpy_batched,
+        slow=False,
+        epsilon_greedy=True,
+    ),
+    Contender(
+        "banditrec",
+        "banditrec LinUCB, one by one",
+        lambda K, d, seed: new_banditrec(K, d),
+        run_banditrec,
+        slow=False,
+        epsilon_greedy=False,  # learns after every row: other actions than a batch's
     ),
 )
 
@@ -453,10 +556,11 @@ def bench_setting(
             res.rates.append(rate)
             served[c.key] = actions
             log(f"  K={K:>2} d={d:>2}  repeat {rep + 1}/{repeats}  {c.label:<32} {rate:>12,.0f}/s")
-    if "banditrec" in served:
-        ref = served["banditrec"]
+    first = contenders[0].key  # the reference of the table (banditrec, one way or another)
+    if first.startswith("banditrec"):
+        ref = served[first]
         for c in contenders:
-            if c.epsilon_greedy and c.key != "banditrec":
+            if c.epsilon_greedy and c.key != first:
                 n = min(len(ref), len(served[c.key]))
                 results[c.key].agreement = float(np.mean(ref[:n] == served[c.key][:n]))
     return list(results.values())
@@ -473,7 +577,7 @@ def table_rows(results: list[Result]) -> list[list[str]]:
     rows = []
     for res in results:
         ref = next(r for r in results if r.K == res.K and r.d == res.d)  # banditrec comes first
-        is_ref = res.contender.key == "banditrec"
+        is_ref = res is ref
         ratio = "1.0x (ref)" if is_ref else f"{ref.best / res.best:,.1f}x"
         note = "" if res.agreement is None else f"same actions: {res.agreement:.0%}"
         if res.contender.key == "mabwiser":
@@ -544,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mabwiser", action="store_true", help="skip MABWiser")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-repeat progress")
+    parser.add_argument("--batch-only", action="store_true", help="only the batch table")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.slow_rounds = args.rounds // 10, args.slow_rounds // 10
@@ -555,6 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             sys.stdout.flush()
             print(msg, file=sys.stderr, flush=True)
+
+    if args.batch_only:
+        print("Machine")
+        for line in machine_notes():
+            print(f"  {line}")
+        bench_batches(args, log)
+        return 0
 
     contenders = [c for c in CONTENDERS if c.key != "mabwiser"]
     if not args.no_mabwiser:
@@ -619,10 +731,34 @@ def main(argv: list[str] | None = None) -> int:
             f"  banditrec ≥ {TARGET_RATIO_MABWISER:g}x MABWiser: "
             f"{'met' if ratio >= TARGET_RATIO_MABWISER else 'NOT met'} ({ratio:,.0f}x)"
         )
+    bench_batches(args, log)
     if not ok:
         print("\nCROSS-CHECK FAILED: the contenders do not compute the same model.")
         return 1
     return 0
+
+
+def bench_batches(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    """The batch table: decide + update a batch of contexts at a time, vs numpy's batches."""
+    results: list[Result] = []
+    t_start = time.perf_counter()
+    for K, d, divisor in BATCH_SETTINGS:
+        rounds = max(BATCH, args.rounds // divisor // BATCH * BATCH)
+        results += bench_setting(
+            K, d, rounds, rounds, args.repeats, list(BATCH_CONTENDERS), args.seed, log
+        )
+    print(f"\nBatches of {BATCH:,} contexts: decide (all at once), then learn the batch")
+    print_table(results, args.markdown)
+    print(f"(timing took {time.perf_counter() - t_start:.0f} s)")
+    print("\nTargets: banditrec's batches ≥ numpy's batches")
+    for K, d, _ in BATCH_SETTINGS:
+        rows = {r.contender.key: r for r in results if (r.K, r.d) == (K, d)}
+        ours, theirs = rows["banditrec_batch"], rows["numpy_batched"]
+        met = ours.best >= theirs.best
+        print(
+            f"  K={K}, d={d}: {'met' if met else 'NOT met'} "
+            f"({ours.best:,.0f} vs {theirs.best:,.0f} rounds/s, {ours.best / theirs.best:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -51,11 +51,9 @@ def _learned(policy: Policy, K: int, d: int, seed: int = 0) -> Policy:
     ids=lambda p: f"{p.name}-{p.exploration.name}",
 )
 @pytest.mark.parametrize(("K", "d"), [(4, 21), (50, 50)])
-def test_a_batch_serves_what_single_decisions_serve_bit_for_bit(
-    policy: Policy, K: int, d: int
-) -> None:
-    """Same scores, probabilities and (with the same generator) actions as n calls of
-    `distribution` + `sample_action`, including rows with masked actions."""
+def test_a_batch_serves_what_single_decisions_serve(policy: Policy, K: int, d: int) -> None:
+    """Same scores (to rounding), the same probabilities and, with the same generator, the
+    same actions as n calls of `distribution` + `sample_action`, with masked actions."""
     policy = _learned(policy, K, d)
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, d))
@@ -66,9 +64,10 @@ def test_a_batch_serves_what_single_decisions_serve_bit_for_bit(
     one_by_one = np.random.default_rng(7)
     for i in range(300):
         s, p = policy.distribution(X[i], eligible[i], None)
-        np.testing.assert_array_equal(scores.score[i], s.score)
-        np.testing.assert_array_equal(scores.mean[i], s.mean)
-        np.testing.assert_array_equal(scores.width[i], s.width)
+        # To rounding: the compiled loops may reassociate differently (bit for bit here).
+        np.testing.assert_allclose(scores.score[i], s.score, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(scores.mean[i], s.mean, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(scores.width[i], s.width, rtol=1e-13, atol=1e-15)
         np.testing.assert_array_equal(probabilities[i], p)
         assert served[i] == sample_action(p, one_by_one)
     assert np.all(probabilities[~eligible] == 0.0)

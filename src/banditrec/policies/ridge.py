@@ -184,14 +184,11 @@ class RidgePolicy(Policy):
         self.b_ *= factor
 
     def _learn_batch(self, batch: Batch) -> None:
-        # Sufficient statistics add up (DESIGN principle 3): one matrix product per action.
-        # A correction moves b only: its context was already counted in A. Under γ < 1 each
-        # row enters with the discount it would have by the end of the batch, online.
+        # Sufficient statistics add up (DESIGN principle 3): the rows' sums in one compiled
+        # call (each product as `update` forms it), then one exact refresh. A correction
+        # moves b only: its context was already counted in A. Under γ < 1 each row enters
+        # with the discount it would have by the end of the batch, online.
         a_weights, b_weights = self._batch_weights(batch, self.gamma)
-        for a in range(self.n_actions_):
-            rows = batch.actions == a
-            Xa = batch.X[rows]
-            self.A_[a] += (Xa * a_weights[rows, None]).T @ Xa
-            self.b_[a] += b_weights[rows] @ Xa
+        _kernels.ridge_add_rows(self.A_, self.b_, batch.X, batch.actions, a_weights, b_weights)
         self._count_observed(batch)
         self.refresh()
