@@ -184,3 +184,31 @@ def test_configuration_reaches_it_by_name() -> None:
     assert policy.exploration == EpsilonGreedy(0.02)
     with pytest.raises(ValueError, match="epsilon_greedy"):
         build_policy("auto", exploration="softmax")
+
+
+def test_recommend_action_reports_the_width_it_served_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's contract: `alpha` is the α of the decision, here the evidence's 0.3."""
+    from fastapi.testclient import TestClient
+
+    from banditrec.api import create_app
+    from banditrec.config import Settings
+    from conftest import SEED_REQUEST
+
+    monkeypatch.chdir(tmp_path)
+    schema = load_default_schema()
+    rng = np.random.default_rng(10)
+    policy = AutoLinUCB().reset(schema.n_actions, schema.n_features)
+    X = rng.normal(size=(300, schema.n_features))
+    policy.update_batch(X, rng.integers(0, schema.n_actions, 300), rng.random(300))
+    policy.served_[:] = (0, 1)  # the evidence chose α = 0.3
+    save_model(Model(policy, schema, "2026-01-01T00:00:00+00:00", "v1"), tmp_path / "m.npz")
+    app = create_app(Settings(model_path=tmp_path / "m.npz", seed=0))
+    with TestClient(app) as client:
+        body = client.post("/recommend_action", json=SEED_REQUEST).json()
+    assert body["alpha"] == 0.3
+    x = schema.vectorize({k: v for k, v in SEED_REQUEST.items() if k != "user_id"})
+    _, p = policy.distribution(x, np.ones(schema.n_actions, dtype=bool))
+    served = [body["probabilities"][a] for a in schema.actions]
+    np.testing.assert_array_equal(served, p)  # the served member's own distribution
