@@ -165,27 +165,30 @@ def test_apprentice_starts_behind_overtakes_and_switches_only_after_the_interval
     run = asyncio.run(_apprentice_run(tmp_path, n=7000))
     own, base = run["own_true"], run["base_true"]
     # Behind at first (truth): the prior is close to uniform, the rule is not.
-    # (The run shows 0.435 against 0.492 over the first 100 decisions.)
+    # (Runs show about 0.44 against 0.49 over the first 100 decisions.)
     assert own[:100].mean() < base[:100].mean() - 0.03
-    first = run["checks"][0][3]  # after 250 decisions: -0.016 [-0.051, ...]
-    assert first.lift.ci_low < 0 and first.lift.value < 0.01
+    first = run["checks"][0][3]  # after 250 decisions: a lower bound near -0.05
+    assert first.lift.ci_low < 0
     # One switch, to its own choices, with the interval in its reason.
     (switch,) = run["switches"]
     assert switch.kind == "serve_mode" and switch.target == "own"
     assert "lower bound above 0 for 1,000 s" in switch.reason
-    # Only after the interval said so: every check before the lower bound first cleared 0
-    # was in apprentice mode, and from then to the switch it stayed above 0 for 1000 s.
+    # Only after the interval said so: the checks that led to the switch form an unbroken
+    # run of lower bounds above 0 lasting at least the hold time (a check below 0 on the
+    # way restarts the wait), and nothing switched before the lower bound first cleared 0.
     apprentice_checks = [c for c in run["checks"] if c[2] == "apprentice" and c[3].lift]
-    cleared = [c for c in apprentice_checks if c[3].lift.ci_low > 0]
-    assert cleared, "the lower bound never cleared 0"
-    held_from = cleared[0][1]
-    assert all(c[3].lift.ci_low > 0 for c in apprentice_checks if c[1] >= held_from)
-    assert switch.at - held_from >= 1000.0
+    held = []
+    for check in reversed([c for c in apprentice_checks if c[1] <= switch.at]):
+        if check[3].lift.ci_low <= 0:
+            break
+        held.append(check)
+    assert held, "the switch was not preceded by a lower bound above 0"
+    assert held[0][1] == switch.at and switch.at - held[-1][1] >= 1000.0
     n_apprentice = int(run["apprentice"].sum())
     assert run["apprentice"][:n_apprentice].all() and not run["apprentice"][n_apprentice:].any()
     # Overtaken (truth): over the last 1000 apprentice decisions its own choices were
-    # better than the rule's (0.579 against 0.528), and once switched it serves better than
-    # the rule did (0.594 against 0.521).
+    # better than the rule's (runs: 0.56-0.58 against 0.51-0.53), and once switched it serves
+    # better than the rule did (0.59 against 0.52).
     assert own[-1000:].mean() > base[-1000:].mean() + 0.02
     assert run["served_true"][n_apprentice + 250 :].mean() > base.mean() + 0.03
 
@@ -407,6 +410,7 @@ def test_records_round_trip(backend: str, tmp_path: Path) -> None:
         assert records.put_candidate(spec) and records.put_candidate(filed)
         assert not records.put_candidate(spec)
         assert records.candidates() == [spec, filed]
+        assert records.candidate_names() == {"c1", "c2"}
         assert records.remove_candidate("c1") and not records.remove_candidate("c1")
         records.record_switch(SwitchRecord(12, "promote", "v2", 5.0, ""))
         records.record_switch(SwitchRecord(12, "promote", "v2", 5.0, "why"))

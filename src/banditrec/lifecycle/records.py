@@ -117,6 +117,10 @@ class LifecycleRecords(Protocol):
         """Every registered candidate, oldest first."""
         ...
 
+    def candidate_names(self) -> set[str]:
+        """The names of the registered candidates (cheap: no model files are read)."""
+        ...
+
     def record_switch(self, record: SwitchRecord) -> None:
         """Describe the switch at ``record.seq`` (replacing an earlier description)."""
         ...
@@ -226,6 +230,11 @@ class SQLiteRecords:
             ).fetchall()
         return [_candidate(orjson.loads(spec), model) for spec, model in rows]
 
+    def candidate_names(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT name FROM lifecycle_candidates").fetchall()
+        return {row[0] for row in rows}
+
     def record_switch(self, record: SwitchRecord) -> None:
         with self._lock, self._transaction() as db:
             db.execute(
@@ -295,6 +304,9 @@ class RedisRecords:
         models = self._redis.hgetall(self._p + "lc:cmodels")
         specs = [_candidate(orjson.loads(data), models.get(name)) for name, data in raw.items()]
         return sorted(specs, key=lambda s: (s.created_at, s.name))
+
+    def candidate_names(self) -> set[str]:
+        return {bytes(name).decode() for name in self._redis.hkeys(self._p + "lc:candidates")}
 
     def record_switch(self, record: SwitchRecord) -> None:
         self._redis.hset(self._p + "lc:switches", str(record.seq), orjson.dumps(record.to_dict()))

@@ -144,6 +144,8 @@ class Lifecycle:
 
     def sync_candidates(self) -> None:
         """Start the shadows of new candidates (at the cursor); stop removed ones."""
+        if self._specs and self.records.candidate_names() == set(self._specs):
+            return  # nothing changed: no model file is read again
         specs = {spec.name: spec for spec in self.records.candidates()}
         with self._work:
             for name in set(self.shadows) - set(specs):
