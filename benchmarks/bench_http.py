@@ -329,15 +329,18 @@ class Deployment:
         self.root = root
         self.redis: RedisServer | None = None
         self.servers: list[Server] = []
-        if setup.store == "redis":
-            self.redis = RedisServer(root / "redis", setup.appendfsync)
-            self.redis.wait_ready()
-            self.servers = [
-                Server(root / f"replica-{i}", model, 1, synchronous, self.redis.url)
-                for i in range(setup.processes)
-            ]
-        else:
-            self.servers = [Server(root / "server", model, setup.processes, synchronous, None)]
+        try:  # whatever started is stopped if the rest cannot start
+            if setup.store == "redis":
+                self.redis = RedisServer(root / "redis", setup.appendfsync)
+                self.redis.wait_ready()
+                for i in range(setup.processes):
+                    home = root / f"replica-{i}"
+                    self.servers.append(Server(home, model, 1, synchronous, self.redis.url))
+            else:
+                self.servers = [Server(root / "server", model, setup.processes, synchronous, None)]
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self) -> None:
         for server in self.servers:
