@@ -13,7 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from banditrec.api import create_app
+from banditrec.batch import rank_bodies
 from banditrec.config import Settings
+from banditrec.decisions import rank_body
+from banditrec.engine import Engine
 from banditrec.exploration import (
     EpsilonGreedy,
     InverseGapWeighting,
@@ -22,6 +25,7 @@ from banditrec.exploration import (
     sample_action,
     sample_actions,
 )
+from banditrec.features import load_default_schema
 from banditrec.policies import POLICIES, LinUCB, Policy
 from banditrec.sim import AppSimulator
 from banditrec.store import DecisionRecord, RewardRules
@@ -167,6 +171,17 @@ def test_excluded_actions_hold_for_every_context(app_client: TestClient) -> None
         assert d["action_id"] in ("show_bonus_offer", "deep_link_to_store")
         zero = {r["action_id"] for r in d["ranking"] if r["probability"] == 0.0}
         assert zero == {"invite_friend", "suggest_new_app"}
+
+
+def test_batch_bodies_equal_single_bodies_ties_included() -> None:
+    """`rank_bodies` sorts like `rank_body`: probability, then score, then position."""
+    engine = Engine.from_prior(load_default_schema(), rng=np.random.default_rng(0))
+    records = engine.decide_batch(_contexts(40))  # the prior: every score ties
+    rng = np.random.default_rng(1)
+    for r in records[20:]:  # and some with ties in probability only, or none
+        r.probabilities[:] = rng.choice([0.1, 0.2, 0.4], size=4)
+        r.scores[:] = rng.choice([0.0, 1.0], size=4)
+    assert rank_bodies(records) == [rank_body(r) for r in records]
 
 
 # -- bad input: status, message, nothing logged or learned ----------------------------------

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 from starlette.datastructures import State
 
-from banditrec.decisions import rank_body
 from banditrec.engine import Engine
 from banditrec.features import FeatureSchema
 from banditrec.schemas import NonEmptyString, RankResponse, context_model
+from banditrec.store import DecisionRecord
 
-__all__ = ["RankBatchResponse", "rank_batch", "rank_batch_request_model"]
+__all__ = ["RankBatchResponse", "rank_batch", "rank_batch_request_model", "rank_bodies"]
 
 
 class _RankBatchBase(BaseModel):
@@ -122,4 +123,35 @@ async def rank_batch(state: State, body: Any) -> dict[str, Any]:
     metrics = state.decisions.metrics
     for record in records:
         metrics.decision(record.action)
-    return {"decisions": [rank_body(record) for record in records]}
+    return {"decisions": rank_bodies(records)}
+
+
+def rank_bodies(records: list[DecisionRecord]) -> list[dict[str, Any]]:
+    """`banditrec.decisions.rank_body` of each record, the rankings sorted all at once (in
+    the same order: most probable first, then the highest score, then the action's
+    position; both sorts are stable)."""
+    if not records:
+        return []
+    probabilities = np.stack([r.probabilities for r in records])
+    scores = np.stack([r.scores for r in records])
+    orders = np.lexsort((-scores, -probabilities), axis=-1).tolist()
+    bodies = []
+    for record, p, s, order in zip(
+        records, probabilities.tolist(), scores.tolist(), orders, strict=True
+    ):
+        names = record.actions
+        bodies.append(
+            {
+                "event_id": record.event_id,
+                "action_id": names[record.action_index],
+                "probability": record.probability,
+                "ranking": [
+                    {"action_id": names[k], "probability": p[k], "score": s[k]} for k in order
+                ],
+                "model_version": record.model_version,
+                "deferred": record.deferred,
+                "replayed": False,
+                "context_mismatch": False,
+            }
+        )
+    return bodies
