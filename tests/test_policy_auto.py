@@ -167,7 +167,6 @@ def test_the_member_choice_survives_a_model_file(tmp_path: Path) -> None:
         ({"prior_width": 0.0}, "prior_width must be a finite number > 0"),
         ({"switch_margin": float("nan")}, "switch_margin"),
         ({"min_epsilon_share": 0.0}, "min_epsilon_share must be in"),
-        ({"exploration": Softmax()}, "its exploration rule must be epsilon_greedy"),
     ],
 )
 def test_bad_parameters_are_refused_with_a_sentence(
@@ -182,8 +181,18 @@ def test_configuration_reaches_it_by_name() -> None:
     assert isinstance(policy, AutoLinUCB)
     assert policy.get_params()["alphas"] == [0.1, 1.0]
     assert policy.exploration == EpsilonGreedy(0.02)
-    with pytest.raises(ValueError, match="epsilon_greedy"):
-        build_policy("auto", exploration="softmax")
+    # Another rule keeps its shape; its floor shrinks as ε-greedy's does.
+    soft = build_policy("auto", exploration="softmax", exploration_params={"epsilon": 0.1})
+    assert soft.exploration == Softmax(epsilon=0.1)
+    soft.reset(2, 3)
+    x, eligible = np.array([1.0, 0.5, 1.0]), np.ones(2, dtype=bool)
+    for _ in range(2000):
+        for a in (0, 1):
+            soft.update(x, a, float(a))
+    _, p = soft.distribution(x, eligible)
+    scores = soft.score(x).score
+    expected = Softmax(epsilon=0.01).probabilities(scores, eligible)  # shrunk to ε/10
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
 
 
 def test_recommend_action_reports_the_width_it_served_with(

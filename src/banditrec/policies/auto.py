@@ -51,6 +51,7 @@ exactly, not the member scores (an event is scored on its first reward).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -88,7 +89,8 @@ class AutoLinUCB(RidgePolicy):
     ridge, gamma, refresh_every
         As `LinUCB` (the shared ridge statistics).
     exploration
-        `EpsilonGreedy`: its ε is the largest floor, served where the model knows nothing.
+        The rule over the served member's scores (default `EpsilonGreedy`, ε = 0.01); its
+        floor ε is the largest, served where the model knows nothing, and shrinks elsewhere.
 
     Examples
     --------
@@ -148,11 +150,6 @@ class AutoLinUCB(RidgePolicy):
         check_positive("switch_margin", switch_margin, allow_zero=True)
         if not 0 < min_epsilon_share <= 1:  # also False for NaN
             raise ValueError(f"min_epsilon_share must be in (0, 1], got {min_epsilon_share}.")
-        if not isinstance(self.exploration, EpsilonGreedy):
-            raise ValueError(
-                "The auto policy explores with its own shrinking ε-greedy floor: its exploration "
-                f"rule must be epsilon_greedy, not {self.exploration.name!r}."
-            )
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -175,11 +172,24 @@ class AutoLinUCB(RidgePolicy):
 
     # -- deciding ----------------------------------------------------------------------
 
-    @property
-    def _rule(self) -> EpsilonGreedy:
+    def _probabilities(
+        self, scores: Array, eligible: NDArray[np.bool_], epsilon: float, out: Array
+    ) -> None:
+        """The exploration rule with its floor ε replaced by the shrunk `epsilon`, into `out`.
+
+        ε-greedy (the default) in one compiled call; softmax and inverse-gap weighting keep
+        their own shape and get the shrunk floor mixed in last.
+        """
         rule = self.exploration
-        assert isinstance(rule, EpsilonGreedy)  # checked by the constructor
-        return rule
+        if type(rule) is EpsilonGreedy:
+            n = _kernels.epsilon_greedy_probabilities(
+                scores, eligible, epsilon, rule.tie_tolerance, out
+            )
+            if not n:
+                raise NoEligibleActionError("No eligible action is left to serve.")
+            return
+        shrunk = dataclasses.replace(rule, epsilon=epsilon)  # type: ignore[type-var]
+        out[:] = shrunk.probabilities(scores, eligible)
 
     @property
     def alpha(self) -> float:
@@ -204,11 +214,7 @@ class AutoLinUCB(RidgePolicy):
     ) -> tuple[Scores, Array]:
         scores, raw = self._scores(x)
         probabilities = np.empty(self.n_actions_)
-        epsilon = self._floor(x, raw, eligible)
-        if not _kernels.epsilon_greedy_probabilities(
-            scores.score, eligible, epsilon, self._rule.tie_tolerance, probabilities
-        ):
-            raise NoEligibleActionError("No eligible action is left to serve.")
+        self._probabilities(scores.score, eligible, self._floor(x, raw, eligible), probabilities)
         return scores, probabilities
 
     def _floor(self, x: Array, raw_width: Array, eligible: NDArray[np.bool_]) -> float:
@@ -216,7 +222,7 @@ class AutoLinUCB(RidgePolicy):
 
         `raw_width` is √(xᵀA_k⁻¹x) per action: the least uncertain eligible action decides.
         """
-        epsilon = self._rule.epsilon
+        epsilon: float = getattr(self.exploration, "epsilon", 0.0)
         norm = float(np.dot(x, x))
         if norm <= 0.0 or not eligible.any():
             return epsilon
@@ -227,13 +233,10 @@ class AutoLinUCB(RidgePolicy):
         """Every member's distribution (M, K) over all actions at x, and the ridge means."""
         _, mean, raw = self._linear_scores(x, 1.0)
         everyone = np.ones(self.n_actions_, dtype=bool)
-        tie = self._rule.tie_tolerance
         epsilon = self._floor(x, raw, everyone)  # the same for every member
         out = np.empty((len(self.alphas), self.n_actions_))
         for m, alpha in enumerate(self.alphas):
-            _kernels.epsilon_greedy_probabilities(
-                mean + alpha * raw, everyone, epsilon, tie, out[m]
-            )
+            self._probabilities(mean + alpha * raw, everyone, epsilon, out[m])
         return out, mean
 
     # -- learning ----------------------------------------------------------------------
