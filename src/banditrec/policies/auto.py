@@ -1,8 +1,8 @@
 """A self-tuning LinUCB: several widths learned side by side, the served one chosen off-policy.
 
 Why: no single confidence width α wins everywhere. On the learning-quality benchmark a narrow
-width wins on digits (d = 65), a wide one on iris (d = 5), and near-deterministic problems
-lose half their reward to a fixed 1% exploration floor. `AutoLinUCB` keeps one set of
+width wins on digits (d = 65), a wide one on iris (d = 5), and on a near-deterministic problem
+a fixed 1% exploration floor doubles the loss. `AutoLinUCB` keeps one set of
 per-action ridge statistics (A, b, as `LinUCB`) and several *members*, one per width in
 `alphas`; a member is LinUCB with that α, so all of them are free to evaluate: the scores
 are ``mean + α·w`` with the same mean and the same ``w = √(xᵀA⁻¹x)``.
@@ -33,9 +33,10 @@ too is a function of the learn stream (the mean of xᵀx over learned events).
 Exploration that shrinks where the model is certain
 ---------------------------------------------------
 The exploration floor of a decision is ``ε·c(x)``, where ``c(x) ∈ (0, 1]`` is how uncertain
-the least known eligible action still is in direction x, relative to the prior:
-``c(x) = max_k √(xᵀA_k⁻¹x) / √(xᵀx / λ)`` (1 before any data; it falls like 1/√n as an action
-is learned around x). It never goes below ``min_epsilon_share·ε``, so the importance weights
+the best-known eligible action still is in direction x, relative to the prior:
+``c(x) = min_k √(xᵀA_k⁻¹x) / √(xᵀx / λ)`` (1 before any data; it falls like 1/√n as actions
+are learned around x). ε is the exploration rule's floor (ε-greedy's ε by default; softmax and
+inverse-gap weighting keep their shape and get the shrunk floor mixed in). It never goes below ``min_epsilon_share·ε``, so the importance weights
 of off-policy evaluation stay bounded by ``K / (min_epsilon_share·ε)``.
 
 Honest logging: the selection is deterministic given the past, so the probability served is
