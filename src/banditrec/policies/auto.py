@@ -36,8 +36,9 @@ The exploration floor of a decision is ``ε·c(x)``, where ``c(x) ∈ (0, 1]`` i
 the best-known eligible action still is in direction x, relative to the prior:
 ``c(x) = min_k √(xᵀA_k⁻¹x) / √(xᵀx / λ)`` (1 before any data; it falls like 1/√n as actions
 are learned around x). ε is the exploration rule's floor (ε-greedy's ε by default; softmax and
-inverse-gap weighting keep their shape and get the shrunk floor mixed in). It never goes below ``min_epsilon_share·ε``, so the importance weights
-of off-policy evaluation stay bounded by ``K / (min_epsilon_share·ε)``.
+inverse-gap weighting keep their shape and get the shrunk floor mixed in). It never goes
+below ``min_epsilon_share·ε``, so the importance weights of off-policy evaluation stay bounded
+by ``K / (min_epsilon_share·ε)``.
 
 Honest logging: the selection is deterministic given the past, so the probability served is
 the served member's own distribution, exactly; `alpha` is the served member's width (what
