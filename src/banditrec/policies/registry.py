@@ -30,7 +30,6 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
         LinUCB,
-        AutoLinUCB,
         HybridLinUCB,
         LinearThompsonSampling,
         RidgeEpsilonGreedy,
@@ -39,6 +38,7 @@ POLICIES: dict[str, type[Policy]] = {
         UniformRandom,
         MostPopular,
         FixedRule,
+        AutoLinUCB,
     )
 }
 
