@@ -123,3 +123,12 @@ def test_the_terminal_table_ranks_and_flags(result: ev.EvaluationResult) -> None
     assert "1 │ linucb(alpha=0.5)" in lines[1] and "better" in lines[1]
     assert "<b>uniform</b> & co" in lines[2] and "n.s." in lines[2]
     assert "failed: RuntimeError: no luck" in lines[3]
+
+
+def test_a_low_ess_row_says_how_many_more_decisions_it_needs() -> None:
+    from banditrec.report import _flags
+
+    row = ev.CandidateResult(ev.make_candidate("linucb", {}), low_ess=True, decisions_needed=1234)
+    assert _flags(row) == "low ESS (≈1,234 more decisions needed)"
+    row.decisions_needed = None  # no overlap: more of the same log will not help
+    assert _flags(row) == "low ESS"
