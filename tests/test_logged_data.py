@@ -1,4 +1,5 @@
-"""Logged-data CSV: the written layout, a faithful round trip, and every way a file is refused.
+"""Logged data (CSV, Parquet): the written layout, a faithful round trip, batches, and every
+way a file is refused.
 
 Every refusal is a `LoggedDataError` naming the column and the first bad row, where row 1 is
 the first data row (line 2 of the file, after the header).
@@ -13,8 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from banditrec.features import OTHER, load_default_schema, load_schema
-from banditrec.logged_data import LoggedDataError, read_logged_csv, write_logged_csv
+from banditrec import logged_data
+from banditrec.features import OTHER, Dictionary, NumericField, load_default_schema, load_schema
+from banditrec.logged_data import (
+    LoggedDataError,
+    is_parquet,
+    iter_logged,
+    read_logged,
+    read_logged_csv,
+    write_logged,
+    write_logged_csv,
+)
 from banditrec.sim import AppSimulator
 from conftest import other_schema_toml
 
@@ -226,3 +236,163 @@ def test_malformed_csv_is_refused(data_file: Path, tmp_path: Path, damage: str) 
     path.write_bytes(raw)
     with pytest.raises(LoggedDataError, match="is not valid CSV"):
         read_logged_csv(path, SCHEMA)
+
+
+# -- Parquet, batches and the batch encoder ------------------------------------------------
+
+
+def test_parquet_reads_as_the_same_rounds_as_csv(tmp_path: Path) -> None:
+    columns = AppSimulator().simulate_logged(3000, np.random.default_rng(2))
+    write_logged_csv(columns, tmp_path / "logged.csv")
+    write_logged(columns, tmp_path / "logged.parquet")
+    a, b = (
+        read_logged(tmp_path / "logged.csv", SCHEMA),
+        read_logged(tmp_path / "logged.parquet", SCHEMA),
+    )
+    # CSV rounds floats to 6 decimals; the Parquet file keeps every bit.
+    np.testing.assert_array_equal(b.X, SCHEMA.vectorize_many(columns))
+    np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+    np.testing.assert_array_equal(a.action, b.action)
+    np.testing.assert_array_equal(a.reward, b.reward)
+    assert is_parquet(tmp_path / "logged.parquet") and not is_parquet(tmp_path / "logged.csv")
+
+
+def test_a_parquet_file_without_the_suffix_is_read_as_parquet(tmp_path: Path) -> None:
+    columns = AppSimulator().simulate_logged(100, np.random.default_rng(2))
+    write_logged(columns, tmp_path / "logged.parquet")
+    renamed = (tmp_path / "logged.parquet").rename(tmp_path / "logged.data")
+    assert read_logged(renamed, SCHEMA).n_rounds == 100
+
+
+def test_batches_give_the_whole_file_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    columns = AppSimulator().simulate_logged(5000, np.random.default_rng(3))
+    path = tmp_path / "logged.csv"
+    write_logged_csv(columns, path)
+    whole = read_logged(path, SCHEMA)
+    monkeypatch.setattr(logged_data, "READ_BLOCK_BYTES", 20_000)  # ~200 rows a batch
+    parts = list(iter_logged(path, SCHEMA))
+    assert len(parts) > 10
+    np.testing.assert_array_equal(np.concatenate([p.X for p in parts]), whole.X)
+    np.testing.assert_array_equal(np.concatenate([p.action for p in parts]), whole.action)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_bad_value_in_a_later_batch_names_its_row_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    columns = AppSimulator().simulate_logged(4000, np.random.default_rng(4))
+    columns["reward"][3456] = np.nan
+    columns["n_sessions"] = columns["n_sessions"].astype(str).astype(object)
+    columns["n_sessions"][3700] = "ten"
+    path = tmp_path / f"bad{suffix}"
+    write_logged(columns, path)
+    monkeypatch.setattr(logged_data, "READ_BLOCK_BYTES", 20_000)
+    monkeypatch.setattr(logged_data, "PARQUET_BATCH_ROWS", 500)
+    batches = iter_logged(path, SCHEMA)
+    good = [next(batches) for _ in range(3)]  # the batches before it are yielded
+    assert sum(b.n_rounds for b in good) < 3456
+    with pytest.raises(LoggedDataError) as info:
+        list(batches)
+    where = "row 3457 (line 3458 of the file)" if suffix == ".csv" else "row 3457:"
+    assert f"column 'reward', {where}" in str(info.value)
+    assert "is not a finite number" in str(info.value)
+
+
+def test_the_first_bad_row_is_named_whatever_its_column(data_file: Path, tmp_path: Path) -> None:
+    # reward comes after n_sessions in the schema, but its bad row comes first in the file.
+    path = with_cell(data_file, tmp_path / "bad.csv", "n_sessions", 9, "-3")
+    path = with_cell(path, path, "reward", 4, "x")
+    with pytest.raises(LoggedDataError, match=r"column 'reward', row 4 "):
+        read_logged(path, SCHEMA)
+    path = with_cell(path, path, "n_sessions", 4, "-3")  # a tie: the schema's order
+    with pytest.raises(LoggedDataError, match=r"column 'n_sessions', row 4 .*outside"):
+        read_logged(path, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("column", "reason"),
+    [
+        ("country", "is missing (null)"),
+        ("n_sessions", "is missing (null), not a finite number"),
+        ("action", "is missing (null)"),
+        ("reward", "is missing (null), not a finite number"),
+    ],
+)
+def test_a_null_in_parquet_names_its_column_and_row(
+    tmp_path: Path, column: str, reason: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = AppSimulator().simulate_logged(50, np.random.default_rng(5))
+    values = columns[column].tolist()
+    values[6] = None
+    table = pa.table({**{k: v for k, v in columns.items() if k != column}, column: values})
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(LoggedDataError) as info:
+        read_logged(path, SCHEMA)
+    assert f"column {column!r}, row 7: {reason}." in str(info.value)
+
+
+def test_numbers_stored_as_text_in_parquet_are_read_and_checked(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = AppSimulator().simulate_logged(50, np.random.default_rng(6))
+    text = {k: (v.astype(str) if v.dtype.kind in "fi" else v) for k, v in columns.items()}
+    pq.write_table(pa.table(text), tmp_path / "text.parquet")
+    np.testing.assert_array_equal(
+        read_logged(tmp_path / "text.parquet", SCHEMA).X, SCHEMA.vectorize_many(columns)
+    )
+    text["avg_session_length"][20] = "long"
+    pq.write_table(pa.table(text), tmp_path / "text.parquet")
+    with pytest.raises(LoggedDataError, match=r"'avg_session_length', row 21: value 'long' "):
+        read_logged(tmp_path / "text.parquet", SCHEMA)
+
+
+def test_a_broken_parquet_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(LoggedDataError, match="is not valid Parquet"):
+        read_logged(path, SCHEMA)
+
+
+def test_namibia_is_a_country_not_a_missing_value(data_file: Path, tmp_path: Path) -> None:
+    schema_path = other_schema_toml(tmp_path / "na.toml", country={"values": ["US", "NA"]})
+    path = with_cell(data_file, tmp_path / "na.csv", "country", 2, "NA")
+    schema = load_schema(schema_path)
+    x = read_logged(path, schema).X[1]
+    assert x[schema.feature_names().index("country=NA")] == 1.0
+
+
+def test_dictionary_columns_encode_like_arrays_and_rows() -> None:
+    # The batch encoder takes categorical columns as (values, codes), the layout pyarrow
+    # reads: the same vectors as plain arrays and as `vectorize`, row by row, bit for bit.
+    contexts = AppSimulator().sample_contexts(6000, np.random.default_rng(7))
+    encoded = {
+        k: Dictionary(*np.unique(v, return_inverse=True)) if v.dtype.kind == "U" else v
+        for k, v in contexts.items()
+    }
+    X = SCHEMA.vectorize_many(encoded)
+    np.testing.assert_array_equal(X, SCHEMA.vectorize_many(contexts))
+    for i in range(0, 6000, 7):
+        row = {name: contexts[name][i] for name in SCHEMA.field_names}
+        np.testing.assert_array_equal(X[i], SCHEMA.vectorize(row), err_msg=f"row {i}")
+
+
+def test_the_logarithm_table_of_integer_columns_is_libms_bit_for_bit() -> None:
+    # Long integer columns take log1p from a table of distinct values (`_log1p_many`):
+    # the same libm function on the same doubles as `apply_one`, row by row.
+    rng = np.random.default_rng(8)
+    field = SCHEMA.fields[SCHEMA.field_names.index("n_sessions")]
+    assert isinstance(field, NumericField) and field.transform == "log1p_scale"
+    for values in (
+        rng.integers(0, 900, 50_000).astype(np.float64),  # the table
+        rng.integers(0, 10**6, 5_000).astype(np.float64),  # too wide a range: the map
+        rng.uniform(0, 900, 50_000),  # not integers: the map
+    ):
+        expected = np.array([field.apply_one(v) for v in values.tolist()])
+        np.testing.assert_array_equal(field.apply(values), expected)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from banditrec.features import load_default_schema
-from banditrec.sim import ACTIONS, CONTEXT_FIELDS, AppSimulator
+from banditrec.features import Dictionary, load_default_schema
+from banditrec.sim import ACTIONS, CONTEXT_FIELDS, AppSimulator, DriftingAppSimulator, _decoded
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
@@ -51,3 +51,44 @@ def test_contexts_fit_the_default_schema_and_include_unknown_values() -> None:
     names = schema.feature_names()
     assert X[:, names.index("country=__other__")].sum() > 0
     assert X[:, names.index("device=__other__")].sum() > 0
+
+
+def test_drawn_columns_decode_to_the_simulated_ones() -> None:
+    sim = AppSimulator()
+    drawn = sim.draw_logged(2000, np.random.default_rng(9))
+    plain = sim.simulate_logged(2000, np.random.default_rng(9))
+    assert list(drawn) == list(plain)
+    assert isinstance(drawn["country"], Dictionary) and drawn["user_id"].dtype == "S10"
+    for name, column in plain.items():
+        np.testing.assert_array_equal(_decoded(drawn[name]), column, err_msg=name)
+    assert all(len(u) == 10 and u[0] == "u" and u[1:].isdigit() for u in plain["user_id"])
+    # Truth computed from codes equals truth computed from the strings.
+    np.testing.assert_array_equal(
+        sim.expected_rewards(sim.draw_contexts(500, np.random.default_rng(1))),
+        sim.expected_rewards(sim.sample_contexts(500, np.random.default_rng(1))),
+    )
+
+
+def test_batches_are_seeded_and_one_batch_is_the_whole_simulation() -> None:
+    sim = AppSimulator()
+    one = list(sim.logged_batches(3000, np.random.default_rng(4), batch_rows=5000))
+    assert len(one) == 1
+    whole = sim.simulate_logged(3000, np.random.default_rng(4))
+    np.testing.assert_array_equal(_decoded(one[0]["action"]), whole["action"])
+    parts = list(sim.logged_batches(3000, np.random.default_rng(4), batch_rows=700))
+    again = list(sim.logged_batches(3000, np.random.default_rng(4), batch_rows=700))
+    assert [len(p["reward"]) for p in parts] == [700, 700, 700, 700, 200]
+    for a, b in zip(parts, again, strict=True):
+        np.testing.assert_array_equal(a["reward"], b["reward"])
+
+
+def test_drifting_batches_drift_at_the_round_of_the_file() -> None:
+    # Batches carry their first round: the drift happens at round 1000 of the file, not of
+    # each batch.
+    sim = DriftingAppSimulator(drift_at=1000)
+    batches = list(sim.logged_batches(1500, np.random.default_rng(3), batch_rows=600))
+    truth = np.concatenate(
+        [np.stack([b[f"expected_reward_{a}"] for a in ACTIONS], axis=1) for b in batches]
+    )
+    contexts = {k: np.concatenate([_decoded(b[k]) for b in batches]) for k in CONTEXT_FIELDS}
+    np.testing.assert_array_equal(truth, sim.expected_rewards_at(contexts, np.arange(1500)))

@@ -21,11 +21,11 @@ from rich.console import Console
 
 from banditrec.config import Settings
 from banditrec.features import SchemaError, load_default_schema, load_schema
-from banditrec.logged_data import LoggedDataError, Progress, write_logged_csv
+from banditrec.logged_data import LoggedDataError, Progress, write_logged
 from banditrec.policies import POLICIES, build_policy
 from banditrec.sim import AppSimulator
 from banditrec.snapshot import ModelFileError, load_model
-from banditrec.training import train_from_csv
+from banditrec.training import train_from_file
 
 app = typer.Typer(
     help="banditrec: a self-hosted contextual-bandit decision engine.",
@@ -96,24 +96,32 @@ def _fail(message: str) -> typer.Exit:
 def simulate(
     rows: Annotated[int, typer.Option(min=1, help="Number of logged rounds.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="CSV to write.")] = DEFAULT_DATA,
+    out: Annotated[
+        Path, typer.Option(help="File to write: CSV, or Parquet if it ends in .parquet.")
+    ] = DEFAULT_DATA,
 ) -> None:
-    """Simulate the seed's app logged by a uniform random policy, and write it as CSV."""
+    """Simulate the seed's app logged by a uniform random policy, and write it (CSV/Parquet).
+
+    Rounds are drawn and written in batches, so memory stays flat however many there are.
+    """
     start = time.perf_counter()
+    sim = AppSimulator()
+    totals = np.zeros(2)  # the logged rewards, the oracle's expected rewards
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for batch in sim.logged_batches(rows, np.random.default_rng(seed)):
+            mu = np.stack([batch[f"expected_reward_{a}"] for a in sim.actions], axis=1)
+            totals[:] += batch["reward"].sum(), mu.max(axis=1).sum()
+            yield batch
+
     with _progress(rows >= LONG_INPUT_ROWS) as progress:
-        if progress is not None:
-            progress("simulating", 0, 1)
-        logged = AppSimulator().simulate_logged(rows, np.random.default_rng(seed))
-        if progress is not None:
-            progress("simulating", 1, 1)
         try:
-            write_logged_csv(logged, out, progress)
+            write_logged(batches(), out, progress, total_rows=rows)
         except OSError as exc:
             raise _fail(f"Cannot write {out}: {exc.strerror or exc}.") from None
-    mu = np.stack([logged[f"expected_reward_{a}"] for a in AppSimulator().actions], axis=1)
     console.print(
         f"Wrote {rows:,} rows to {out} in {time.perf_counter() - start:.1f} s "
-        f"(logged reward {logged['reward'].mean():.4f}, oracle {mu.max(axis=1).mean():.4f})."
+        f"(logged reward {totals[0] / rows:.4f}, oracle {totals[1] / rows:.4f})."
     )
 
 
@@ -133,7 +141,9 @@ def _parse_params(items: list[str] | None, option: str) -> dict[str, Any]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Logged-data CSV.")] = DEFAULT_DATA,
+    data: Annotated[
+        Path, typer.Option(help="Logged data: CSV, or Parquet (.parquet), streamed.")
+    ] = DEFAULT_DATA,
     model: Annotated[Path, typer.Option(help="Model file to write.")] = DEFAULT_MODEL,
     schema: SchemaOption = None,
     rows: Annotated[
@@ -165,7 +175,7 @@ def train(
         float | None, typer.Option(min=0, max=1, help="Exploration floor ε; default: the policy's.")
     ] = None,
 ) -> None:
-    """Train a policy (default LinUCB) on a logged-data CSV and write the model file atomically.
+    """Train a policy (default LinUCB) on logged data and write the model file atomically.
 
     Rows are learned in file order (which matters only with a forgetting factor gamma < 1).
     --alpha, --ridge and --epsilon are the defaults of the parameters of those names.
@@ -184,7 +194,7 @@ def train(
         )
         long_input = data.is_file() and data.stat().st_size >= LONG_INPUT_BYTES
         with _progress(long_input) as progress:
-            fitted = train_from_csv(
+            fitted = train_from_file(
                 data, model, feature_schema, fitted_policy, first_rows=rows, progress=progress
             )
     except (LoggedDataError, SchemaError, ModelFileError, ValueError) as exc:

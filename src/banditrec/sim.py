@@ -8,18 +8,21 @@ The truth is hidden from the policies but not from the tests: `expected_rewards`
 exact expected reward of every action for every context, so the oracle's value, a policy's
 regret and the true value of any policy for off-policy evaluation are all computable.
 
-Everything is vectorized (a million rows take about a second) and every draw comes from the
+Everything is vectorized (categorical fields drawn as codes, not strings: a million
+logged rows take ~0.3 s) and every draw comes from the
 `numpy.random.Generator` passed in, never from global state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from banditrec.features import Dictionary
 
 __all__ = ["ACTIONS", "CONTEXT_FIELDS", "AppSimulator", "DriftingAppSimulator"]
 
@@ -43,6 +46,9 @@ _DEVICES = ("ios", "android", "web", "tv")
 _DEVICE_P = (0.4, 0.45, 0.12, 0.03)
 _SEGMENTS = ("low", "mid", "high")
 _SEGMENT_P = (0.5, 0.35, 0.15)
+
+#: Rounds drawn at once by `AppSimulator.logged_batches` (~25 MB of arrays).
+BATCH_ROWS = 131_072
 
 
 @dataclass(frozen=True)
@@ -76,16 +82,21 @@ class AppSimulator:
 
     def sample_contexts(self, n: int, rng: np.random.Generator) -> dict[str, NDArray[Any]]:
         """Draw `n` users, column-wise: name -> array of length `n` (the seed's 8 fields)."""
-        segment = rng.choice(np.array(_SEGMENTS), size=n, p=_SEGMENT_P)
-        level = np.select([segment == "high", segment == "mid"], [1.0, 0.5], 0.0)
+        return {k: _decoded(v) for k, v in self.draw_contexts(n, rng).items()}
+
+    def draw_contexts(self, n: int, rng: np.random.Generator) -> dict[str, Any]:
+        """`sample_contexts` as drawn (the same draws): categorical fields as `Dictionary`
+        (values and codes), `user_id` as fixed-width bytes, for writing at full speed."""
+        segment = _pick(rng, _SEGMENTS, _SEGMENT_P, n)
+        level = np.array([0.0, 0.5, 1.0])[segment.codes]  # low, mid, high
         n_sessions = rng.negative_binomial(2, 1 / (1 + 5 * (1 + 2 * level)), size=n)
         recent = rng.poisson(0.6 * n_sessions + 1.0)
         days = rng.geometric(1 / 30, size=n) - 1
         length = np.round(rng.lognormal(np.log(150) + 0.3 * level, 0.5, size=n), 1)
         return {
-            "user_id": np.char.add("u", rng.integers(0, 10**9, size=n).astype(str)),
-            "country": rng.choice(np.array(_COUNTRIES), size=n, p=_COUNTRY_P),
-            "device": rng.choice(np.array(_DEVICES), size=n, p=_DEVICE_P),
+            "user_id": _user_ids(rng.integers(10**8, 10**9, size=n)),
+            "country": _pick(rng, _COUNTRIES, _COUNTRY_P, n),
+            "device": _pick(rng, _DEVICES, _DEVICE_P, n),
             "segment": segment,
             "n_sessions": n_sessions.astype(np.int64),
             "days_since_install": days.astype(np.int64),
@@ -95,18 +106,16 @@ class AppSimulator:
 
     def expected_rewards(self, contexts: Mapping[str, NDArray[Any]]) -> NDArray[np.float64]:
         """The true expected reward of every action, shape (n, n_actions), in (0, 1)."""
-        country, device, segment = (
-            np.asarray(contexts[k]) for k in ("country", "device", "segment")
-        )
+        country, device, segment = (contexts[k] for k in ("country", "device", "segment"))
         sessions = np.log1p(np.asarray(contexts["n_sessions"], dtype=np.float64)) - 2.0
         days = np.log1p(np.asarray(contexts["days_since_install"], dtype=np.float64)) - 2.5
         engagement = np.log1p(np.asarray(contexts["recent_engagement"], dtype=np.float64)) - 2.0
         length = (np.asarray(contexts["avg_session_length"], dtype=np.float64) - 180.0) / 120.0
         length = np.clip(length, -4.0, 4.0)
-        high, low = (segment == "high").astype(float), (segment == "low").astype(float)
-        ios, android = (device == "ios").astype(float), (device == "android").astype(float)
-        rich = np.isin(country, ("US", "GB", "DE", "AT", "JP")).astype(float)
-        emerging = np.isin(country, ("BR", "IN")).astype(float)
+        high, low = _is(segment, "high"), _is(segment, "low")
+        ios, android = _is(device, "ios"), _is(device, "android")
+        rich = _is(country, "US", "GB", "DE", "AT", "JP")
+        emerging = _is(country, "BR", "IN")
 
         logits = np.stack(
             [
@@ -142,18 +151,71 @@ class AppSimulator:
         Columns: the 8 context fields, `action` (its name), `propensity`, `reward`, and the
         true expected reward of every action as `expected_reward_<action>`. Row i is round i.
         """
-        contexts = self.sample_contexts(n, rng)
-        mu = self.expected_rewards_at(contexts, np.arange(n))
+        return {k: _decoded(v) for k, v in self.draw_logged(n, rng).items()}
+
+    def draw_logged(self, n: int, rng: np.random.Generator, first_round: int = 0) -> dict[str, Any]:
+        """`simulate_logged` as drawn (the same draws, encoded as by `draw_contexts`), for
+        rounds ``first_round .. first_round + n - 1``."""
+        contexts = self.draw_contexts(n, rng)
+        mu = self.expected_rewards_at(contexts, np.arange(first_round, first_round + n))
         n_actions = len(self.actions)
         action = rng.integers(0, n_actions, size=n)
-        reward = self.sample_rewards(mu[np.arange(n), action], rng)
-        logged: dict[str, NDArray[Any]] = dict(contexts)
-        logged["action"] = np.asarray(self.actions)[action]
+        reward = self.sample_rewards(np.take_along_axis(mu, action[:, None], axis=1)[:, 0], rng)
+        logged: dict[str, Any] = dict(contexts)
+        logged["action"] = Dictionary(self.actions, action)
         logged["propensity"] = np.full(n, 1.0 / n_actions)
         logged["reward"] = reward
         for k, name in enumerate(self.actions):
             logged[f"expected_reward_{name}"] = mu[:, k]
         return logged
+
+    def logged_batches(
+        self, n: int, rng: np.random.Generator, batch_rows: int = BATCH_ROWS
+    ) -> Iterator[dict[str, Any]]:
+        """`n` logged rounds as batches of `draw_logged` (memory holds one batch).
+
+        The rounds follow from `rng` and `batch_rows`: one batch of `n` rows is
+        `simulate_logged(n, rng)`, smaller batches draw the same distribution in another
+        order.
+        """
+        for start in range(0, n, batch_rows):
+            yield self.draw_logged(min(batch_rows, n - start), rng, first_round=start)
+
+
+def _pick(
+    rng: np.random.Generator, values: tuple[str, ...], p: tuple[float, ...], n: int
+) -> Dictionary:
+    """`rng.choice(values, n, p=p)` as codes: the same draws, no strings."""
+    return Dictionary(values, rng.choice(len(values), size=n, p=p))
+
+
+def _is(column: Any, *values: str) -> NDArray[np.float64]:
+    """1.0 where a categorical column (strings or a `Dictionary`) holds one of `values`."""
+    if isinstance(column, Dictionary):
+        hits = np.array([v in values for v in column.values], dtype=np.float64)
+        out: NDArray[np.float64] = hits[column.codes]
+        return out
+    return np.isin(np.asarray(column), values).astype(np.float64)
+
+
+def _user_ids(numbers: NDArray[np.int64]) -> NDArray[np.bytes_]:
+    """The letter u and the 9 digits of each number in [10⁸, 10⁹), as fixed-width bytes ('S10')."""
+    digits = np.empty((len(numbers), 10), dtype=np.uint8)
+    digits[:, 0] = ord("u")
+    rest = numbers.astype(np.int32)  # < 10⁹: int32 division is the fast one
+    for j in range(9, 0, -1):
+        digits[:, j] = rest % 10 + ord("0")
+        rest //= 10
+    return digits.view("S10").ravel()
+
+
+def _decoded(column: Any) -> NDArray[Any]:
+    """A column drawn by `draw_logged` as the plain arrays `simulate_logged` returns."""
+    if isinstance(column, Dictionary):
+        decoded: NDArray[Any] = np.asarray(column.values)[column.codes]
+        return decoded
+    array: NDArray[Any] = np.asarray(column)
+    return array.astype(str) if array.dtype.kind == "S" else array
 
 
 @dataclass(frozen=True)
