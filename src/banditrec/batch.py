@@ -14,6 +14,7 @@ decision has no eligible action, nothing of the batch is decided or logged.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any, Self
 
 import numpy as np
@@ -121,8 +122,8 @@ async def rank_batch(state: State, body: Any) -> dict[str, Any]:
     contexts = [context.model_dump() for context in body.contexts]
     records = await engine.rank_batch(contexts, eligible, body.user_ids, body.baseline_actions)
     metrics = state.decisions.metrics
-    for record in records:
-        metrics.decision(record.action)
+    for action, n in Counter(record.action for record in records).items():
+        metrics.decision(action, n)
     return {"decisions": rank_bodies(records)}
 
 

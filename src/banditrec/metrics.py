@@ -241,13 +241,13 @@ class Metrics:
                     self._reward_child(action, outcome)
         self._reward_child("", "unknown")
 
-    def decision(self, action: str) -> None:
-        """Count a decision that served `action`."""
+    def decision(self, action: str, n: int = 1) -> None:
+        """Count `n` decisions that served `action` (a batch counts each action once)."""
         try:
             child = self._decisions[action]
         except KeyError:
             child = self._decision_child(action)
-        child.inc()
+        child.inc(n)
 
     def reward(self, action: str | None, outcome: RewardOutcome) -> None:
         """Count a reported reward by its decision's action and what became of it.
