@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,37 +139,42 @@ def write_logged(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    written = [0]  # rows, counted by the writing thread
+    written = 0
     try:
-        # One thread formats and writes a batch (pyarrow releases the GIL) while this one
-        # draws the next: two batches in memory at most.
-        with open(tmp, "wb") as f, ThreadPoolExecutor(1) as writer:
+        # CSV: two threads format chunks into bytes at once (pyarrow releases the GIL) while
+        # this one draws the next batch and writes the bytes in order. Parquet: one thread
+        # writes the chunks, in order. At most `_PENDING_CHUNKS` chunks wait in memory.
+        with open(tmp, "wb") as f, ThreadPoolExecutor(1 if parquet else 2) as workers:
             parquet_writer: Any = None
+            pending: deque[tuple[Future[pa.Buffer | None], int]] = deque()
 
-            def write(table: pa.Table) -> None:
-                total = total_rows or written[0] + table.num_rows
+            def settle(keep: int) -> None:
+                nonlocal written
+                while len(pending) > keep:
+                    future, rows = pending.popleft()
+                    data = future.result()
+                    if data is not None:
+                        f.write(data)
+                    written += rows
+                    if progress is not None:
+                        progress("writing", written, max(total, written))
+
+            for batch in batches:
+                table = _to_table(batch, rounded=not parquet)
+                total = total_rows or written + sum(n for _, n in pending) + table.num_rows
+                if parquet and parquet_writer is None:
+                    parquet_writer = pq.ParquetWriter(f, table.schema, compression="zstd")
+                elif not parquet and written == 0 and not pending:  # pyarrow quotes headers
+                    f.write((",".join(table.column_names) + "\n").encode())
                 for start in range(0, table.num_rows, WRITE_CHUNK_ROWS):
                     chunk = table.slice(start, WRITE_CHUNK_ROWS)
                     if parquet_writer is not None:
-                        parquet_writer.write_table(chunk)
+                        job = workers.submit(_write_parquet, parquet_writer, chunk)
                     else:
-                        pa_csv.write_csv(chunk, f, csv_options)
-                    written[0] += chunk.num_rows
-                    if progress is not None:
-                        progress("writing", written[0], max(total, written[0]))
-
-            pending: Future[None] | None = None
-            for batch in batches:
-                table = _to_table(batch, rounded=not parquet)
-                if pending is not None:
-                    pending.result()
-                if parquet and parquet_writer is None:
-                    parquet_writer = pq.ParquetWriter(f, table.schema, compression="zstd")
-                elif not parquet and pending is None:  # pyarrow quotes headers; ours do not
-                    f.write((",".join(table.column_names) + "\n").encode())
-                pending = writer.submit(write, table)
-            if pending is not None:
-                pending.result()
+                        job = workers.submit(_csv_bytes, chunk, csv_options)
+                    pending.append((job, chunk.num_rows))
+                    settle(_PENDING_CHUNKS)
+            settle(0)
             if parquet_writer is not None:
                 parquet_writer.close()
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is meant to be shared
@@ -176,6 +182,23 @@ def write_logged(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: Chunks formatted or written ahead of the file (see `write_logged`).
+_PENDING_CHUNKS = 4
+
+
+def _csv_bytes(table: pa.Table, options: Any) -> pa.Buffer:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(table, sink, options)
+    return sink.getvalue()
+
+
+def _write_parquet(writer: Any, table: pa.Table) -> None:
+    writer.write_table(table)
 
 
 def write_logged_csv(
