@@ -8,18 +8,21 @@ was logged or switched (the learn stream's length is unchanged).
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from banditrec.api import create_app
 from banditrec.config import Settings
 from conftest import SEED_REQUEST, other_schema_toml
+from serving import running_server
 
 RULES: list[dict[str, Any]] = [
     {"if": {"segment": "high"}, "then": "deep_link_to_store"},
@@ -286,3 +289,51 @@ def test_metrics_show_the_lifecycle() -> None:
     assert "banditrec_lifecycle_apprentice 1.0" in text
     for bound in ("value", "low", "high"):
         assert f'banditrec_lifecycle_lift{{bound="{bound}",policy="apprentice"}}' in text
+
+
+# -- real server processes --------------------------------------------------------------
+
+
+def test_two_workers_switch_together_and_a_restart_keeps_the_switch(tmp_path: Path) -> None:
+    """`banditrec serve --workers 2` in apprentice mode: an admin switch to the own choices
+    and an upload, made through one worker, are applied by both (each answers from the same
+    learn event on); after a crash (SIGKILL) the restarted server, configured as before for
+    apprentice mode, serves what the log decided."""
+    settings = {"apprentice": "true", "baseline_rules": json.dumps(RULES), "seed": "3"}
+
+    def every_worker(url: str, path: str, pids: int = 2) -> dict[int, dict[str, Any]]:
+        seen: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < pids:
+            assert time.monotonic() < deadline, f"not every worker answered: {seen}"
+            model = httpx.get(f"{url}/v1/model", headers={"Connection": "close"}).json()
+            seen[model["pid"]] = httpx.get(f"{url}{path}", headers={"Connection": "close"}).json()
+        return seen
+
+    with running_server(tmp_path, "--workers", "2", **settings) as server:
+        with httpx.Client(base_url=server.url) as http:
+            rank = http.post("/v1/rank", json={"context": CONTEXT}).json()
+            assert rank["model_version"].endswith("+apprentice(0.1)")
+            data = base64.b64encode(http.get("/v1/admin/model").content).decode()
+            serve = http.post("/v1/admin/lifecycle/serve", json={"mode": "own"}).json()
+            upload = http.post(
+                "/v1/admin/models", json={"model_base64": data, "label": "l", "activate": True}
+            ).json()
+        seq = upload["switch"]["seq"]
+        assert seq == serve["seq"] + 1
+        deadline = time.monotonic() + 30
+        while True:  # each worker applies the entries when its learner reaches them
+            states = every_worker(server.url, "/v1/lifecycle")
+            if all(s["live_version"] == upload["switch"]["target"] for s in states.values()):
+                break
+            assert time.monotonic() < deadline, states
+            time.sleep(0.05)
+        assert {s["serving"] for s in states.values()} == {"own"}
+        server.kill()
+    with running_server(tmp_path, **settings) as again:
+        status = httpx.get(f"{again.url}/v1/lifecycle").json()
+        assert status["serving"] == "own" and status["live_version"] == upload["switch"]["target"]
+        rank = httpx.post(f"{again.url}/v1/rank", json={"context": CONTEXT}).json()
+        assert "+apprentice" not in rank["model_version"]
+        kinds = [(s["kind"], s["seq"]) for s in status["switches"]]
+        assert kinds == [("serve_mode", seq - 1), ("promote", seq)]
