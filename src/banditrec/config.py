@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     )
     seed: int | None = Field(None, description="Seed of the decision sampler (None: random).")
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Larger request bodies get 413.")
+    constraints: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description='Eligibility rules per action and a fallback, as JSON: {"eligibility": '
+        '{"invite_friend": {"device": "android"}}, "fallback_action": "show_bonus_offer"} '
+        "(banditrec.constraints); empty: every action is eligible.",
+    )
     max_batch_size: int = Field(
         1000, ge=1, description="Most contexts in one POST /v1/rank/batch; more get 422."
     )

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.actions import ACTION_CHANGES, ActionExistsError, ActionSet, UnknownActionError
+from banditrec.constraints import Constraints
 from banditrec.exploration import sample_action, sample_actions
 from banditrec.features import FeatureSchema
 from banditrec.group_commit import GroupCommitLog
@@ -103,6 +104,8 @@ class Engine:
         self.switcher: Switcher | None = None
         #: The apprentice mode while the app's baseline is served; None: the own choices.
         self.serving: ServingMode | None = None
+        #: Eligibility rules applied to every decision before its probabilities; None: none.
+        self.constraints: Constraints | None = None
         self._log = (
             GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
             if store is not None
@@ -164,6 +167,9 @@ class Engine:
         with self._lock:
             actions = self._actions
             mask = actions.all_eligible if eligible is None else eligible
+            if self.constraints is not None:  # masked before the probabilities are computed
+                allowed = self.constraints.mask(x, len(actions.names))
+                mask = self.constraints.restrict(allowed, mask, actions.names)
             scores, probabilities = self.policy.distribution(x, mask, self.rng)
             version = self._version
             if self.serving is not None:  # apprentice: the app's baseline, mostly
@@ -228,18 +234,27 @@ class Engine:
             actions = self._actions
             mask = actions.all_eligible if eligible is None else eligible
             masks = np.tile(mask, (n, 1))
+            if self.constraints is not None:
+                allowed = self.constraints.mask_batch(X, len(actions.names))
+                for i in range(n):
+                    masks[i] = self.constraints.restrict(allowed[i], mask, actions.names)
             scores, probabilities = self.policy.distribution_batch(X, masks, self.rng)
             version = self._version
             if self.serving is not None:  # apprentice: the app's baselines, mostly
                 for i in range(n):
                     baseline = None if baselines is None else baselines[i]
                     probabilities[i] = self.serving.serve(
-                        probabilities[i], mask, baseline, X[i], actions.names
+                        probabilities[i], masks[i], baseline, X[i], actions.names
                     )
                 version = self.serving.mark(version)
             chosen = sample_actions(probabilities, self.rng).tolist()
         now = self.clock()
-        served = actions.names_of(mask)
+        # What each decision could serve: the request's mask, or each row's after the rules.
+        served = (
+            [actions.names_of(mask)] * n
+            if self.constraints is None
+            else [actions.names_of(m) for m in masks]
+        )
         return [
             DecisionRecord(
                 event_id=new_event_id(),
@@ -248,7 +263,7 @@ class Engine:
                 context=dict(contexts[i]),
                 x=X[i],
                 actions=actions.names,
-                eligible=served,
+                eligible=served[i],
                 action_index=chosen[i],
                 probability=float(probabilities[i, chosen[i]]),
                 probabilities=probabilities[i],

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from banditrec.auth import log_auth_mode
 from banditrec.config import Settings
+from banditrec.constraints import constraints_from_config
 from banditrec.engine import Engine, prior_model
 from banditrec.exploration import sample_action
 from banditrec.features import CategoricalField, SchemaError
@@ -106,6 +107,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, store, settings, may_switch=lambda: bool(state.learner.holds_lease)
     )
     replayed = engine.catch_up()
+    try:  # after the replay: rules may name actions added at run time
+        engine.constraints = constraints_from_config(
+            settings.constraints, engine.schema, engine.actions
+        )
+    except ValueError:
+        store.close()
+        raise
     logger.info("Model from %s, %d learn events replayed.", origin, replayed)
     learner = Learner(
         engine,
