@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="Training rounds.")
     parser.add_argument("--decisions", type=int, default=3000)
     parser.add_argument("--seconds", type=int, default=15, help="wrk's run.")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-http", action="store_true", help="Skip the HTTP run.")
     args = parser.parse_args(argv)
