@@ -94,7 +94,7 @@ class AppSimulator:
         days = rng.geometric(1 / 30, size=n) - 1
         length = np.round(rng.lognormal(np.log(150) + 0.3 * level, 0.5, size=n), 1)
         return {
-            "user_id": _user_ids(rng.integers(10**8, 10**9, size=n)),
+            "user_id": _user_ids(rng.integers(0, 10**9, size=n)),
             "country": _pick(rng, _COUNTRIES, _COUNTRY_P, n),
             "device": _pick(rng, _DEVICES, _DEVICE_P, n),
             "segment": segment,
@@ -199,7 +199,8 @@ def _is(column: Any, *values: str) -> NDArray[np.float64]:
 
 
 def _user_ids(numbers: NDArray[np.int64]) -> NDArray[np.bytes_]:
-    """The letter u and the 9 digits of each number in [10⁸, 10⁹), as fixed-width bytes ('S10')."""
+    """The letter u and the 9 digits of each number in [0, 10⁹) (zero-padded: one width for
+    all, so that the column is fixed-width bytes, 'S10', that pyarrow takes as is)."""
     digits = np.empty((len(numbers), 10), dtype=np.uint8)
     digits[:, 0] = ord("u")
     rest = numbers.astype(np.int32)  # < 10⁹: int32 division is the fast one
