@@ -4,10 +4,14 @@ constrained logs against the simulator's known truth."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -22,6 +26,7 @@ from banditrec.ope import IPS
 from banditrec.policies import LinUCB
 from banditrec.sim import AppSimulator
 from conftest import ACTIONS, SEED_CONTEXT
+from serving import running_server
 
 SCHEMA = load_default_schema()
 
@@ -75,7 +80,17 @@ def _allowed(context: dict[str, Any]) -> set[str]:
         ),
         ({"eligibility": {"invite_friend": []}}, "must be a non-empty condition object"),
         ({"fallback_action": "nope"}, "constraints.fallback_action 'nope' is not an action"),
-        ({"caps": []}, "constraints: unknown keys ['caps']"),
+        ({"capz": []}, "constraints: unknown keys ['capz']"),
+        ({"caps": [{"max": 2}]}, "constraints.caps[0] needs max and window_seconds"),
+        (
+            {"caps": [{"max": -1, "window_seconds": 5}]},
+            "constraints.caps[0].max must be ≥ 0",
+        ),
+        (
+            {"cooldowns": [{"action": "nope", "after_serve_seconds": 5}]},
+            "constraints.cooldowns[0].action 'nope' is unknown",
+        ),
+        ({"cooldowns": [{"after_serve": 5}]}, "constraints.cooldowns[0] must be an object"),
     ],
 )
 def test_a_bad_configuration_is_refused_naming_what_is_wrong(
@@ -254,3 +269,124 @@ def test_ips_on_constrained_logs_is_unbiased_against_the_known_truth() -> None:
         reward=reward, action=action, propensity=unmasked, action_dist=target, rng=0
     )
     assert abs(wrong.value - truth) > 10 * se, (wrong.value, truth, se)
+
+
+# -- per-user caps and cooldowns --------------------------------------------------------------
+
+
+def _app(model_file: Path, db: Path, constraints: dict[str, Any]) -> TestClient:
+    settings = Settings(model_path=model_file, db_path=db, seed=0, constraints=constraints)
+    return TestClient(create_app(settings))
+
+
+def _rank(c: TestClient, user: str, **body: Any) -> Any:
+    return c.post("/v1/rank", json={"context": SEED_CONTEXT, "user_id": user, **body})
+
+
+def test_a_cap_holds_per_user_and_across_a_restart(model_file: Path, tmp_path: Path) -> None:
+    caps = {"caps": [{"action": "show_bonus_offer", "max": 2, "window_seconds": 3600}]}
+    two = {"actions": ["show_bonus_offer", "invite_friend"]}
+    served: list[str] = []
+    with _app(model_file, tmp_path / "e.db", caps) as c:
+        for _ in range(25):
+            answer = _rank(c, "u1", **two).json()
+            served.append(answer["action_id"])
+            if served.count("show_bonus_offer") == 2:
+                break
+        assert served.count("show_bonus_offer") == 2  # ε = 0.01 floor: reached quickly?
+    with _app(model_file, tmp_path / "e.db", caps) as c:  # the history is in the log
+        for _ in range(10):
+            answer = _rank(c, "u1", **two).json()
+            assert answer["action_id"] == "invite_friend" and answer["probability"] == 1.0
+            ranking = {r["action_id"]: r["probability"] for r in answer["ranking"]}
+            assert ranking["show_bonus_offer"] == 0.0
+        assert _rank(c, "u2", **two).json()["ranking"][0]["probability"] < 1.0  # others free
+        only_capped = _rank(c, "u1", actions=["show_bonus_offer"])
+        assert only_capped.status_code == 422
+        assert only_capped.json()["error"] == "no_eligible_action"
+        assert "capped or cooling down for user 'u1'" in only_capped.json()["message"]
+        # Decisions without a user id are not capped.
+        anonymous = c.post(
+            "/v1/rank", json={"context": SEED_CONTEXT, "actions": ["show_bonus_offer"]}
+        )
+        assert anonymous.json()["action_id"] == "show_bonus_offer"
+
+
+def test_a_cooldown_after_serving_rests_each_action(model_file: Path, tmp_path: Path) -> None:
+    rules = {"cooldowns": [{"after_serve_seconds": 3600}]}
+    with _app(model_file, tmp_path / "e.db", rules) as c:
+        served = [_rank(c, "u1").json()["action_id"] for _ in range(4)]
+        assert sorted(served) == sorted(ACTIONS)  # each once, then rested
+        before = c.app.state.engine.store.count("decisions")  # type: ignore[attr-defined]
+        response = _rank(c, "u1")
+        assert response.status_code == 422
+        assert "capped or cooling down" in response.json()["message"]
+        assert c.app.state.engine.store.count("decisions") == before  # type: ignore[attr-defined]
+
+
+def test_a_negative_reward_starts_a_cooldown(model_file: Path, tmp_path: Path) -> None:
+    rules = {"cooldowns": [{"action": "invite_friend", "after_negative_seconds": 3600}]}
+    two = {"actions": ["invite_friend", "suggest_new_app"]}
+    with _app(model_file, tmp_path / "e.db", rules) as c:
+        for user, value in (("u1", 0.0), ("u2", 1.0)):
+            for _ in range(400):  # until invite_friend is served to this user
+                answer = _rank(c, user, **two).json()
+                if answer["action_id"] == "invite_friend":
+                    break
+            else:
+                pytest.fail("invite_friend was never served")
+            reward = c.post(f"/v1/events/{answer['event_id']}/reward", json={"value": value})
+            assert reward.status_code == 200 and reward.json()["learned"]
+        after_negative = _rank(c, "u1", **two).json()
+        assert after_negative["action_id"] == "suggest_new_app"
+        assert after_negative["probability"] == 1.0
+        after_positive = {
+            r["action_id"]: r["probability"] for r in _rank(c, "u2", **two).json()["ranking"]
+        }
+        assert after_positive["invite_friend"] > 0.0
+
+
+def test_batches_refuse_user_ids_when_caps_are_configured(model_file: Path, tmp_path: Path) -> None:
+    caps = {"caps": [{"max": 1, "window_seconds": 60}]}
+    with _app(model_file, tmp_path / "e.db", caps) as c:
+        body = {"contexts": [SEED_CONTEXT, SEED_CONTEXT], "user_ids": ["u1", None]}
+        response = c.post("/v1/rank/batch", json=body)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["field"] == "user_ids"
+        assert "batches do not apply them" in response.json()["message"]
+        assert c.app.state.engine.store.count("decisions") == 0  # type: ignore[attr-defined]
+        ok = c.post("/v1/rank/batch", json={"contexts": [SEED_CONTEXT]})
+        assert ok.status_code == 200
+
+
+def test_a_cap_holds_under_concurrent_requests_across_two_workers(tmp_path: Path) -> None:
+    """Two `banditrec serve` worker processes on one SQLite log; 48 concurrent requests for
+    one user, each on its own connection (the kernel spreads them over the workers): no
+    action is served more than the cap, in the answers and in the log."""
+    caps = {"caps": [{"max": 3, "window_seconds": 3600}]}
+    with running_server(tmp_path, "--workers", "2", constraints=json.dumps(caps)) as server:
+        pids = {
+            httpx.get(f"{server.url}/v1/model", headers={"Connection": "close"}).json()["pid"]
+            for _ in range(40)
+        }
+        assert len(pids) == 2
+
+        def rank(_: int) -> httpx.Response:
+            body = {"context": SEED_CONTEXT, "user_id": "u1"}
+            return httpx.post(
+                f"{server.url}/v1/rank", json=body, headers={"Connection": "close"}, timeout=30
+            )
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(rank, range(48)))
+        statuses = {a.status_code for a in answers}
+        assert statuses <= {200, 422, 503}, [a.text for a in answers]
+        served = [a.json()["action_id"] for a in answers if a.status_code == 200]
+        assert all(served.count(a) <= 3 for a in ACTIONS), served
+        assert len(served) >= 4  # the race did serve; not everything was refused
+        with sqlite3.connect(tmp_path / "events.db") as db:
+            logged = db.execute(
+                "SELECT action, count(*) FROM decisions WHERE user_id = 'u1' GROUP BY action"
+            ).fetchall()
+        assert sorted(served) == sorted(a for a, n in logged for _ in range(n))
+        assert all(n <= 3 for _, n in logged)

@@ -28,6 +28,7 @@ from banditrec.store import (
     RewardOutcome,
     RewardRules,
     StoreError,
+    UserHistory,
 )
 from banditrec.store.redis import RedisEventStore
 from banditrec.store.sqlite import SQLiteEventStore
@@ -441,6 +442,58 @@ def test_forgetting_a_user_removes_their_decisions_and_rewards(store: Any) -> No
     assert store.pending_backlog(1e12) == 1  # e4 only: e2's default reward is not due
     assert store.apply_default_rewards(1e12, RULES) == {"c": 1}
     assert store.forget_user("u1") == [] and store.forget_user("nobody") == []
+
+
+# -- a user's serves and negative rewards (frequency caps and cooldowns) ------------------
+
+
+def test_a_serve_is_claimed_only_from_the_version_read(store: Any) -> None:
+    assert store.user_history("u1", since=0.0) == UserHistory(0)
+    assert store.claim_serve("u1", "a", 1000.0, version=0, keep_after=0.0)
+    assert not store.claim_serve("u1", "b", 1001.0, version=0, keep_after=0.0)  # stale
+    history = store.user_history("u1", since=0.0)
+    assert history == UserHistory(1, (("a", 1000.0),))
+    assert store.claim_serve("u1", "b", 1001.5, version=1, keep_after=0.0)
+    assert store.user_history("u1", since=1001.0).serves == (("b", 1001.5),)
+    assert store.user_history("u2", since=0.0) == UserHistory(0)  # users are apart
+
+
+def test_a_negative_reward_moves_the_version_and_old_entries_are_dropped(store: Any) -> None:
+    assert store.claim_serve("u1", "a", 1000.0, version=0, keep_after=0.0)
+    store.record_negative("u1", "a", 1010.0, keep_after=0.0)
+    history = store.user_history("u1", since=0.0)
+    assert history.version == 2 and history.negatives == (("a", 1010.0),)
+    assert not store.claim_serve("u1", "c", 1011.0, version=1, keep_after=0.0)
+    assert store.claim_serve("u1", "c", 1020.0, version=2, keep_after=1005.0)
+    assert store.user_history("u1", since=0.0) == UserHistory(3, (("c", 1020.0),), (("a", 1010.0),))
+
+
+def test_claims_from_many_threads_record_one_serve_per_version(store: Any) -> None:
+    """Eight threads race from the same version, 20 times: exactly one wins each time."""
+    for round_ in range(20):
+        version = store.user_history("u1", since=0.0).version
+        wins: list[bool] = []
+
+        def claim(k: int, at: float, version: int, wins: list[bool]) -> None:
+            wins.append(store.claim_serve("u1", f"a{k}", at, version, 0.0))
+
+        threads = [
+            threading.Thread(target=claim, args=(k, 1000.0 + round_, version, wins))
+            for k in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(wins) == 1
+    assert len(store.user_history("u1", since=0.0).serves) == 20
+
+
+def test_forgetting_a_user_removes_their_serves(store: Any) -> None:
+    assert store.claim_serve("u1", "a", 1000.0, version=0, keep_after=0.0)
+    store.record_negative("u1", "a", 1001.0, keep_after=0.0)
+    store.forget_user("u1")
+    assert store.user_history("u1", since=0.0) == UserHistory(0)
 
 
 # -- shared snapshots and pushed learn events (Redis only) ---------------------------------

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from starlette.datastructures import State
 
 from banditrec.engine import Engine
+from banditrec.errors import RequestValidationError
 from banditrec.features import FeatureSchema
 from banditrec.schemas import NonEmptyString, RankResponse, context_model
 from banditrec.store import DecisionRecord
@@ -110,10 +111,23 @@ async def rank_batch(state: State, body: Any) -> dict[str, Any]:
 
     Each decision is what ``POST /v1/rank`` would answer for its context (``replayed`` and
     ``context_mismatch`` are always false: a batch's event ids are new). ``actions`` and
-    ``excluded_actions`` hold for every context. At most ``max_batch_size`` contexts (422
+    ``excluded_actions`` hold for every context, and so do the configured eligibility
+    rules; per-user caps and cooldowns are not applied to batches (422 if ``user_ids`` are
+    given while they are configured). At most ``max_batch_size`` contexts (422
     beyond), in a body of at most ``max_batch_body_bytes`` (413 beyond). If one context is
     invalid or cannot be served, nothing of the batch is decided or logged."""
     engine: Engine = state.engine
+    capped = engine.constraints is not None and engine.constraints.frequency is not None
+    if capped and body.user_ids is not None and any(u is not None for u in body.user_ids):
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("user_ids",),
+                    "msg": "per-user caps and cooldowns are configured, and batches do not "
+                    "apply them; send the decisions of capped users to POST /v1/rank",
+                }
+            ]
+        )
     eligible = (
         engine.eligible_mask(body.actions, body.excluded_actions)
         if body.actions is not None or body.excluded_actions

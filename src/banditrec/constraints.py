@@ -1,4 +1,5 @@
-"""Constraints on what may be served: per-action eligibility rules on the context.
+"""Constraints on what may be served: per-action eligibility rules on the context, and the
+configuration of the per-user caps and cooldowns of `banditrec.caps`.
 
 Real apps never let every action be served to every user: an offer is for Android users
 only, a store deep link needs a rich market. Such rules are configured once, here, instead of
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from banditrec.caps import FrequencyRules, frequency_rules_from_config
 from banditrec.exploration import NoEligibleActionError
 from banditrec.features import FeatureSchema
 from banditrec.policies.rules import _compile_condition
@@ -65,6 +67,8 @@ class Constraints:
     #: action index -> its alternatives (any may hold), each a compiled condition object.
     rules: dict[int, list[_Condition]] = field(default_factory=dict)
     fallback: str | None = None
+    #: Per-user frequency caps and cooldowns (`banditrec.caps`); None: none.
+    frequency: FrequencyRules | None = None
 
     def mask(self, x: NDArray[np.float64], n_actions: int) -> NDArray[np.bool_]:
         """Which of the first `n_actions` actions the rules allow for the vector `x`."""
@@ -128,11 +132,13 @@ def constraints_from_config(
     ValueError
         For an unknown key, action or feature, or a malformed condition (naming it).
     """
-    unknown = set(config) - {"eligibility", "fallback_action"}
+    known = {"eligibility", "fallback_action", "caps", "cooldowns", "negative_at_most"}
+    unknown = set(config) - known
     if unknown:
         raise ValueError(
-            f"constraints: unknown keys {sorted(unknown)}; known: eligibility, fallback_action."
+            f"constraints: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}."
         )
+    frequency = frequency_rules_from_config(config, actions)
     eligibility = config.get("eligibility") or {}
     if not isinstance(eligibility, Mapping):
         raise ValueError("constraints.eligibility must be an object: action -> condition.")
@@ -159,6 +165,6 @@ def constraints_from_config(
             ]
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-    if not rules and fallback is None:
+    if not rules and fallback is None and frequency is None:
         return None
-    return Constraints(dict(config), rules, fallback)
+    return Constraints(dict(config), rules, fallback, frequency)

@@ -27,8 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.actions import ACTION_CHANGES, ActionExistsError, ActionSet, UnknownActionError
+from banditrec.caps import FrequencyRules
 from banditrec.constraints import Constraints
-from banditrec.exploration import sample_action, sample_actions
+from banditrec.exploration import NoEligibleActionError, sample_action, sample_actions
 from banditrec.features import FeatureSchema
 from banditrec.group_commit import GroupCommitLog
 from banditrec.lifecycle.apprentice import ServingMode
@@ -41,11 +42,17 @@ from banditrec.store import (
     EventStore,
     LearnEvent,
     LearnKind,
+    RewardOutcome,
     RewardResult,
     RewardRules,
+    StoreUnavailableError,
 )
 
 __all__ = ["ActionExistsError", "Engine", "UnknownActionError", "new_event_id", "prior_model"]
+
+#: Decisions made for one capped user before giving up while other requests for the same
+#: user keep changing its history (each attempt takes well under a millisecond).
+_CAPPED_ATTEMPTS = 20
 
 T = TypeVar("T")
 
@@ -205,10 +212,57 @@ class Engine:
 
         A repeated client `event_id` returns the decision logged the first time.
         """
+        rules = self.constraints.frequency if self.constraints is not None else None
+        if rules is not None and user_id is not None and self._log is not None:
+            return await self._rank_capped(
+                rules, context, eligible, event_id, deferred, user_id, baseline
+            )
         record = self.decide(context, eligible, event_id, deferred, user_id, baseline=baseline)
         if self._log is None:
             return record
         return await self._log.log_decision(record)
+
+    async def _rank_capped(
+        self,
+        rules: FrequencyRules,
+        context: Mapping[str, Any],
+        eligible: NDArray[np.bool_] | None,
+        event_id: str | None,
+        deferred: bool,
+        user_id: str,
+        baseline: str | None,
+    ) -> DecisionRecord:
+        """`rank` under per-user caps: read the user's history, mask what it caps, decide,
+        and record the serve only if the history did not change meanwhile (another worker
+        or replica served the user); else decide again from the new history. A retry does
+        not bias the logged probability: whether the history moved does not depend on the
+        action drawn."""
+        store, log = self._require_log()
+        for _ in range(_CAPPED_ATTEMPTS):
+            now = self.clock()
+            history = await log.call(store.user_history, user_id, now - rules.horizon)
+            with self._lock:
+                names = self._actions.names
+                base = self._actions.all_eligible if eligible is None else eligible
+            allowed = rules.mask(history, now, names)
+            if len(base) != len(allowed):  # an action was added meanwhile: read again
+                continue
+            if base.any() and not (base & allowed).any():
+                raise NoEligibleActionError(
+                    f"Every action this request allows is capped or cooling down for user "
+                    f"{user_id!r} (the configured caps and cooldowns)."
+                )
+            record = self.decide(context, base & allowed, event_id, deferred, user_id, baseline)
+            claimed = await log.call(
+                store.claim_serve, user_id, record.action, record.created_at, history.version,
+                now - rules.horizon,
+            )  # fmt: skip
+            if claimed:
+                return await log.log_decision(record)
+        raise StoreUnavailableError(
+            f"Decisions for user {user_id!r} kept changing the user's history while this one "
+            f"was made ({_CAPPED_ATTEMPTS} attempts); retry."
+        )
 
     def decide_batch(
         self,
@@ -290,10 +344,25 @@ class Engine:
 
     async def reward(self, event_id: str, value: float) -> RewardResult:
         """Join a reward to its decision and learn it at once in this process."""
-        _, log = self._require_log()
+        store, log = self._require_log()
         # Committed with the other rewards of its group; the group's learn events are
         # applied (`catch_up`) before any of them returns.
-        return await log.record_reward(event_id, value, self.clock())
+        now = self.clock()
+        result = await log.record_reward(event_id, value, now)
+        rules = self.constraints.frequency if self.constraints is not None else None
+        if (
+            rules is not None
+            and rules.watches_negatives
+            and result.outcome is RewardOutcome.learned
+            and value <= rules.negative_at_most
+        ):  # a cooldown after a negative reward starts now, for the decision's user
+            decision = await log.call(store.get_decision, event_id)
+            if decision is not None and decision.user_id is not None:
+                await log.call(
+                    store.record_negative, decision.user_id, decision.action, now,
+                    now - rules.horizon,
+                )  # fmt: skip
+        return result
 
     async def activate(self, event_id: str) -> bool | None:
         """Activate a deferred decision: True now, False if it already was, None if unknown."""

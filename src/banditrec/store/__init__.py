@@ -32,6 +32,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "StoredReward",
+    "UserHistory",
 ]
 
 #: The states of a decision whose reward window has closed for good, or that was never
@@ -160,6 +161,18 @@ class RewardResult:
     value: float
     total: float | None = None
     action: str | None = None
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """What was served to a user and which serves got a negative reward, since some time
+    (`EventStore.user_history`), read at one `version` of the user's record: frequency caps
+    and cooldowns (`banditrec.caps`) are decided from it, and `EventStore.claim_serve`
+    records a serve only if the version has not moved since."""
+
+    version: int
+    serves: tuple[tuple[str, float], ...] = ()  # (action, time), oldest first
+    negatives: tuple[tuple[str, float], ...] = ()
 
 
 class RetirableDecision(NamedTuple):
@@ -298,6 +311,24 @@ class EventStore(Protocol):
     def forget_user(self, user_id: str) -> list[str]:
         """Remove every decision of `user_id` (any state) and the rewards received for them;
         return the event ids of the decisions removed."""
+        ...
+
+    def user_history(self, user_id: str, since: float) -> UserHistory:
+        """The serves and negative rewards of `user_id` at or after `since`, read together
+        with the version of the user's record (0 for a user never served)."""
+        ...
+
+    def claim_serve(
+        self, user_id: str, action: str, at: float, version: int, keep_after: float
+    ) -> bool:
+        """Record that `action` was served to `user_id` at `at`, atomically, and only if the
+        user's record is still at `version` (nothing was recorded for the user since it was
+        read, in any process or replica); the version then moves on. Entries older than
+        `keep_after` are dropped on the way. Returns whether it was recorded."""
+        ...
+
+    def record_negative(self, user_id: str, action: str, at: float, keep_after: float) -> None:
+        """Record a negative reward of `action` for `user_id` at `at` (the version moves on)."""
         ...
 
     def start(self) -> None:

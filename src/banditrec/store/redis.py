@@ -35,6 +35,7 @@ action-change scripts carry a token, so a call whose reply was lost is not appli
 from __future__ import annotations
 
 import functools
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,7 @@ from banditrec.store import (
     StoredReward,
     StoreError,
     StoreUnavailableError,
+    UserHistory,
 )
 from banditrec.store import redis_scripts as lua
 
@@ -489,6 +491,37 @@ class RedisEventStore:
         return int(self._redis.xtrim(self._key("learn"), minid=keep_from, approximate=False))
 
     @_available
+    @_available
+    def user_history(self, user_id: str, since: float) -> UserHistory:
+        pipe = self._redis.pipeline(transaction=True)  # MULTI: both read at one moment
+        pipe.get(self._key(f"u:{user_id}:v"))
+        pipe.zrangebyscore(self._key(f"u:{user_id}:e"), repr(float(since)), "+inf")
+        version, members = pipe.execute()
+        serves: list[tuple[str, float]] = []
+        negatives: list[tuple[str, float]] = []
+        for member in members:
+            kind, rest = member.decode().split("|", 1)
+            action, at, _ = rest.rsplit("|", 2)
+            (serves if kind == "serve" else negatives).append((action, float(at)))
+        return UserHistory(int(version or 0), tuple(serves), tuple(negatives))
+
+    def claim_serve(
+        self, user_id: str, action: str, at: float, version: int, keep_after: float
+    ) -> bool:
+        return self._user_event(user_id, "serve", action, at, str(version), keep_after)
+
+    def record_negative(self, user_id: str, action: str, at: float, keep_after: float) -> None:
+        self._user_event(user_id, "negative", action, at, "", keep_after)
+
+    def _user_event(
+        self, user_id: str, kind: str, action: str, at: float, version: str, keep_after: float
+    ) -> bool:
+        # The user's keys expire once nothing in them can matter any more.
+        ttl = max(1, math.ceil(at - keep_after) + 1)
+        nonce = uuid.uuid4().hex[:12]
+        args = (user_id, kind, action, repr(float(at)), version, repr(float(keep_after)), ttl)
+        return bool(self._run("USER_EVENT", *args, nonce))
+
     def forget_user(self, user_id: str) -> list[str]:
         """Remove the user's decisions and their rewards (see `EventStore.forget_user`).
 
@@ -496,6 +529,7 @@ class RedisEventStore:
         decision writes no index); each is removed by a script that checks its user id
         again, then the rewards stream is scanned for their rewards.
         """
+        self._redis.delete(self._key(f"u:{user_id}:v"), self._key(f"u:{user_id}:e"))  # caps
         ids = self._decisions_of(user_id)
         if not ids:
             return []

@@ -25,6 +25,8 @@ Keys (``P`` is the prefix):
 ``P:lease:<name>``  hash    ``o`` owner, ``e`` expiry (caller's clock); PEXPIRE'd for cleanup
 ``P:snapshots``     zset    snapshot offsets; ``P:snap:<offset>`` holds the bytes
 ``P:done:<token>``  string  a call's result for 30 s, so a retried call is not applied twice
+``P:u:<user>:v``    string  the version of a user's record (caps; INCR), expires with it
+``P:u:<user>:e``    zset    the user's recent serves and negatives, ``kind|action|time|nonce``
 ==================  ======  ==================================================================
 """
 
@@ -43,6 +45,7 @@ __all__ = [
     "RECORD_REWARD",
     "RELEASE",
     "SNAPSHOTS",
+    "USER_EVENT",
 ]
 
 #: Fields of one decision in the arguments of LOG_DECISIONS, in order.
@@ -302,3 +305,19 @@ end
 return out
 """
 )
+
+#: A serve (only if the user's record is still at the version read) or a negative reward,
+#: for frequency caps and cooldowns. ARGV: prefix, user id, kind ("serve" | "negative"),
+#: action, time, expected version ("" for any), keep-after time, TTL in seconds, nonce.
+#: Returns 1 if recorded, 0 if the version had moved.
+USER_EVENT = """
+local P = ARGV[1]
+local v_key, e_key = P .. 'u:' .. ARGV[2] .. ':v', P .. 'u:' .. ARGV[2] .. ':e'
+local version = tonumber(redis.call('GET', v_key) or '0')
+if ARGV[6] ~= '' and version ~= tonumber(ARGV[6]) then return 0 end
+redis.call('SET', v_key, version + 1, 'EX', ARGV[8])
+redis.call('ZREMRANGEBYSCORE', e_key, '-inf', '(' .. ARGV[7])
+redis.call('ZADD', e_key, ARGV[5], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[9])
+redis.call('EXPIRE', e_key, ARGV[8])
+return 1
+"""

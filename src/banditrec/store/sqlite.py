@@ -46,6 +46,7 @@ from banditrec.store import (
     RewardRules,
     StoredReward,
     StoreError,
+    UserHistory,
 )
 
 __all__ = ["SQLiteEventStore"]
@@ -97,6 +98,11 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_events (  -- serves and negative rewards, for caps (recent only)
+    user_id TEXT NOT NULL, kind TEXT NOT NULL, action TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_events_by_user ON user_events (user_id, at);
+CREATE TABLE IF NOT EXISTS user_versions (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
 
 _DECISION_COLUMNS = (
@@ -589,13 +595,75 @@ class SQLiteEventStore:
             )
             return cursor.rowcount
 
+    def user_history(self, user_id: str, since: float) -> UserHistory:
+        with self._read_lock:
+            db = self._read
+            db.execute("BEGIN")  # one snapshot of the WAL for both reads
+            try:
+                row = db.execute(
+                    "SELECT version FROM user_versions WHERE user_id = ?", (user_id,)
+                ).fetchone()
+                events = db.execute(
+                    "SELECT kind, action, at FROM user_events WHERE user_id = ? AND at >= ? "
+                    "ORDER BY at",
+                    (user_id, since),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+        return UserHistory(
+            0 if row is None else int(row[0]),
+            tuple((a, t) for kind, a, t in events if kind == "serve"),
+            tuple((a, t) for kind, a, t in events if kind == "negative"),
+        )
+
+    def claim_serve(
+        self, user_id: str, action: str, at: float, version: int, keep_after: float
+    ) -> bool:
+        # BEGIN IMMEDIATE holds the write lock of every process from the version check to
+        # the commit: two workers cannot both claim from the same version.
+        with self._transaction() as db:
+            if not self._bump_version(db, user_id, version):
+                return False
+            db.execute(
+                "DELETE FROM user_events WHERE user_id = ? AND at < ?", (user_id, keep_after)
+            )
+            db.execute("INSERT INTO user_events VALUES (?, 'serve', ?, ?)", (user_id, action, at))
+        return True
+
+    def record_negative(self, user_id: str, action: str, at: float, keep_after: float) -> None:
+        with self._transaction() as db:
+            self._bump_version(db, user_id, None)
+            db.execute(
+                "DELETE FROM user_events WHERE user_id = ? AND at < ?", (user_id, keep_after)
+            )
+            db.execute(
+                "INSERT INTO user_events VALUES (?, 'negative', ?, ?)", (user_id, action, at)
+            )
+
+    @staticmethod
+    def _bump_version(db: sqlite3.Connection, user_id: str, expected: int | None) -> bool:
+        row = db.execute("SELECT version FROM user_versions WHERE user_id = ?", (user_id,))
+        current = row.fetchone()
+        version = 0 if current is None else int(current[0])
+        if expected is not None and version != expected:
+            return False
+        db.execute(
+            "INSERT INTO user_versions VALUES (?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version",
+            (user_id, version + 1),
+        )
+        return True
+
     def forget_user(self, user_id: str) -> list[str]:
         """Remove the user's decisions and their rewards (see `EventStore.forget_user`).
 
         Both are looked up on the read connection (a scan: user ids are not indexed, so
         that logging a decision costs no index write), then removed by key in one short
-        write transaction.
+        write transaction. The user's serves and negative rewards (caps) go too.
         """
+        with self._transaction() as db:
+            db.execute("DELETE FROM user_events WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM user_versions WHERE user_id = ?", (user_id,))
         with self._read_lock:
             ids = [
                 row[0]
