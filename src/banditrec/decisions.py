@@ -14,6 +14,7 @@ from banditrec.engine import Engine
 from banditrec.errors import EventNotActivatedError, EventNotFoundError, RewardWindowClosedError
 from banditrec.lifecycle.apprentice import apprentice_round
 from banditrec.metrics import Metrics
+from banditrec.slates import rank_slate, slot_entries
 from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
 
 __all__ = [
@@ -63,16 +64,24 @@ class DecisionWork:
         eligible = engine.eligible_mask(body.actions, body.excluded_actions)
         context: dict[str, Any] = body.context.model_dump()
         started = engine.clock()
-        record = await self._decide(
-            engine,
-            context,
-            eligible,
-            event_id=body.event_id,
-            deferred=body.defer_activation,
-            user_id=body.user_id,
-            baseline=body.baseline_action,
-        )
+        if body.slots is not None:  # a slate: one logged decision per slot
+            records = await rank_slate(engine, body, context, eligible)
+            for slot_record in records:
+                self.metrics.decision(slot_record.action)
+            record = records[0]
+        else:
+            record = await self._decide(
+                engine,
+                context,
+                eligible,
+                event_id=body.event_id,
+                deferred=body.defer_activation,
+                user_id=body.user_id,
+                baseline=body.baseline_action,
+            )
         content = rank_body(record)
+        if body.slots is not None:
+            content["slots"] = slot_entries(records)
         if body.explain:
             explain_ranking(content, record, engine)
         # A decision made for this request is stamped after `started` (deciding takes
@@ -84,6 +93,8 @@ class DecisionWork:
 
     async def reward(self, engine: Engine, body: Any, event_id: str) -> dict[str, Any]:
         """Report the reward in `body` (a validated ``RewardRequest``) for `event_id`."""
+        if body.slot:  # a slate's slot below the first is a decision of its own
+            event_id = f"{event_id}:{body.slot}"
         result = await engine.reward(event_id, body.value)
         self.metrics.reward(result.action, result.outcome.value)  # every outcome, even errors
         content = reward_body(result, self.reward_window_seconds)

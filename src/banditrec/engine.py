@@ -264,6 +264,47 @@ class Engine:
             f"was made ({_CAPPED_ATTEMPTS} attempts); retry."
         )
 
+    async def rank_slate(
+        self,
+        context: Mapping[str, Any],
+        k: int,
+        eligible: NDArray[np.bool_] | None = None,
+        event_id: str | None = None,
+        deferred: bool = False,
+        user_id: str | None = None,
+    ) -> list[DecisionRecord]:
+        """A slate of `k` distinct actions, slot by slot: each slot is a decision of its
+        own (event id ``<event_id>:<slot>`` below the first), drawn from the policy's
+        distribution over the actions not yet in the slate, and logged with that
+        probability (its propensity given the slots above it). All `k` are logged in one
+        group commit before returning.
+
+        Raises
+        ------
+        NoEligibleActionError
+            If fewer than `k` distinct actions can be served for this context.
+        """
+        base = event_id or new_event_id()
+        mask = (self._actions.all_eligible if eligible is None else eligible).copy()
+        records: list[DecisionRecord] = []
+        for slot in range(k):
+            slot_id = base if slot == 0 else f"{base}:{slot}"
+            try:
+                record = self.decide(context, mask, slot_id, deferred, user_id)
+            except NoEligibleActionError:
+                if slot == 0:
+                    raise
+                raise NoEligibleActionError(
+                    f"The slate asks for {k} slots, but only {slot} distinct actions can be "
+                    "served for this context."
+                ) from None
+            records.append(record)
+            mask = mask.copy()
+            mask[record.action_index] = False
+        if self._log is None:
+            return records
+        return await self._log.log_decisions(records)
+
     def decide_batch(
         self,
         contexts: Sequence[Mapping[str, Any]],

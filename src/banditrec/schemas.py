@@ -169,6 +169,19 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
             bool,
             Field(False, description="Log now, learn only after /v1/events/{id}/activate."),
         ),
+        slots=(
+            int | None,
+            Field(
+                None,
+                ge=1,
+                le=1000,
+                strict=True,
+                description="A slate: this many distinct actions, in slots filled in order, "
+                "each with its probability given the slots above it (answered in 'slots'; "
+                "slot 0 is action_id). Each slot is its own logged decision, rewarded with "
+                "'slot' (docs/slates.md).",
+            ),
+        ),
         explain=(
             StrictBool,
             Field(
@@ -207,6 +220,11 @@ def reward_request_model(min_reward: float, max_reward: float) -> type[BaseModel
             Field(ge=min_reward, le=max_reward, strict=True, allow_inf_nan=False,
                   description=f"The reward, in [{min_reward:g}, {max_reward:g}]."),
         ),
+        slot=(
+            int | None,
+            Field(None, ge=0, le=999, strict=True,
+                  description="For a slate: the slot rewarded (0 is the first; default 0)."),
+        ),
     )  # fmt: skip
 
 
@@ -238,6 +256,16 @@ class RankedAction(BaseModel):
     )
 
 
+class SlotEntry(BaseModel):
+    slot: int = Field(description="Position, from 0 (the top).")
+    action_id: str
+    probability: float = Field(
+        description="Probability with which it was chosen for this slot, given the slots "
+        "above it (its logged propensity)."
+    )
+    event_id: str = Field(description="The slot's own decision: <event_id>:<slot> below 0.")
+
+
 class RankResponse(BaseModel):
     event_id: str
     action_id: str = Field(description="The action to show: sampled from the ranking.")
@@ -256,6 +284,9 @@ class RankResponse(BaseModel):
         False,
         description="True when a replayed decision was made for another context than this "
         "request's: the client reused an event id by mistake.",
+    )
+    slots: list[SlotEntry] | None = Field(
+        None, description='With "slots": k: the k distinct actions of the slate, in order.'
     )
     explanation_version: str | None = Field(
         None,
