@@ -179,7 +179,7 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
                 description="A slate: this many distinct actions, in slots filled in order, "
                 "each with its probability given the slots above it (answered in 'slots'; "
                 "slot 0 is action_id). Each slot is its own logged decision, rewarded with "
-                "'slot' (docs/slates.md).",
+                "'slot' (README, section Slates).",
             ),
         ),
         explain=(
