@@ -730,6 +730,12 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 log=log,
             )
+        # A thousand actions (issue 12): banditrec alone; the HTTP side and the model file
+        # are in benchmarks/bench_many_actions.py.
+        results += bench_setting(
+            1000, 50, rounds=max(1, args.rounds // 50), slow_rounds=1, repeats=args.repeats,
+            contenders=[c for c in contenders if c.key == "banditrec"], seed=args.seed, log=log,
+        )  # fmt: skip
     print()
     print_table(results, args.markdown)
     print(f"(timing took {time.perf_counter() - t_start:.0f} s)")
