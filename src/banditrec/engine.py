@@ -48,7 +48,14 @@ from banditrec.store import (
     StoreUnavailableError,
 )
 
-__all__ = ["ActionExistsError", "Engine", "UnknownActionError", "new_event_id", "prior_model"]
+__all__ = [
+    "ActionExistsError",
+    "Engine",
+    "UnknownActionError",
+    "new_event_id",
+    "new_event_ids",
+    "prior_model",
+]
 
 #: Decisions made for one capped user before giving up while other requests for the same
 #: user keep changing its history (each attempt takes well under a millisecond).
@@ -344,26 +351,32 @@ class Engine:
                 version = self.serving.mark(version)
             chosen = sample_actions(probabilities, self.rng).tolist()
         now = self.clock()
+        ids = new_event_ids(n)
         # What each decision could serve: the request's mask, or each row's after the rules.
         served = (
             [actions.names_of(mask)] * n
             if self.constraints is None
             else [actions.names_of(m) for m in masks]
         )
+        # Rows as lists of views, and the probabilities served as floats, in one call each:
+        # per-row numpy indexing was a good part of a batch's Python time.
+        xs, ps, ss = list(X), list(probabilities), list(scores.score)
+        served_p = probabilities[np.arange(n), chosen].tolist()
+        users = [None] * n if user_ids is None else user_ids
         return [
             DecisionRecord(
-                event_id=new_event_id(),
+                event_id=ids[i],
                 created_at=now,
                 model_version=version,
                 context=dict(contexts[i]),
-                x=X[i],
+                x=xs[i],
                 actions=actions.names,
                 eligible=served[i],
                 action_index=chosen[i],
-                probability=float(probabilities[i, chosen[i]]),
-                probabilities=probabilities[i],
-                scores=scores.score[i],
-                user_id=None if user_ids is None else user_ids[i],
+                probability=served_p[i],
+                probabilities=ps[i],
+                scores=ss[i],
+                user_id=users[i],
             )
             for i in range(n)
         ]
@@ -548,6 +561,25 @@ def prior_model(schema: FeatureSchema, policy: Policy | None = None) -> Model:
     policy = (policy or LinUCB()).reset(schema.n_actions, schema.n_features)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return Model(policy, schema, created_at=created, version=f"prior-{schema.hash[:8]}")
+
+
+def new_event_ids(n: int) -> list[str]:
+    """`n` new event ids at once (as `new_event_id`, one clock read and one draw of random
+    bytes for all: ids of one batch share their millisecond, and differ in 74 random bits).
+
+    >>> ids = new_event_ids(3)
+    >>> len(set(ids)), {len(i) for i in ids}, {i[12] for i in ids}
+    (3, {32}, {'7'})
+    """
+    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    random = os.urandom(10 * n)
+    ids = []
+    for i in range(n):
+        raw = bytearray(stamp + random[10 * i : 10 * i + 10])
+        raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+        ids.append(raw.hex())
+    return ids
 
 
 def new_event_id() -> str:
