@@ -27,8 +27,10 @@ from banditrec.ope import IPS
 from banditrec.policies import LinUCB
 from banditrec.sim import AppSimulator
 from banditrec.store import DecisionRecord
+from banditrec.store.redis import RedisEventStore
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import ACTIONS, SEED_CONTEXT
+from redis_server import RedisServer
 from serving import running_server
 
 SCHEMA = load_default_schema()
@@ -470,3 +472,38 @@ def test_ips_on_logs_with_caps_and_cooldowns_is_unbiased(tmp_path: Path) -> None
         reward=reward, action=action, propensity=unmasked, action_dist=target
     )
     assert abs(float(wrong.mean()) - truth) > 8 * se, (wrong.mean(), truth, se)
+
+
+def test_a_cap_holds_across_two_replicas_on_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two `banditrec serve` replicas sharing a Redis event log, 48 concurrent requests for
+    one user spread over both: no action is served more than the cap."""
+    caps = json.dumps({"caps": [{"max": 2, "window_seconds": 3600}]})
+    settings = {"store_url": redis_server.url, "constraints": caps}
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r2").mkdir()
+    with (
+        running_server(tmp_path / "r1", **settings) as one,
+        running_server(tmp_path / "r2", **settings) as two,
+    ):
+
+        def rank(i: int) -> httpx.Response:
+            url = (one, two)[i % 2].url
+            body = {"context": SEED_CONTEXT, "user_id": "u1"}
+            return httpx.post(f"{url}/v1/rank", json=body, timeout=30)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(rank, range(48)))
+    assert {a.status_code for a in answers} <= {200, 422, 503}, [a.text for a in answers]
+    served = [a.json()["action_id"] for a in answers if a.status_code == 200]
+    assert all(served.count(a) <= 2 for a in ACTIONS), served
+    assert len(served) >= 4
+    store = RedisEventStore.from_url(redis_server.url, SCHEMA.encoding_hash)
+    try:
+        logged = [d.action for d, _ in store.iter_decisions() if d.user_id == "u1"]
+        history = store.user_history("u1", since=0.0)
+    finally:
+        store.close()
+    assert sorted(logged) == sorted(served)
+    assert sorted(a for a, _ in history.serves) == sorted(served)
