@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from banditrec import logged_data
-from banditrec.features import OTHER, Dictionary, NumericField, load_default_schema, load_schema
+from banditrec.features import (
+    OTHER,
+    Dictionary,
+    NumericField,
+    SchemaError,
+    load_default_schema,
+    load_schema,
+)
 from banditrec.logged_data import (
     LoggedDataError,
     is_parquet,
@@ -396,3 +403,20 @@ def test_the_logarithm_table_of_integer_columns_is_libms_bit_for_bit() -> None:
     ):
         expected = np.array([field.apply_one(v) for v in values.tolist()])
         np.testing.assert_array_equal(field.apply(values), expected)
+
+
+def test_a_dictionary_column_refuses_an_unknown_value_only_when_a_row_holds_it(
+    tmp_path: Path,
+) -> None:
+    schema = load_schema(other_schema_toml(tmp_path / "r.toml", device={"on_unknown": "reject"}))
+    contexts = {
+        k: v[:3] for k, v in AppSimulator().sample_contexts(3, np.random.default_rng(0)).items()
+    }
+    values = ("ios", "android", "fridge")  # "fridge" is not a device of the schema
+    held = dict(contexts, device=Dictionary(values, np.array([0, 1, 0])))
+    X = schema.vectorize_many(held)  # no row holds "fridge": encoded, nothing refused
+    np.testing.assert_array_equal(
+        X, schema.vectorize_many(dict(contexts, device=np.array(["ios", "android", "ios"])))
+    )
+    with pytest.raises(SchemaError, match="device: unknown value 'fridge'"):
+        schema.vectorize_many(dict(contexts, device=Dictionary(values, np.array([0, 2, 1]))))
