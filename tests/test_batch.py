@@ -51,6 +51,9 @@ def _learned(policy: Policy, K: int, d: int, seed: int = 0) -> Policy:
         POLICIES["epsilon_greedy"](),
         POLICIES["squarecb"](),
         POLICIES["uniform"](),
+        POLICIES["popular"](),
+        POLICIES["hybrid_linucb"](),
+        POLICIES["auto"](),
     ],
     ids=lambda p: f"{p.name}-{p.exploration.name}",
 )
