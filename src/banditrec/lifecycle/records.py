@@ -250,7 +250,8 @@ class SQLiteRecords:
         return [SwitchRecord(*row) for row in rows]
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # not under a call still running on another thread (see the store)
+            self._db.close()
 
 
 class RedisRecords:

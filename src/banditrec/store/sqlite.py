@@ -280,8 +280,12 @@ class SQLiteEventStore:
             stop.set()
             thread.join()
             self._checkpointer = None
-        for db in (self._write, self._read):
-            db.close()
+        # Wait for a call in flight on another thread: a task cancelled at shutdown leaves
+        # its executor thread running, and closing a connection under it crashes the process
+        # (segmentation fault in SQLite). Calls after this one raise a ProgrammingError.
+        with self._write_lock, self._read_lock:
+            for db in (self._write, self._read):
+                db.close()
         if self._turn_fd is not None:
             os.close(self._turn_fd)
             self._turn_fd = None
