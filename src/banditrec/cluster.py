@@ -314,6 +314,9 @@ class Cluster:
             "--dir", str(self.work_dir / "redis"), "--daemonize", "no",
             # The AOF alone is the durable copy: RDB snapshots would add fork pauses.
             "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "",
+            # A decision's hash holds its 160-byte vector: allowed in the compact encoding,
+            # it takes half the memory (docs/scale-out.md).
+            "--hash-max-listpack-value", "1024",
         ]  # fmt: skip
 
     def _redis_answers(self) -> bool:
