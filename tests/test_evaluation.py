@@ -518,3 +518,18 @@ def test_a_candidate_does_not_depend_on_the_other_candidates() -> None:
     together = ev.evaluate(rounds, others, config)
     pick = next(c for c in together.candidates if c.label == "linucb(alpha=2)")
     assert pick.estimates == alone.candidates[0].estimates
+
+
+def test_evaluate_builds_a_named_fixed_rule_with_the_logs_schema(simulated: Path) -> None:
+    """A fixed_rule names features and actions: evaluate gives it the schema, as serve and
+    train do (one factory), so it runs instead of failing to resolve its names."""
+    rules = [{"if": {"segment": "high"}, "then": "deep_link_to_store"},
+             {"else": "show_bonus_offer"}]  # fmt: skip
+    rounds = ev.load_csv(simulated, SCHEMA)
+    candidate = ev.make_candidate("fixed_rule", {"rules": rules}, label="rule")
+    config = ev.EvaluationConfig(n_bootstrap=50)
+    without = ev.evaluate(rounds, [candidate], config)
+    assert without.candidates[0].error is not None  # names it cannot resolve
+    (result,) = ev.evaluate(rounds, [candidate], config, schema=SCHEMA).candidates
+    assert result.error is None
+    assert result.policy_params["rules"] == rules

@@ -595,7 +595,11 @@ def evaluate(
                 assert data is not None
                 rounds = ev.load_csv(data, feature_schema)
             result = ev.evaluate(
-                rounds, ev.unique(chosen or ev.default_candidates()), config, progress
+                rounds,
+                ev.unique(chosen or ev.default_candidates()),
+                config,
+                progress,
+                schema=feature_schema,
             )
     except (ev.EvaluationError, SchemaError) as exc:
         raise _fail(str(exc)) from None

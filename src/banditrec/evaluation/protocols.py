@@ -35,6 +35,7 @@ from banditrec.evaluation.config import (
 from banditrec.evaluation.data import LoggedRounds
 from banditrec.evaluation.ranking import CandidateResult, EvaluationResult, mean_estimate, rank
 from banditrec.exploration import sample_action
+from banditrec.features import FeatureSchema
 from banditrec.policies import Policy
 
 __all__ = ["evaluate"]
@@ -69,12 +70,16 @@ def evaluate(
     candidates: Sequence[Candidate],
     config: EvaluationConfig | None = None,
     progress: ProgressCallback | None = None,
+    schema: FeatureSchema | None = None,
 ) -> EvaluationResult:
     """Evaluate and rank `candidates` on `rounds` under `config`'s protocol.
 
     A candidate that fails (its policy raises) is reported with its error and ranked last;
     every other candidate still runs. The same seed gives the same result, and each
     candidate's randomness depends only on the seed and its label, not on the others.
+    `schema` (the one the log was written with) is given to every candidate's policy as
+    `serve` and `train` give it (`Candidate.build`): a `fixed_rule` names its features and
+    actions through it.
     """
     config = config or EvaluationConfig()
     config.check()
@@ -114,7 +119,7 @@ def evaluate(
         def tick(k: int, label: str = candidate.label, done: int = done) -> None:
             notify("evaluate", done + k, total, label)
 
-        results.append(_run_candidate(candidate, config, estimators, train, held, tick))
+        results.append(_run_candidate(candidate, config, estimators, train, held, tick, schema))
     notify("evaluate", total, total, "done")
     rank(results, config, logging)
 
@@ -169,13 +174,14 @@ def _run_candidate(
     train: LoggedRounds,
     held: _Held,
     tick: Callable[[int], None],
+    schema: FeatureSchema | None,
 ) -> CandidateResult:
     result = CandidateResult(candidate)  # verdict "failed" until ranked
     start = time.perf_counter()
     # Seeded by the label alone: adding or removing other candidates changes nothing here.
     rng = np.random.default_rng([config.seed, 3, zlib.crc32(candidate.label.encode())])
     try:
-        policy = candidate.build().reset(len(held.rounds.actions), held.rounds.X.shape[1])
+        policy = candidate.build(schema).reset(len(held.rounds.actions), held.rounds.X.shape[1])
         result.policy_params = policy.get_params()
         result.exploration = {
             "name": policy.exploration.name,
