@@ -49,6 +49,7 @@ from banditrec.client.models import (
     RankedAction,
     Recommendation,
     RewardReceipt,
+    SlotDecision,
     SnapshotInfo,
 )
 from banditrec.client.sync import Client
@@ -80,6 +81,7 @@ __all__ = [
     "RetryPolicy",
     "RewardReceipt",
     "ServerError",
+    "SlotDecision",
     "SnapshotInfo",
     "Unauthorized",
     "Unavailable",

@@ -16,7 +16,10 @@ Which failures are retried (never a 4xx answer, never a 500):
   snapshots. `recommend` (the seed's route has no event id: a repeat would log a second
   decision that no user saw, then learn its default reward), `add_action` and rewards
   under aggregation ``sum`` (a repeat would be added to the total) are retried only when
-  unsent (``retry="unsent"``).
+  unsent (``retry="unsent"``). So are `rank_batch` (the batch route takes no client event
+  ids: a repeat would log every decision of the batch twice) and the lifecycle's admin
+  writes (each switch, candidate and upload is a new record: a repeat would switch or
+  upload twice, or be refused as existing); the lifecycle's reads are retried.
 
 Examples
 --------
@@ -27,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import base64
 import random
 import urllib.parse
 import uuid
@@ -176,6 +180,25 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    if not isinstance(body, dict):
+        raise InvalidResponse(
+            f"The server answered {type(body).__name__}, not a JSON object.",
+            code="invalid_response",
+        )
+    return body
+
+
+def _json_list(response: httpx.Response) -> list[dict[str, Any]]:
+    body = response.json()
+    if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+        raise InvalidResponse(
+            "The server's answer is not a JSON list of objects.", code="invalid_response"
+        )
+    return body
+
+
 def new_event_id() -> str:
     """A fresh event id (32 hex digits), made before the first try of `rank`."""
     return uuid.uuid4().hex
@@ -202,6 +225,7 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
         user_id: str | None = None,
         explain: bool = False,
         baseline_action: str | None = None,
+        slots: int | None = None,
     ) -> Call[Decision]:
         body: dict[str, Any] = {
             "context": dict(context),
@@ -217,7 +241,35 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
             body["explain"] = True
         if baseline_action is not None:
             body["baseline_action"] = baseline_action
+        if slots is not None:
+            body["slots"] = slots
         return Call("POST", "/v1/rank", lambda r, a: Decision.from_json(_json(r), a.count), body)
+
+    @staticmethod
+    def rank_batch(
+        contexts: Iterable[Mapping[str, Any]],
+        user_ids: Iterable[str | None] | None,
+        actions: Iterable[str] | None,
+        excluded_actions: Iterable[str],
+        baseline_actions: Iterable[str | None] | None,
+    ) -> Call[list[Decision]]:
+        body: dict[str, Any] = {
+            "contexts": [dict(context) for context in contexts],
+            "excluded_actions": list(excluded_actions),
+        }
+        if user_ids is not None:
+            body["user_ids"] = list(user_ids)
+        if actions is not None:
+            body["actions"] = list(actions)
+        if baseline_actions is not None:
+            body["baseline_actions"] = list(baseline_actions)
+        return Call(
+            "POST",
+            "/v1/rank/batch",
+            lambda r, a: Decision.list_from_json(_json(r), a.count),
+            body,
+            retry="unsent",  # no client event ids: a repeat would log the batch twice
+        )
 
     @staticmethod
     def recommend(user_id: str, context: Mapping[str, Any]) -> Call[Recommendation]:
@@ -231,12 +283,17 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
         )
 
     @staticmethod
-    def reward(event_id: str, value: float, aggregation: str) -> Call[RewardReceipt]:
+    def reward(
+        event_id: str, value: float, aggregation: str, slot: int | None = None
+    ) -> Call[RewardReceipt]:
+        body: dict[str, Any] = {"value": value}
+        if slot is not None:
+            body["slot"] = slot
         return Call(
             "POST",
             f"/v1/events/{_segment(event_id)}/reward",
             lambda r, a: RewardReceipt.from_json(_json(r), a.count, a.lost_reply),
-            {"value": value},
+            body,
             retry="any" if aggregation == "earliest" else "unsent",
         )
 
@@ -282,3 +339,72 @@ class calls:  # noqa: N801  # a namespace of constructors, used as calls.rank(..
     @staticmethod
     def export_model() -> Call[bytes]:
         return Call("GET", "/v1/admin/model", lambda r, _: r.content)
+
+    # -- the lifecycle (docs/lifecycle.md); the server declares no typed answers for them
+
+    @staticmethod
+    def lifecycle_status() -> Call[dict[str, Any]]:
+        return Call("GET", "/v1/lifecycle", lambda r, _: _json_object(r))
+
+    @staticmethod
+    def serve_mode(mode: str, reason: str) -> Call[dict[str, Any]]:
+        body = {"mode": mode, "reason": reason}
+        path = "/v1/admin/lifecycle/serve"
+        return Call("POST", path, lambda r, _: _json_object(r), body, retry="unsent")
+
+    @staticmethod
+    def candidates() -> Call[list[dict[str, Any]]]:
+        return Call("GET", "/v1/admin/candidates", lambda r, _: _json_list(r))
+
+    @staticmethod
+    def add_candidate(
+        name: str,
+        policy: str | None,
+        params: Mapping[str, Any],
+        exploration: str | None,
+        exploration_params: Mapping[str, float],
+        model: bytes | None,
+    ) -> Call[list[dict[str, Any]]]:
+        body: dict[str, Any] = {
+            "name": name,
+            "params": dict(params),
+            "exploration_params": dict(exploration_params),
+        }
+        if policy is not None:
+            body["policy"] = policy
+        if exploration is not None:
+            body["exploration"] = exploration
+        if model is not None:
+            body["model_base64"] = base64.b64encode(model).decode("ascii")
+        path = "/v1/admin/candidates"
+        return Call("POST", path, lambda r, _: _json_list(r), body, retry="unsent")
+
+    @staticmethod
+    def promote_candidate(name: str, force: bool, reason: str) -> Call[dict[str, Any]]:
+        path = f"/v1/admin/candidates/{_segment(name)}/promote"
+        body = {"force": force, "reason": reason}
+        return Call("POST", path, lambda r, _: _json_object(r), body, retry="unsent")
+
+    @staticmethod
+    def remove_candidate(name: str) -> Call[list[dict[str, Any]]]:
+        path = f"/v1/admin/candidates/{_segment(name)}/remove"
+        return Call("POST", path, lambda r, _: _json_list(r), retry="unsent")
+
+    @staticmethod
+    def models() -> Call[list[dict[str, Any]]]:
+        return Call("GET", "/v1/admin/models", lambda r, _: _json_list(r))
+
+    @staticmethod
+    def upload_model(model: bytes, label: str, activate: bool) -> Call[dict[str, Any]]:
+        body = {
+            "model_base64": base64.b64encode(model).decode("ascii"),
+            "label": label,
+            "activate": activate,
+        }
+        path = "/v1/admin/models"
+        return Call("POST", path, lambda r, _: _json_object(r), body, retry="unsent")
+
+    @staticmethod
+    def activate_model(version_id: str) -> Call[dict[str, Any]]:
+        path = f"/v1/admin/models/{_segment(version_id)}/activate"
+        return Call("POST", path, lambda r, _: _json_object(r), retry="unsent")

@@ -120,6 +120,7 @@ class AsyncClient:
         user_id: str | None = None,
         explain: bool = False,
         baseline_action: str | None = None,
+        slots: int | None = None,
     ) -> Decision:
         """As `Client.rank`."""
         return await self._run(
@@ -132,16 +133,31 @@ class AsyncClient:
                 user_id,
                 explain,
                 baseline_action,
+                slots,
             )
+        )
+
+    async def rank_batch(
+        self,
+        contexts: Iterable[Mapping[str, Any]],
+        *,
+        user_ids: Iterable[str | None] | None = None,
+        actions: Iterable[str] | None = None,
+        excluded_actions: Iterable[str] = (),
+        baseline_actions: Iterable[str | None] | None = None,
+    ) -> list[Decision]:
+        """As `Client.rank_batch` (retried only when surely unsent)."""
+        return await self._run(
+            calls.rank_batch(contexts, user_ids, actions, excluded_actions, baseline_actions)
         )
 
     async def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:
         """As `Client.recommend` (retried only when surely unsent)."""
         return await self._run(calls.recommend(user_id, context))
 
-    async def reward(self, event_id: str, value: float) -> RewardReceipt:
+    async def reward(self, event_id: str, value: float, slot: int | None = None) -> RewardReceipt:
         """As `Client.reward` (duplicate-aware retries)."""
-        return await self._run(calls.reward(event_id, value, self.reward_aggregation))
+        return await self._run(calls.reward(event_id, value, self.reward_aggregation, slot))
 
     async def activate(self, event_id: str) -> Activation:
         """As `Client.activate`."""
@@ -186,3 +202,60 @@ class AsyncClient:
     async def export_model(self) -> bytes:
         """As `Client.export_model`."""
         return await self._run(calls.export_model())
+
+    # -- the lifecycle: decoded JSON, as `Client`'s ---------------------------------------
+
+    async def lifecycle_status(self) -> dict[str, Any]:
+        """As `Client.lifecycle_status` (the decoded JSON object)."""
+        return await self._run(calls.lifecycle_status())
+
+    async def serve_mode(
+        self, mode: Literal["own", "apprentice"], reason: str = "admin"
+    ) -> dict[str, Any]:
+        """As `Client.serve_mode` (retried only when surely unsent)."""
+        return await self._run(calls.serve_mode(mode, reason))
+
+    async def candidates(self) -> list[dict[str, Any]]:
+        """As `Client.candidates` (decoded JSON objects)."""
+        return await self._run(calls.candidates())
+
+    async def add_candidate(
+        self,
+        name: str,
+        *,
+        policy: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        exploration: str | None = None,
+        exploration_params: Mapping[str, float] | None = None,
+        model: bytes | None = None,
+    ) -> list[dict[str, Any]]:
+        """As `Client.add_candidate` (retried only when surely unsent)."""
+        return await self._run(
+            calls.add_candidate(
+                name, policy, params or {}, exploration, exploration_params or {}, model
+            )
+        )
+
+    async def promote_candidate(
+        self, name: str, *, force: bool = False, reason: str = "admin"
+    ) -> dict[str, Any]:
+        """As `Client.promote_candidate` (retried only when surely unsent)."""
+        return await self._run(calls.promote_candidate(name, force, reason))
+
+    async def remove_candidate(self, name: str) -> list[dict[str, Any]]:
+        """As `Client.remove_candidate` (retried only when surely unsent)."""
+        return await self._run(calls.remove_candidate(name))
+
+    async def models(self) -> list[dict[str, Any]]:
+        """As `Client.models` (decoded JSON objects)."""
+        return await self._run(calls.models())
+
+    async def upload_model(
+        self, model: bytes, label: str, *, activate: bool = False
+    ) -> dict[str, Any]:
+        """As `Client.upload_model` (retried only when surely unsent)."""
+        return await self._run(calls.upload_model(model, label, activate))
+
+    async def activate_model(self, version_id: str) -> dict[str, Any]:
+        """As `Client.activate_model` (retried only when surely unsent)."""
+        return await self._run(calls.activate_model(version_id))

@@ -36,6 +36,7 @@ __all__ = [
     "RankedAction",
     "Recommendation",
     "RewardReceipt",
+    "SlotDecision",
     "SnapshotInfo",
 ]
 
@@ -101,6 +102,12 @@ def _object(body: Any) -> Mapping[str, Any]:
     return body
 
 
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(value)
+    return value
+
+
 def _number_map(value: Any) -> dict[str, float]:
     return {str(k): _number(v) for k, v in dict(value).items()}
 
@@ -139,6 +146,41 @@ class RankedAction:
 
 
 @dataclass(frozen=True)
+class SlotDecision:
+    """One slot of a slate (``rank(..., slots=k)``): its own logged decision.
+
+    Attributes
+    ----------
+    slot
+        Its position, from 0 (the top; slot 0 is the decision's `action_id`).
+    action_id
+        The action shown in it.
+    probability
+        The probability it was chosen with, given the slots above it (its logged
+        propensity).
+    event_id
+        The slot's own decision: the decision's event id for slot 0,
+        ``<event_id>:<slot>`` below it. Reward it with ``reward(event_id, value,
+        slot=slot)`` or with this id.
+    """
+
+    slot: int
+    action_id: str
+    probability: float
+    event_id: str
+
+    @classmethod
+    def from_json(cls, body: Any) -> SlotDecision:
+        body = _object(body)
+        return cls(
+            _get(body, "slot", _integer),
+            _get(body, "action_id", _string),
+            _get(body, "probability", _number),
+            _get(body, "event_id", _string),
+        )
+
+
+@dataclass(frozen=True)
 class Decision:
     """The answer of ``POST /v1/rank``: the action to show and how it was chosen.
 
@@ -162,6 +204,9 @@ class Decision:
         first try was logged and its reply lost.
     context_mismatch
         A replayed decision was made for another context: an event id was reused by mistake.
+    slots
+        With ``slots=k``: the k distinct actions of the slate, top first (empty
+        otherwise).
     explanation_version
         With ``explain``: the model state the explanations were computed from (the
         decision's `model_version` unless a learn event was applied in between).
@@ -179,6 +224,7 @@ class Decision:
     context_mismatch: bool = False
     explanation_version: str | None = None
     attempts: int = 1
+    slots: tuple[SlotDecision, ...] = ()
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -189,6 +235,7 @@ class Decision:
     def from_json(cls, body: Any, attempts: int = 1) -> Decision:
         body = _object(body)
         ranking = _get(body, "ranking", list, [])
+        slots = _get(body, "slots", _optional(list), None) or []
         return cls(
             event_id=_get(body, "event_id", _string),
             action_id=_get(body, "action_id", _string),
@@ -200,7 +247,14 @@ class Decision:
             context_mismatch=_get(body, "context_mismatch", _flag, False),
             explanation_version=_get(body, "explanation_version", _optional(_string), None),
             attempts=attempts,
+            slots=tuple(SlotDecision.from_json(entry) for entry in slots),
         )
+
+    @staticmethod
+    def list_from_json(body: Any, attempts: int = 1) -> list[Decision]:
+        """The decisions of ``POST /v1/rank/batch`` (``{"decisions": [...]}``), in order."""
+        decisions = _get(_object(body), "decisions", _list)
+        return [Decision.from_json(item, attempts) for item in decisions]
 
 
 @dataclass(frozen=True)

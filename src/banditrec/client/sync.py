@@ -178,6 +178,7 @@ class Client:
         user_id: str | None = None,
         explain: bool = False,
         baseline_action: str | None = None,
+        slots: int | None = None,
     ) -> Decision:
         """Rank the actions for a context and choose one (``POST /v1/rank``), logged.
 
@@ -204,6 +205,11 @@ class Client:
         baseline_action
             In apprentice mode: the action the app's own rule would take (served, except
             for a small exploring share; docs/lifecycle.md).
+        slots
+            A slate: this many distinct actions (1-1000), filled top first, each its own
+            logged decision with its probability given the slots above it (in
+            ``Decision.slots``; slot 0 is ``action_id``). Reward a slot with
+            ``reward(event_id, value, slot=i)``.
 
         Returns
         -------
@@ -235,7 +241,60 @@ class Client:
                 user_id,
                 explain,
                 baseline_action,
+                slots,
             )
+        )
+
+    def rank_batch(
+        self,
+        contexts: Iterable[Mapping[str, Any]],
+        *,
+        user_ids: Iterable[str | None] | None = None,
+        actions: Iterable[str] | None = None,
+        excluded_actions: Iterable[str] = (),
+        baseline_actions: Iterable[str | None] | None = None,
+    ) -> list[Decision]:
+        """Decide for many contexts at once (``POST /v1/rank/batch``): one logged decision
+        per context, in their order, each with its own event id made by the server.
+
+        Not retried once the request may have reached the server: the route takes no
+        client event ids, so a repeat would log the whole batch a second time. After a
+        `ConnectionFailed` whose message says the request may have reached the server, the
+        batch may or may not have been logged.
+
+        Parameters
+        ----------
+        contexts
+            The users' contexts, 1 to the server's ``max_batch_size``.
+        user_ids
+            Whose decision each one is (None where there is none), one per context.
+        actions, excluded_actions
+            As for `rank`, for every context of the batch.
+        baseline_actions
+            In apprentice mode: the app's rule's action per context (None where none).
+
+        Returns
+        -------
+        list of Decision
+            One per context, in the order of `contexts`.
+
+        Raises
+        ------
+        ValidationFailed
+            One context is invalid (``detail`` names ``contexts.<i>.<field>``), too many
+            contexts, lists of another length than `contexts`, or user ids while per-user
+            caps are configured: nothing of the batch was decided or logged.
+        PayloadTooLarge
+            The body exceeds the server's ``max_batch_body_bytes``: split the batch.
+
+        Examples
+        --------
+        >>> decisions = client.rank_batch([context_a, context_b])  # doctest: +SKIP
+        >>> [d.action_id for d in decisions]  # doctest: +SKIP
+        ['deep_link_to_store', 'show_bonus_offer']
+        """
+        return self._run(
+            calls.rank_batch(contexts, user_ids, actions, excluded_actions, baseline_actions)
         )
 
     def recommend(self, user_id: str, context: Mapping[str, Any]) -> Recommendation:
@@ -251,8 +310,19 @@ class Client:
         """
         return self._run(calls.recommend(user_id, context))
 
-    def reward(self, event_id: str, value: float) -> RewardReceipt:
+    def reward(self, event_id: str, value: float, slot: int | None = None) -> RewardReceipt:
         """Report the reward of a decision (``POST /v1/events/{event_id}/reward``).
+
+        Parameters
+        ----------
+        event_id
+            The decision's event id (a slate's: the one of slot 0).
+        value
+            The reward, within the server's reward range.
+        slot
+            For a slate (``rank(..., slots=k)``): the slot rewarded, 0 to k - 1 (default:
+            slot 0). The receipt's ``event_id`` is then the slot's own, ``<event_id>:<slot>``
+            below slot 0.
 
         Returns
         -------
@@ -276,7 +346,7 @@ class Client:
         >>> client.reward(decision.event_id, 1.0).status  # doctest: +SKIP
         'learned'
         """
-        return self._run(calls.reward(event_id, value, self.reward_aggregation))
+        return self._run(calls.reward(event_id, value, self.reward_aggregation, slot))
 
     def activate(self, event_id: str) -> Activation:
         """Activate a deferred decision: from now on it is learned from.
@@ -338,3 +408,154 @@ class Client:
         """The live model as a model file's bytes (``.npz``; load with
         `banditrec.snapshot.load_model` after writing them to a file)."""
         return self._run(calls.export_model())
+
+    # -- the lifecycle (docs/lifecycle.md) ---------------------------------------------------
+    #
+    # The server declares no response models for these routes: each returns the decoded
+    # JSON object (or list of objects) as the server sent it.
+
+    def lifecycle_status(self) -> dict[str, Any]:
+        """``GET /v1/lifecycle`` (a reader key): what is served and how well.
+
+        Returns
+        -------
+        dict
+            The decoded JSON object: ``serving`` (``"own"`` or ``"apprentice"``),
+            ``live_version``, ``apprentice`` (its estimated lift over the baseline),
+            ``candidates`` and ``guardrail`` (estimates with intervals) and ``switches``
+            (the timeline).
+        """
+        return self._run(calls.lifecycle_status())
+
+    def serve_mode(
+        self, mode: Literal["own", "apprentice"], reason: str = "admin"
+    ) -> dict[str, Any]:
+        """Serve banditrec's own choices (``"own"``) or the app's baseline
+        (``"apprentice"``) from the next learn event on, on every replica.
+
+        Not retried once the request may have reached the server (each call writes a
+        switch); `lifecycle_status` tells whether it did.
+
+        Parameters
+        ----------
+        mode
+            ``"own"`` or ``"apprentice"``.
+        reason
+            Written on the timeline (up to 500 characters).
+
+        Returns
+        -------
+        dict
+            The decoded switch record (its ``seq`` is the learn event it takes effect at).
+        """
+        return self._run(calls.serve_mode(mode, reason))
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """``GET /v1/admin/candidates``: every shadow candidate with its estimated value
+        and lift over the live policy, as decoded JSON objects."""
+        return self._run(calls.candidates())
+
+    def add_candidate(
+        self,
+        name: str,
+        *,
+        policy: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        exploration: str | None = None,
+        exploration_params: Mapping[str, float] | None = None,
+        model: bytes | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run a candidate in shadow (``POST /v1/admin/candidates``): it learns from the
+        live stream from now on and is scored off-policy on every learned round.
+
+        Not retried once the request may have reached the server (a repeat would be
+        refused as existing); `candidates` tells whether it was added.
+
+        Parameters
+        ----------
+        name
+            The candidate's name (1-128 of ``A-Z a-z 0-9 . _ : -``).
+        policy, params, exploration, exploration_params
+            A registered policy (e.g. ``"linucb"``) and its parameters.
+        model
+            Or a model file's bytes (`export_model`, ``banditrec train``); give exactly
+            one of `policy` and `model`.
+
+        Returns
+        -------
+        list of dict
+            Every candidate afterwards, as decoded JSON objects.
+
+        Raises
+        ------
+        ValidationFailed
+            Neither or both of `policy` and `model`, an unknown policy, a bad name.
+        Conflict
+            A candidate of this name exists.
+        """
+        return self._run(
+            calls.add_candidate(
+                name, policy, params or {}, exploration, exploration_params or {}, model
+            )
+        )
+
+    def promote_candidate(
+        self, name: str, *, force: bool = False, reason: str = "admin"
+    ) -> dict[str, Any]:
+        """Serve a candidate (its current state) from the next learn event on.
+
+        Refused (409, ``not_proven``) unless its lift's lower bound beats the live policy
+        by the margin, or `force`. Not retried once the request may have reached the
+        server (a repeat would promote twice).
+
+        Returns
+        -------
+        dict
+            The decoded switch record.
+        """
+        return self._run(calls.promote_candidate(name, force, reason))
+
+    def remove_candidate(self, name: str) -> list[dict[str, Any]]:
+        """Stop a shadow candidate; every candidate afterwards, as decoded JSON objects.
+
+        `NotFound` for an unknown one. Not retried once the request may have reached the
+        server (a repeat would be a `NotFound`).
+        """
+        return self._run(calls.remove_candidate(name))
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/admin/models``: every model version kept (the base, promotions,
+        uploads), as decoded JSON objects."""
+        return self._run(calls.models())
+
+    def upload_model(self, model: bytes, label: str, *, activate: bool = False) -> dict[str, Any]:
+        """Keep a model file as a new version (``POST /v1/admin/models``).
+
+        Not retried once the request may have reached the server (a repeat would keep a
+        second version); `models` tells whether it was kept.
+
+        Parameters
+        ----------
+        model
+            A model file's bytes (`export_model`, ``banditrec train``).
+        label
+            What this model is, for the list of versions (1-200 characters).
+        activate
+            Serve it from the next learn event on.
+
+        Returns
+        -------
+        dict
+            The decoded JSON object: ``version`` (the version kept) and ``switch`` (the
+            switch record with `activate`, else None).
+        """
+        return self._run(calls.upload_model(model, label, activate))
+
+    def activate_model(self, version_id: str) -> dict[str, Any]:
+        """Roll back (or forward) to a kept version from the next learn event on, on every
+        replica; the decoded switch record. `NotFound` for an unknown version.
+
+        Not retried once the request may have reached the server (each call writes a
+        switch).
+        """
+        return self._run(calls.activate_model(version_id))
