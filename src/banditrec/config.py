@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     policy: str = Field(
         "linucb",
         description="linucb, hybrid_linucb, thompson, epsilon_greedy, softmax, squarecb, "
-        "uniform, popular or fixed_rule.",
+        "uniform, popular, fixed_rule or auto.",
     )
     policy_params: dict[str, JsonValue] = Field(
         default_factory=dict,
