@@ -26,9 +26,9 @@ from banditrec.archive import (
     ArchiveWriter,
     export_log,
 )
-from banditrec.evaluation.data import ReadOnlyEventLog
 from banditrec.store import DecisionRecord, RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
+from banditrec.store.sqlite_reader import ReadOnlyEventLog
 
 HASH = "e" * 64
 ACTIONS = ("bonus", "app", "nothing")

@@ -18,10 +18,10 @@ import pytest
 
 from banditrec import evaluation as ev
 from banditrec.archive import Archive, ArchiveWriter, export_log
-from banditrec.evaluation.data import ReadOnlyEventLog
 from banditrec.features import load_default_schema, load_schema
 from banditrec.store import DecisionRecord, RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
+from banditrec.store.sqlite_reader import ReadOnlyEventLog
 from conftest import other_schema_toml
 
 SCHEMA = load_default_schema()

@@ -417,7 +417,7 @@ def export_log(
     """Write the decisions with ``start <= created_at < end`` of a log to Parquet files.
 
     `source` is anything with ``iter_decision_rows()`` (an `Archive`, the read-only SQLite
-    reader `banditrec.evaluation.data.ReadOnlyEventLog`: states and user ids are kept) or
+    reader `banditrec.store.sqlite_reader.ReadOnlyEventLog`: states and user ids are kept) or
     ``iter_decisions()`` (any `banditrec.store.EventStore`), or an iterable of their rows.
     From (record, reward total) pairs the state is kept where it follows (inactive, pending)
     and left null where it does not (rewarded or defaulted). When `source` has

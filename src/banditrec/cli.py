@@ -39,6 +39,10 @@ DEFAULT_MODEL = Path("data/linucb_model.npz")
 SchemaOption = Annotated[
     Path | None, typer.Option(help="Feature schema file (TOML/JSON); default: the seed's.")
 ]
+LogOption = Annotated[
+    Path | None,
+    typer.Option(help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -634,12 +638,7 @@ def export(
     until: Annotated[
         str | None, typer.Option(help="Only decisions made before this ISO 8601 time (UTC).")
     ] = None,
-    log: Annotated[
-        Path | None,
-        typer.Option(
-            help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."
-        ),
-    ] = None,
+    log: LogOption = None,
     archive: Annotated[
         Path | None, typer.Option(help="Also export this archive directory's decisions.")
     ] = None,
@@ -651,9 +650,9 @@ def export(
     Parquet reader read them. A SQLite log is read read-only while a server may write to it.
     """
     from banditrec.archive import Archive, ArchiveError, export_log
-    from banditrec.evaluation.data import ReadOnlyEventLog
     from banditrec.store import StoreError
     from banditrec.store.factory import describe_store, open_store
+    from banditrec.store.sqlite_reader import ReadOnlyEventLog
 
     start, end = _time_option(since, "--since"), _time_option(until, "--until")
     settings = Settings()
@@ -692,12 +691,7 @@ def export(
 @app.command("forget-user")
 def forget_user(
     user_id: Annotated[str, typer.Argument(help="The user id decisions were logged with.")],
-    log: Annotated[
-        Path | None,
-        typer.Option(
-            help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."
-        ),
-    ] = None,
+    log: LogOption = None,
     archive: Annotated[
         Path | None, typer.Option(help="Archive directory (default BANDITREC_ARCHIVE_DIR).")
     ] = None,

@@ -105,7 +105,7 @@ CREATE INDEX IF NOT EXISTS user_events_by_user ON user_events (user_id, at);
 CREATE TABLE IF NOT EXISTS user_versions (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
 
-_DECISION_COLUMNS = (
+DECISION_COLUMNS = (
     "event_id, created_at, model_version, context, x, actions, eligible, action_index, "
     "action, probability, probabilities, scores, state, deadline, user_id"
 )
@@ -122,7 +122,7 @@ _LAST_OFFSET = (
 _SCAN_ROWS = 2000
 
 _INSERT_DECISION = (
-    f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
+    f"INSERT INTO decisions ({DECISION_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
@@ -322,9 +322,9 @@ class SQLiteEventStore:
     @staticmethod
     def _select_decision(db: sqlite3.Connection, event_id: str) -> DecisionRecord | None:
         row = db.execute(
-            f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)
+            f"SELECT {DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)
         ).fetchone()
-        return None if row is None else _decision_from_row(row)
+        return None if row is None else decision_from_row(row)
 
     def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
         """Every decision in log order with its learned reward total (None if none yet)."""
@@ -332,14 +332,14 @@ class SQLiteEventStore:
         while True:
             with self._read_lock:
                 rows = self._read.execute(
-                    f"SELECT seq, {_DECISION_COLUMNS}, reward_total FROM decisions "
+                    f"SELECT seq, {DECISION_COLUMNS}, reward_total FROM decisions "
                     "WHERE seq > ? ORDER BY seq LIMIT ?",
                     (last, batch_size),
                 ).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield _decision_from_row(row[1:-1]), row[-1]
+                yield decision_from_row(row[1:-1]), row[-1]
             last = rows[-1][0]
 
     # -- rewards -----------------------------------------------------------------------
@@ -547,7 +547,7 @@ class SQLiteEventStore:
         while len(found) < limit and scanned < 20 * limit:
             with self._read_lock:
                 rows = self._read.execute(
-                    f"SELECT seq, {_DECISION_COLUMNS}, reward_total FROM decisions "
+                    f"SELECT seq, {DECISION_COLUMNS}, reward_total FROM decisions "
                     "WHERE seq > ? ORDER BY seq LIMIT ?",
                     (last, _SCAN_ROWS),
                 ).fetchall()
@@ -556,7 +556,7 @@ class SQLiteEventStore:
                 if created_at >= before:
                     return found
                 if state in RETIRABLE_STATES and not (state == "rewarded" and deadline >= now):
-                    found.append(RetirableDecision(_decision_from_row(row[1:-1]), row[-1], state))
+                    found.append(RetirableDecision(decision_from_row(row[1:-1]), row[-1], state))
                     if len(found) == limit:
                         return found
             if len(rows) < _SCAN_ROWS:
@@ -755,7 +755,7 @@ def _names_json(names: tuple[str, ...]) -> str:
     return orjson.dumps(names).decode()
 
 
-def _decision_from_row(row: Sequence[Any]) -> DecisionRecord:
+def decision_from_row(row: Sequence[Any]) -> DecisionRecord:
     (event_id, created_at, version, context, x, actions, eligible, index, _action, p, ps, scores,
      state, _deadline, user_id) = row  # fmt: skip
     return DecisionRecord(
