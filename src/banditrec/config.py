@@ -106,6 +106,16 @@ class Settings(BaseSettings):
         "unset: the SQLite file db_path (one host).",
     )
     db_path: Path = Field(Path("data/events.db"), description="SQLite event log.")
+    store_prefix: str = Field(
+        "banditrec",
+        pattern=r"^[A-Za-z0-9_:.-]+$",
+        description="Every Redis key of the log starts with this and ':' (several logs, and "
+        "the named loops, share one server under their own prefixes).",
+    )
+    loops_file: Path | None = Field(
+        None,
+        description="TOML file of named loops (docs/loops.md), created or updated at start-up.",
+    )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL", description="NORMAL survives a process crash; FULL also a power loss."
     )

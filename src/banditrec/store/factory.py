@@ -28,6 +28,7 @@ def open_store(
     db_path: str | Path,
     encoding_hash: str,
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    prefix: str = "banditrec",
 ) -> EventStore:
     """Open the event log `url` names (default: the SQLite file `db_path`).
 
@@ -41,6 +42,8 @@ def open_store(
         The feature schema's encoding hash; a log written under another encoding is refused.
     synchronous
         SQLite's durability setting (Redis follows its own AOF setting).
+    prefix
+        Redis only: every key of the log starts with ``prefix + ":"``.
 
     Raises
     ------
@@ -66,7 +69,7 @@ def open_store(
         from banditrec.store.redis import RedisEventStore
 
         assert url is not None
-        return RedisEventStore.from_url(url, encoding_hash)
+        return RedisEventStore.from_url(url, encoding_hash, prefix=prefix)
     raise StoreError(
         f"The store URL {describe_store(url, db_path)!r} has an unknown scheme {scheme!r}; "
         "use sqlite:///path/to/events.db or redis://host:port/db."
