@@ -14,8 +14,10 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
+import numpy as np
+
 from banditrec.archive import ArchivedDecision, ArchivedReward
-from banditrec.store import DecisionRecord, StoreError
+from banditrec.store import DecisionRecord, LearnEvent, LearnKind, StoreError
 from banditrec.store.sqlite import DECISION_COLUMNS, decision_from_row
 
 __all__ = ["ReadOnlyEventLog"]
@@ -90,6 +92,7 @@ class ReadOnlyEventLog:
                 "written with."
             )
         self.encoding_hash = stored
+        self._tables = tables
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
         # The store's columns; a log written before user ids were logged has none.
         self._columns = (
@@ -147,6 +150,36 @@ class ReadOnlyEventLog:
         ).fetchall()
         names = ("seq", "kind", "target", "at", "reason")
         return tuple(dict(zip(names, row, strict=True)) for row in rows)
+
+    def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:
+        """The learn stream after `offset`, in seq order, as `EventStore.learn_events_after`."""
+        if "learn_events" not in self._tables:
+            return []
+        rows = self._db.execute(
+            "SELECT seq, event_id, kind, action_index, x, reward, weight, propensity "
+            "FROM learn_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (offset, limit),
+        ).fetchall()
+        return [
+            LearnEvent(
+                seq=seq,
+                event_id=event_id,
+                action_index=action_index,
+                x=np.frombuffer(x, dtype=np.float64),
+                reward=reward,
+                weight=weight,
+                kind=LearnKind(kind),
+                propensity=propensity,
+            )
+            for seq, event_id, kind, action_index, x, reward, weight, propensity in rows
+        ]
+
+    def epochs(self) -> dict[str, int]:
+        """Each base model version that served from this log and the offset it started at."""
+        if "epochs" not in self._tables:
+            return {}
+        rows = self._db.execute("SELECT base_version, base_offset FROM epochs").fetchall()
+        return {str(version): int(offset) for version, offset in rows}
 
     def iter_decisions(self, batch_size: int = 10_000) -> Iterator[tuple[DecisionRecord, Any]]:
         """Every decision in log order with its learned reward total (None if none yet)."""
