@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from banditrec.store import UserHistory
 
-__all__ = ["Cap", "Cooldown", "FrequencyRules", "frequency_rules_from_config"]
+__all__ = ["Cap", "Cooldown", "FrequencyRules", "Held", "frequency_rules_from_config"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,60 @@ class FrequencyRules:
                 ):
                     allowed[k] = False
         return allowed
+
+    def held(
+        self, history: UserHistory, now: float, actions: Sequence[str]
+    ) -> dict[int, list[Held]]:
+        """Why each action `mask` masks is held back: every cap and cooldown that holds it
+        (by index into `actions`; actions that are free are left out). For explanations:
+        `mask` is the one on the decision path."""
+        out: dict[int, list[Held]] = {}
+        for k, name in enumerate(actions):
+            found: list[Held] = []
+            for i, cap in enumerate(self.caps):
+                if cap.action in (None, name):
+                    times = sorted(t for a, t in history.serves if a == name)
+                    recent = [t for t in times if t > now - cap.window_seconds]
+                    if len(recent) >= cap.max_serves:
+                        # Free again once all but max - 1 of them have left the window.
+                        until = (
+                            recent[len(recent) - cap.max_serves] + cap.window_seconds
+                            if cap.max_serves > 0
+                            else None
+                        )
+                        found.append(Held(f"constraints.caps[{i}]", "cap", until, len(recent), cap))
+            for i, cooldown in enumerate(self.cooldowns):
+                if cooldown.action not in (None, name):
+                    continue
+                for after, events, span in (
+                    ("serve", history.serves, cooldown.after_serve_seconds),
+                    ("negative", history.negatives, cooldown.after_negative_seconds),
+                ):
+                    if _within(events, name, now, span):
+                        last = max(t for a, t in events if a == name)
+                        where = f"constraints.cooldowns[{i}]"
+                        found.append(Held(where, "cooldown", last + span, after=after))
+            if found:
+                out[k] = found
+        return out
+
+
+@dataclass(frozen=True)
+class Held:
+    """One cap or cooldown holding an action back from a user (`FrequencyRules.held`).
+
+    `rule` names it in the configuration (``constraints.caps[0]``); `until` is when it lets
+    the action go again, if nothing else is served (None: never, a cap of 0 serves). A cap
+    also says how many `serves` it counted, and its `cap`; a cooldown what it follows
+    (`after`: ``serve`` or ``negative``).
+    """
+
+    rule: str
+    kind: str  # "cap" or "cooldown"
+    until: float | None
+    serves: int | None = None
+    cap: Cap | None = None
+    after: str | None = None
 
 
 def _within(events: Sequence[tuple[str, float]], name: str, now: float, span: float) -> bool:
