@@ -214,9 +214,9 @@ def _to_table(columns: Mapping[str, Any], *, rounded: bool) -> pa.Table:
     arrays: dict[str, Any] = {}
     for name, value in columns.items():
         if isinstance(value, Dictionary):
-            dictionary = pa.array(list(value.values), pa.string())
             arrays[name] = pa.DictionaryArray.from_arrays(
-                pa.array(np.asarray(value.codes, dtype=np.int32)), dictionary
+                _arrow_array(np.asarray(value.codes, dtype=np.int32)),
+                _arrow_strings([str(v) for v in value.values]),
             )
         elif isinstance(value, np.ndarray) and value.dtype.kind == "S":
             # Fixed-width ASCII text (simulated user ids): arrow's layout as is, no copy.
@@ -225,11 +225,50 @@ def _to_table(columns: Mapping[str, Any], *, rounded: bool) -> pa.Table:
             arrays[name] = pa.StringArray.from_buffers(
                 len(value), pa.py_buffer(offsets), pa.py_buffer(data)
             )
-        elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and rounded:
-            arrays[name] = np.round(value, 6)
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+            arrays[name] = _arrow_array(
+                np.round(value, 6) if rounded and value.dtype.kind == "f" else value
+            )
         else:
             arrays[name] = value
     return pa.table(arrays)
+
+
+# NumPy <-> Arrow through buffers. `pa.array(ndarray)` and `Array.to_numpy()` import pandas
+# when it is installed (pyarrow checks for pandas objects, and its conversion to NumPy is
+# pandas' own): 0.25-0.5 s of a `train` or `simulate` process that needs no pandas at all.
+
+
+def _arrow_array(values: NDArray[Any]) -> pa.Array:
+    """A NumPy array of numbers (or booleans) as an Arrow array without nulls, no copy."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    if values.dtype.kind == "b":  # Arrow packs booleans into bits
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+    kind = pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _arrow_strings(values: list[str]) -> pa.Array:
+    """A few Python strings (a dictionary's values) as an Arrow string array."""
+    import pyarrow as pa
+
+    encoded = [v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data)
+
+
+def _numpy_view(array: pa.Array, dtype: type[np.generic]) -> NDArray[Any]:
+    """A primitive Arrow array without nulls (its type matching `dtype`) as a read-only view."""
+    itemsize = np.dtype(dtype).itemsize
+    buffer = array.buffers()[1]
+    if not len(array) or buffer is None:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype, count=len(array), offset=array.offset * itemsize)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -487,7 +526,9 @@ def _nulls(batch: pa.RecordBatch, column: str, reason: str) -> None:
     """Parquet can hold nulls (a CSV read here cannot): a null is refused by row."""
     array = batch.column(column)
     if array.null_count:
-        row = int(np.argmax(array.is_null().to_numpy(zero_copy_only=False)))
+        import pyarrow as pa
+
+        row = int(np.argmax(_numpy_view(array.is_null().cast(pa.int8()), np.int8)))
         raise _BadValueError(row, column, reason)
 
 
@@ -506,7 +547,7 @@ def _numeric(batch: pa.RecordBatch, column: str) -> NDArray[np.float64]:
         raise _BadValueError(
             row, column, f"{_value(batch, column, row)}is not a finite number"
         ) from None
-    result: NDArray[np.float64] = values.to_numpy(zero_copy_only=False)
+    result: NDArray[np.float64] = _numpy_view(values, np.float64)  # no nulls (checked)
     _first_bad(batch, column, ~np.isfinite(result), "is not a finite number")
     return result
 
@@ -533,7 +574,8 @@ def _dictionary(batch: pa.RecordBatch, column: str) -> Dictionary:
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
     values = [None if v is None else str(v) for v in array.dictionary.to_pylist()]
-    return Dictionary(values, array.indices.to_numpy(zero_copy_only=False).astype(np.intp))
+    indices = _numpy_view(array.indices.cast(pa.int64()), np.int64)  # no nulls (checked)
+    return Dictionary(values, indices.astype(np.intp))
 
 
 def _categorical(
