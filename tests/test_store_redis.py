@@ -230,9 +230,11 @@ def test_a_retried_reward_is_applied_once(redis_server: RedisServer) -> None:
     store = RedisEventStore.from_url(redis_server.url, "h", prefix="retry")
     store.log_decisions([decision("e1")], rules)
     args = ("e1", "1.0", "1001.0", "sum", "0.0", "5.0", "token-1")
-    assert store._run("RECORD_REWARD", *args) == [b"learned", b"1", b"b"]
-    assert store._run("RECORD_REWARD", *args) == [b"learned", b"1", b"b"]
-    assert store.record_reward("e1", 1.0, 1002.0, rules).total == 2.0
+    # (outcome, total, action, seq of the learn event): the retry gets the first reply.
+    assert store._run("RECORD_REWARD", *args) == [b"learned", b"1", b"b", 1]
+    assert store._run("RECORD_REWARD", *args) == [b"learned", b"1", b"b", 1]
+    summed = store.record_reward("e1", 1.0, 1002.0, rules)
+    assert (summed.total, summed.seq) == (2.0, 2)
     assert [e.reward for e in store.learn_events_after(0)] == [1.0, 1.0]
     store.close()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from banditrec.store import (
     RewardResult,
     RewardRules,
     StoreUnavailableError,
+    UserHistory,
 )
 
 __all__ = [
@@ -120,8 +121,12 @@ class Engine:
         self.serving: ServingMode | None = None
         #: Eligibility rules applied to every decision before its probabilities; None: none.
         self.constraints: Constraints | None = None
+        #: Set by a `LogFollower` while it pushes the learn stream to this engine: a reward
+        #: then waits for the follower to apply its learn event (``await wait_applied(seq)``)
+        #: instead of reading the stream again itself, so each event is decoded once.
+        self.wait_applied: Callable[[int], Awaitable[None]] | None = None
         self._log = (
-            GroupCommitLog(store, self.rules, on_rewards=self.catch_up)
+            GroupCommitLog(store, self.rules, on_rewards=self._rewards_committed)
             if store is not None
             else None
         )
@@ -400,9 +405,14 @@ class Engine:
         """Join a reward to its decision and learn it at once in this process."""
         store, log = self._require_log()
         # Committed with the other rewards of its group; the group's learn events are
-        # applied (`catch_up`) before any of them returns.
+        # applied before any of them returns: read at once (`catch_up`), or by the follower.
         now = self.clock()
         result = await log.record_reward(event_id, value, now)
+        if self.wait_applied is not None:  # the follower applies it (read-your-writes)
+            if result.seq is not None:
+                await self.wait_applied(result.seq)
+            elif result.outcome in (RewardOutcome.learned, RewardOutcome.summed):
+                self.catch_up()  # the store did not say which event: read it
         rules = self.constraints.frequency if self.constraints is not None else None
         if (
             rules is not None
@@ -417,6 +427,11 @@ class Engine:
                     now - rules.horizon,
                 )  # fmt: skip
         return result
+
+    async def user_history(self, user_id: str, since: float) -> UserHistory:
+        """The user's serves and negative rewards since `since` (caps, explanations)."""
+        store, log = self._require_log()
+        return await log.call(store.user_history, user_id, since)
 
     async def activate(self, event_id: str) -> bool | None:
         """Activate a deferred decision: True now, False if it already was, None if unknown."""
@@ -446,6 +461,12 @@ class Engine:
         a default-reward batch, so keep each call short."""
         _, log = self._require_log()
         return await log.call(fn, *args)
+
+    def _rewards_committed(self) -> None:
+        # After each group of rewards: read their learn events now, unless a follower is
+        # pushed them (then each reward waits for its own event in `reward`).
+        if self.wait_applied is None:
+            self.catch_up()
 
     def catch_up(self) -> int:
         """Apply the learn events appended since the last one applied; return how many."""

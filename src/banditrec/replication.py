@@ -14,11 +14,21 @@ principle 3). How a process hears of new events depends on the store:
 `LogFollower` does the first. Either way the events are applied on the event loop thread,
 where decisions are made, so a decision never sees half an update. A failing read (the store
 is unreachable) is retried with backoff and reported by `fault`.
+
+While it runs, the follower is the only reader of the stream in its process: a reward this
+process wrote waits for the follower to apply the reward's learn event
+(`LogFollower.wait_applied`, which `Engine.reward` awaits) instead of reading the stream
+again on the event loop. Each event is read and decoded once, off the event loop, and
+applied once, in ``seq`` order (`Engine.apply` skips what is already applied), and a reward
+still returns only once this process's model includes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +84,9 @@ class LogFollower:
         self.max_backoff = max_backoff
         self.fault: str | None = None
         self._failures = 0
+        #: Rewards waiting for their learn event: (seq, tie-breaker, future), lowest first.
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tickets = itertools.count()
 
     async def run(self) -> None:
         """Apply new learn events as they come, forever. Cancel to stop."""
@@ -81,6 +94,7 @@ class LogFollower:
         # must not starve the default executor the API's other work runs on.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="banditrec-follow")
         loop = asyncio.get_running_loop()
+        self.engine.wait_applied = self.wait_applied
         try:
             while True:
                 offset = self.engine.applied_offset
@@ -94,13 +108,40 @@ class LogFollower:
                     continue
                 self._succeeded()
         finally:
+            self.engine.wait_applied = None
             executor.shutdown(wait=False, cancel_futures=True)
+            self._release(everyone=True)
+
+    async def wait_applied(self, seq: int) -> None:
+        """Return once the engine has applied the learn event `seq` (and all before it).
+
+        The follower's blocking read returns it as soon as it is appended. Should the
+        follower not get there within `block_seconds` (its reads fail) or stop, the engine
+        reads the stream itself, as it would without a follower.
+        """
+        if self.engine.applied_offset >= seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (seq, next(self._tickets), future))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), self.block_seconds)
+        if self.engine.applied_offset < seq:  # the follower failed, or stopped
+            self.engine.catch_up()
 
     def _apply(self, events: Sequence[LearnEvent]) -> None:
+        # The next blocking read starts after the last event applied, so anything appended
+        # meanwhile comes back at once: no second read here.
         if events:
             self.engine.apply(events)
-            # A blocking read returns one batch; anything appended meanwhile follows at once.
-            self.engine.catch_up()
+        self._release()
+
+    def _release(self, everyone: bool = False) -> None:
+        """Wake the rewards whose learn event is applied (all of them when stopping)."""
+        applied = self.engine.applied_offset
+        while self._waiters and (everyone or self._waiters[0][0] <= applied):
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
 
     def _failed(self, exc: Exception) -> float:
         self._failures += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -154,13 +154,19 @@ class LearnEvent:
 
 @dataclass(frozen=True)
 class RewardResult:
-    """The outcome of posting a reward; `total` is the reward now learned for the event."""
+    """The outcome of posting a reward; `total` is the reward now learned for the event.
+
+    `seq` is the learn event the reward appended, if it appended one and the backend says
+    (Redis does, so that a replica whose follower is pushed the stream waits for that event
+    instead of reading it again; SQLite leaves it None). It takes no part in comparisons.
+    """
 
     event_id: str
     outcome: RewardOutcome
     value: float
     total: float | None = None
     action: str | None = None
+    seq: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

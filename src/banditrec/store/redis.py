@@ -303,7 +303,7 @@ class RedisEventStore:
                 client=pipe,
             )
         results = []
-        for (event_id, value, _), (outcome, total, action) in zip(
+        for (event_id, value, _), (outcome, total, action, *seq) in zip(
             posted, pipe.execute(), strict=True
         ):
             results.append(
@@ -313,6 +313,9 @@ class RedisEventStore:
                     value,
                     _float_or_none(total),
                     action.decode() or None,
+                    # An integer reply; '' for none (a replay token kept by an older
+                    # version has no seq at all).
+                    seq[0] if seq and isinstance(seq[0], int) else None,
                 )
             )
         return results

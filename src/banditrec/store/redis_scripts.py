@@ -128,7 +128,8 @@ return out
 )
 
 #: ARGV: prefix, event id, value, now, aggregation, min reward, max reward, token.
-#: Returns {outcome, total ('' for none), action ('' for none)}; mirrors rewards.join_reward.
+#: Returns {outcome, total ('' for none), action ('' for none), seq of the learn event
+#: appended ('' for none)}; mirrors rewards.join_reward.
 RECORD_REWARD = (
     _COMMON
     + """
@@ -141,6 +142,7 @@ local h = redis.call('HMGET', key, 'st', 'dl', 'tot', 'ai', 'a', 'x', 'p')
 local state, deadline, total, index, action, x = h[1], h[2], h[3], h[4], h[5], h[6]
 local propensity = h[7] or ''
 local outcome
+local seq = ''  -- the learn event appended, if any
 if not state then
   outcome, total, action = 'unknown', false, false
 elseif state == 'inactive' then
@@ -149,7 +151,7 @@ elseif state == 'defaulted' or now > tonumber(deadline) then
   outcome = 'late'
 elseif state == 'pending' then
   outcome, total = 'learned', fmt(clip(value, lo, hi))
-  learn(id, 'reward', index, x, total, '1', ARGV[4], propensity)
+  seq = learn(id, 'reward', index, x, total, '1', ARGV[4], propensity)
   redis.call('HSET', key, 'st', 'rewarded', 'tot', total)
   redis.call('ZREM', P .. 'pending', id)
 elseif aggregation == 'earliest' then
@@ -159,13 +161,13 @@ else
   local old = tonumber(total)
   local new = clip(old + value, lo, hi)
   if new ~= old then  -- the correction moves b only (see LinUCB.correct)
-    learn(id, 'correction', index, x, fmt(new - old), '1', ARGV[4], propensity)
+    seq = learn(id, 'correction', index, x, fmt(new - old), '1', ARGV[4], propensity)
     total = fmt(new)
     redis.call('HSET', key, 'tot', total)
   end
 end
 redis.call('XADD', P .. 'rewards', '*', 'e', id, 't', ARGV[4], 'v', ARGV[3], 'o', outcome)
-return remember(token, {outcome, total or '', action or ''})
+return remember(token, {outcome, total or '', action or '', seq})
 """
 )
 
