@@ -556,10 +556,18 @@ def evaluate(
         Path | None,
         typer.Option(help="Parquet archive directory (retention, export), read before the log."),
     ] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Model file that served the log (repeatable; default: BANDITREC_MODEL_PATH "
+            "and the .npz files beside the log): live candidates are replayed from it."
+        ),
+    ] = None,
 ) -> None:
     """Estimate the logging policy's value and candidates' (CIs), rank them, write a report.
 
-    Default candidates: a LinUCB grid of α and ε plus every other registered policy.
+    Default candidates: the live policy and its neighbours replayed along the log (when the
+    model that served it is found), a LinUCB grid of α and ε, every other registered policy.
     """
     from rich.console import Console as StdoutConsole
     from rich.progress import (
@@ -636,12 +644,14 @@ def evaluate(
             else:
                 assert data is not None
                 rounds = ev.load_csv(data, feature_schema)
+            model_files = [*(model or ()), Settings().model_path]
             result = ev.evaluate(
                 rounds,
-                ev.unique(chosen or ev.default_candidates()),
+                ev.unique(chosen) or None,
                 config,
                 progress,
                 schema=feature_schema,
+                live=ev.find_live_model(rounds, feature_schema, model_files),
             )
     except (ev.EvaluationError, SchemaError) as exc:
         raise _fail(str(exc)) from None
