@@ -21,6 +21,8 @@ The modules, in the order a run uses them:
 - `config`: the options (`EvaluationConfig`) and `EvaluationError`;
 - `data`: the logged rounds (`LoggedRounds`), from the event log or a CSV;
 - `candidates`: candidate specifications, grids and TOML files, checked against the registry;
+- `live`: the live policy and its neighbours, replayed along the log from the model that
+  served it (the candidates a log with little exploration can judge);
 - `protocols`: `evaluate`, the time split and replay protocols;
 - `ranking`: the results, the comparison with the logging policy, ranks and verdicts.
 """
@@ -38,11 +40,13 @@ from banditrec.evaluation.candidates import (
 )
 from banditrec.evaluation.config import ESTIMATORS, PROTOCOLS, EvaluationConfig, EvaluationError
 from banditrec.evaluation.data import LoggedRounds, load_csv, load_event_log
+from banditrec.evaluation.live import LIVE, LiveModel, find_live_model
 from banditrec.evaluation.protocols import evaluate
 from banditrec.evaluation.ranking import RANKING_TEXT, CandidateResult, EvaluationResult
 
 __all__ = [
     "ESTIMATORS",
+    "LIVE",
     "PROTOCOLS",
     "RANKING_TEXT",
     "Candidate",
@@ -51,9 +55,11 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationError",
     "EvaluationResult",
+    "LiveModel",
     "LoggedRounds",
     "default_candidates",
     "evaluate",
+    "find_live_model",
     "grid_candidates",
     "load_candidates_file",
     "load_csv",

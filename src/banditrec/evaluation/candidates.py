@@ -23,7 +23,11 @@ from banditrec.exploration import EXPLORATIONS
 from banditrec.policies import POLICIES, Policy, build_policy
 
 if TYPE_CHECKING:
+    from banditrec.evaluation.live import LiveModel
     from banditrec.features import FeatureSchema
+
+#: The policy name of a live candidate (banditrec.evaluation.live).
+LIVE = "live"
 
 __all__ = [
     "Candidate",
@@ -64,9 +68,20 @@ class Candidate:
         """A fresh, unfitted policy with these parameters, by `build_policy`.
 
         `schema` fills in what the schema knows (``feature_names`` and ``actions`` of
-        `FixedRule`), as it does for `serve` and `train`.
+        `FixedRule`), as it does for `serve` and `train`. A live candidate has no policy of
+        its own until the log's live model is known (`banditrec.evaluation.live`).
         """
+        if self.live:
+            raise CandidateError(
+                f"{self.label} is the live policy replayed: it is built from the model that "
+                "served the log (banditrec.evaluation.live), not from the registry."
+            )
         return _build(self.policy, dict(self.params), schema)
+
+    @property
+    def live(self) -> bool:
+        """Whether this is the live policy (with some parameters changed), replayed."""
+        return self.policy == LIVE
 
 
 def _signature(cls: type[Any]) -> dict[str, inspect.Parameter]:
@@ -102,7 +117,7 @@ def _exploration_class(policy_cls: type[Policy], params: Mapping[str, Any]) -> t
     return type(policy_cls.default_exploration())
 
 
-def _checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Check every parameter name and give each value its parameter's type (by key)."""
     cls = _policy_class(policy)
     own = _signature(cls)
@@ -126,13 +141,10 @@ def _checked_params(policy: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return coerced
 
 
-def _build(policy: str, params: Mapping[str, Any], schema: FeatureSchema | None = None) -> Policy:
-    """Build the policy of checked parameters with `build_policy`.
-
-    The parameters are split into the policy's and its rule's; a rule parameter given alone
-    starts from the policy's default rule (LinUCB's ``tie_tolerance`` keeps its ε = 0.01), as
-    it does for `serve` and `train`.
-    """
+def split_params(
+    policy: str, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Checked parameters split into the policy's, the rule's name (if given) and the rule's."""
     cls = _policy_class(policy)
     own = _signature(cls)
     kwargs = {k: v for k, v in params.items() if k in own}
@@ -144,6 +156,17 @@ def _build(policy: str, params: Mapping[str, Any], schema: FeatureSchema | None 
     rule_name = params.get("exploration")
     if (rule_name is not None or rule_kwargs) and _exploration_class(cls, params) is None:
         raise CandidateError(f"Policy {policy!r} takes no exploration rule.")
+    return kwargs, rule_name, rule_kwargs
+
+
+def _build(policy: str, params: Mapping[str, Any], schema: FeatureSchema | None = None) -> Policy:
+    """Build the policy of checked parameters with `build_policy`.
+
+    The parameters are split into the policy's and its rule's; a rule parameter given alone
+    starts from the policy's default rule (LinUCB's ``tie_tolerance`` keeps its ε = 0.01), as
+    it does for `serve` and `train`.
+    """
+    kwargs, rule_name, rule_kwargs = split_params(policy, params)
     return build_policy(
         policy, kwargs, exploration=rule_name, exploration_params=rule_kwargs, schema=schema
     )
@@ -175,16 +198,25 @@ def _format(value: Any) -> str:
 def make_candidate(policy: str, params: Mapping[str, Any], label: str | None = None) -> Candidate:
     """Validate a candidate: known policy and parameters, values the constructor accepts.
 
+    ``live`` names the policy that served the log, replayed with these parameters changed
+    (`banditrec.evaluation.live`); its parameters are checked when the log names it.
+
     Examples
     --------
     >>> make_candidate("linucb", {"alpha": 1, "epsilon": 0.1}).label
     'linucb(alpha=1, epsilon=0.1)'
+    >>> make_candidate("live", {"alpha": 0.5}).label
+    'live(alpha=0.5)'
     >>> make_candidate("linucb", {"alpha": -1})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     banditrec.evaluation.candidates.CandidateError: linucb(alpha=-1): alpha must be a finite...
     """
-    coerced = _checked_params(policy, params)
+    if policy == LIVE:  # checked against the live policy once the log names it
+        ordered = tuple(params.items())
+        inner = ", ".join(f"{k}={_format(v)}" for k, v in ordered)
+        return Candidate(policy, ordered, label or (f"{LIVE}({inner})" if inner else LIVE))
+    coerced = checked_params(policy, params)
     ordered = tuple(coerced.items())
     if label is None:
         inner = ", ".join(f"{k}={_format(v)}" for k, v in ordered)
@@ -320,9 +352,19 @@ def _table_candidates(where: str, table: dict[str, Any]) -> list[Candidate]:
     return [make_candidate(policy, {k: v[0] for k, v in grid.items()}, str(label))]
 
 
-def default_candidates() -> list[Candidate]:
-    """A small LinUCB grid (α × ε) and every other registered policy with its defaults."""
+def default_candidates(live: LiveModel | None = None) -> list[Candidate]:
+    """The live policy and its neighbours replayed (when the log's live model is known),
+    then a small LinUCB grid (α × ε) and every other registered policy with its defaults.
+
+    The first are the ones the log can judge (docs/evaluation.md: a frozen candidate that
+    strays from what was served has a low effective sample size).
+    """
+    from banditrec.evaluation.live import neighbour_params
+
     out: list[Candidate] = []
+    if live is not None:
+        out.append(make_candidate(LIVE, {}))
+        out.extend(make_candidate(LIVE, params) for params in neighbour_params(live))
     for name in POLICIES:
         if name == "linucb":
             out.extend(grid_candidates(name, _DEFAULT_LINUCB_GRID))

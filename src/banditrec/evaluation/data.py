@@ -6,7 +6,7 @@ import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from banditrec.evaluation.config import (
 )
 from banditrec.features import FeatureSchema
 from banditrec.logged_data import LoggedDataError, read_logged_csv
-from banditrec.store import DecisionRecord, EventStore, StoreError
+from banditrec.store import DecisionRecord, EventStore, LearnEvent, StoreError
 from banditrec.store.sqlite_reader import ReadOnlyEventLog
 
 __all__ = ["LoggedRounds", "load_csv", "load_event_log"]
@@ -52,6 +52,13 @@ class LoggedRounds:
     created_at: FloatArray | None = None
     #: Switches of what was served (banditrec.lifecycle): seq, kind, target, at, reason.
     switches: tuple[dict[str, Any], ...] = ()
+    #: Each round's model version as logged, ``<base version>@<learn events applied>``
+    #: (event logs only): with `learn_events` and `epochs`, the live model can be replayed.
+    model_version: NDArray[np.object_] | None = None
+    #: The log's learn stream in seq order (event logs that keep it), whole in every part.
+    learn_events: tuple[LearnEvent, ...] = ()
+    #: Each base model version that served and the log offset its epoch starts at.
+    epochs: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_rounds(self) -> int:
@@ -82,6 +89,7 @@ class LoggedRounds:
             logged_dist=cut(self.logged_dist),
             expected_rewards=cut(self.expected_rewards),
             created_at=cut(self.created_at),
+            model_version=None if self.model_version is None else self.model_version[rows],
         )
 
 
@@ -217,7 +225,25 @@ def _read(
 
     short = Path(str(getattr(log, "path", label))).name
     rounds = _rounds_of(decisions(), total, label, short, schema, progress)
-    return replace(rounds, switches=_switches_of(log))
+    events, epochs = _learn_stream_of(log)
+    return replace(rounds, switches=_switches_of(log), learn_events=events, epochs=epochs)
+
+
+def _learn_stream_of(
+    log: ReadOnlyEventLog | EventStore | None,
+) -> tuple[tuple[LearnEvent, ...], dict[str, int]]:
+    """The learn stream and the epochs, for replaying the live model (`evaluation.live`).
+
+    Only a log that says where each epoch starts (the SQLite log) is replayable; the stream
+    is read up to the offset the last decision read saw, in batches.
+    """
+    epochs_of = getattr(log, "epochs", None)
+    if log is None or epochs_of is None:
+        return (), {}
+    events: list[LearnEvent] = []
+    while batch := log.learn_events_after(events[-1].seq if events else 0):
+        events.extend(batch)
+    return tuple(events), dict(epochs_of())
 
 
 def _switches_of(log: ReadOnlyEventLog | EventStore | None) -> tuple[dict[str, Any], ...]:
@@ -259,6 +285,7 @@ def _rounds_of(
             found = columns[actions] = np.array([index[a] for a in actions])
         return found
 
+    versions = np.empty(total, dtype=object)
     counts = {"decisions": 0, "pending": 0, "never_activated": 0}
     n = 0
     for i, (record, total_reward) in enumerate(decisions):
@@ -283,6 +310,7 @@ def _rounds_of(
         k = int(pos[record.action_index])
         X[n], action[n], reward[n] = record.x, k, float(total_reward)
         propensity[n], created[n] = record.probability, record.created_at
+        versions[n] = record.model_version
         eligible[n, columns_of(record.eligible)] = True
         eligible[n, k] = True
         logged[n, pos] = record.probabilities
@@ -308,6 +336,7 @@ def _rounds_of(
         counts=counts,
         logged_dist=logged[:n],
         created_at=created[:n],
+        model_version=versions[:n],
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec import ope
-from banditrec.evaluation.candidates import Candidate
+from banditrec.evaluation.candidates import Candidate, default_candidates
 from banditrec.evaluation.config import (
     MIN_EVALUATION_ROUNDS,
     PROGRESS_EVERY,
@@ -33,6 +33,13 @@ from banditrec.evaluation.config import (
     no_progress,
 )
 from banditrec.evaluation.data import LoggedRounds
+from banditrec.evaluation.live import (
+    LiveModel,
+    fidelity,
+    find_live_model,
+    live_distributions,
+    live_policy,
+)
 from banditrec.evaluation.ranking import CandidateResult, EvaluationResult, mean_estimate, rank
 from banditrec.exploration import sample_action
 from banditrec.features import FeatureSchema
@@ -67,12 +74,18 @@ class _Held:
 
 def evaluate(
     rounds: LoggedRounds,
-    candidates: Sequence[Candidate],
+    candidates: Sequence[Candidate] | None = None,
     config: EvaluationConfig | None = None,
     progress: ProgressCallback | None = None,
     schema: FeatureSchema | None = None,
+    live: LiveModel | None = None,
 ) -> EvaluationResult:
     """Evaluate and rank `candidates` on `rounds` under `config`'s protocol.
+
+    `candidates` None: `default_candidates`, the live policy's neighbours first when the
+    live model is known. `live` is the model that served the log (`find_live_model`; looked
+    for beside the log when a live candidate needs it and `schema` is given); live
+    candidates are replayed from it (`banditrec.evaluation.live`).
 
     A candidate that fails (its policy raises) is reported with its error and ranked last;
     every other candidate still runs. The same seed gives the same result, and each
@@ -85,6 +98,14 @@ def evaluate(
     config.check()
     notify = progress or no_progress
     start = time.perf_counter()
+    if (
+        live is None
+        and schema is not None
+        and (candidates is None or any(c.live for c in candidates))
+    ):
+        live = find_live_model(rounds, schema)
+    if candidates is None:
+        candidates = default_candidates(live)
     if not candidates:
         raise EvaluationError("No candidate to evaluate.")
     n = rounds.n_rounds
@@ -119,7 +140,9 @@ def evaluate(
         def tick(k: int, label: str = candidate.label, done: int = done) -> None:
             notify("evaluate", done + k, total, label)
 
-        results.append(_run_candidate(candidate, config, estimators, train, held, tick, schema))
+        results.append(
+            _run_candidate(candidate, config, estimators, train, held, tick, schema, live)
+        )
     notify("evaluate", total, total, "done")
     rank(results, config, logging)
 
@@ -134,6 +157,7 @@ def evaluate(
         candidates=results,
         logging_curve=_running(evaluated.reward, np.ones(n_eval), points),
         curve_rounds=points + n_train,
+        live=None if live is None else live.describe(),
     )
     mu = evaluated.expected_rewards
     if mu is not None:
@@ -175,12 +199,18 @@ def _run_candidate(
     held: _Held,
     tick: Callable[[int], None],
     schema: FeatureSchema | None,
+    live: LiveModel | None,
 ) -> CandidateResult:
     result = CandidateResult(candidate)  # verdict "failed" until ranked
     start = time.perf_counter()
     # Seeded by the label alone: adding or removing other candidates changes nothing here.
     rng = np.random.default_rng([config.seed, 3, zlib.crc32(candidate.label.encode())])
     try:
+        if candidate.live:
+            _live(candidate, live, config, estimators, held, rng, tick, result)
+            tick(2 * held.n)
+            result.seconds = time.perf_counter() - start
+            return result
         policy = candidate.build(schema).reset(len(held.rounds.actions), held.rounds.X.shape[1])
         result.policy_params = policy.get_params()
         result.exploration = {
@@ -213,6 +243,43 @@ def _serving_distributions(
     return dist
 
 
+def _live(
+    candidate: Candidate,
+    live: LiveModel | None,
+    config: EvaluationConfig,
+    estimators: tuple[str, ...],
+    held: _Held,
+    rng: np.random.Generator,
+    tick: Callable[[int], None],
+    result: CandidateResult,
+) -> None:
+    """A live candidate: the live model replayed along the log with its parameters changed."""
+    if live is None:
+        raise EvaluationError(
+            "The model file that served this log was not found (its version is the part "
+            "before '@' of the logged model versions): give it with --model."
+        )
+    if config.protocol != "split":
+        raise EvaluationError("Live candidates are evaluated with the split protocol.")
+    params = dict(candidate.params)
+    policy = live_policy(live, params)
+    result.policy_params = policy.get_params()
+    result.exploration = {
+        "name": policy.exploration.name,
+        "params": policy.exploration.get_params(),
+    }
+    dist, from_base = live_distributions(params, live, held.rounds, rng, tick)
+    exact = fidelity(dist, held.rounds)
+    result.replay = {"rounds": held.n, "from_base_model": from_base, "reproduced": exact}
+    if not params and exact < held.n:
+        result.warnings.append(
+            f"The live policy was replayed exactly on {exact:,} of {held.n:,} held-out rounds "
+            f"({from_base:,} from the model file {live.path}); on the others the replay is "
+            "another policy than the one served (unbiased still, no longer the live one)."
+        )
+    _estimate_dist(dist, config, estimators, held, rng, tick, result)
+
+
 def _split(
     policy: Policy,
     config: EvaluationConfig,
@@ -223,6 +290,19 @@ def _split(
     result: CandidateResult,
 ) -> None:
     dist = _serving_distributions(policy, held, rng, tick)
+    _estimate_dist(dist, config, estimators, held, rng, tick, result)
+
+
+def _estimate_dist(
+    dist: FloatArray,
+    config: EvaluationConfig,
+    estimators: tuple[str, ...],
+    held: _Held,
+    rng: np.random.Generator,
+    tick: Callable[[int], None],
+    result: CandidateResult,
+) -> None:
+    """Every estimator on the candidate's held-out distributions `dist`, the lift, the curve."""
     rounds = held.rounds
     logged = {"reward": rounds.reward, "action": rounds.action}
     weighted = {**logged, "propensity": rounds.propensity, "action_dist": dist}
@@ -241,7 +321,14 @@ def _split(
         ranking = config.ranking_estimator
         terms = config.estimator(ranking).round_rewards(**inputs[ranking])
     result.lift = mean_estimate("lift", terms - rounds.reward, config, rng)
+    result.terms = terms
     match = dist[np.arange(held.n), rounds.action]
+    # The recent half's ESS per round: how fast more decisions logged alike would add to it.
+    recent = match[held.n // 2 :] / rounds.propensity[held.n // 2 :]
+    square = float(np.square(recent).sum())
+    result.recent_ess_per_round = (
+        float(recent.sum()) ** 2 / square / recent.shape[0] if square > 0.0 else 0.0
+    )
     num, den = {
         "snips": (match / rounds.propensity * rounds.reward, match / rounds.propensity),
         "replay": (match * rounds.reward, match),
@@ -287,6 +374,7 @@ def _replay(
         result.estimates["replay"] = replay.estimate(**kwargs, rng=rng)
         terms = replay.round_rewards(**kwargs)
     result.lift = mean_estimate("lift", terms - rounds.reward, config, rng)
+    result.terms = terms
     match = (chosen == rounds.action).astype(np.float64)
     result.curve = _running(match * rounds.reward, match, held.points)
     if rounds.expected_rewards is not None and match.any():

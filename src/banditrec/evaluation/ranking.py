@@ -8,6 +8,7 @@ objects say it in sentences (`EvaluationResult.summary`) and as JSON (`Evaluatio
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -77,12 +78,21 @@ class CandidateResult:
     #: ESS to the threshold (None when reliable, or when no amount would: no overlap).
     decisions_needed: int | None = None
     unsupported_mass: float | None = None
+    #: The ESS per round of the later half of the held-out rounds (the growth rate).
+    recent_ess_per_round: float | None = None
+    #: A live candidate's replay: held-out rounds, how many from the base model, how many
+    #: reproduce the logged distribution (the live policy itself: all, when replayed exactly).
+    replay: dict[str, int] | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     rank: int | None = None
     tied_with_best: bool = False
+    #: This candidate's ranking estimate minus the best's, paired over rounds, with its CI.
+    vs_best: ope.PolicyValueEstimate | None = None
     curve: FloatArray | None = None
+    #: The ranking estimator's per-round terms (their mean is the estimate): pairs rows.
+    terms: FloatArray | None = None
 
     @property
     def label(self) -> str:
@@ -112,6 +122,8 @@ class EvaluationResult:
     time_range: dict[str, str] = field(default_factory=dict)
     #: Switches of what was served (promotions, rollbacks, apprentice mode), in log order.
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    #: The model that served the log, when found (live candidates are replayed from it).
+    live: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -238,6 +250,7 @@ class EvaluationResult:
                 },
                 "oracle_true_value": self.oracle_true_value,
                 "timeline": self.timeline,
+                "live_policy": self.live,
                 "best": None if self.best is None else self.best.label,
                 "summary": self.summary(),
                 "candidates": [_candidate_dict(c) for c in self.candidates],
@@ -273,9 +286,12 @@ def _candidate_dict(c: CandidateResult) -> dict[str, Any]:
         "verdict": c.verdict,
         "ci_overlaps_logging": c.ci_overlaps_logging,
         "tied_with_best": c.tied_with_best,
+        "difference_from_best": None if c.vs_best is None else _estimate_dict(c.vs_best),
         "effective_sample_size": c.effective_sample_size,
         "low_ess": c.low_ess,
         "decisions_needed": c.decisions_needed,
+        "recent_ess_per_round": c.recent_ess_per_round,
+        "replay": c.replay,
         "unsupported_mass": c.unsupported_mass,
         "warnings": c.warnings,
         "error": c.error,
@@ -334,7 +350,7 @@ def rank(
         r.ci_overlaps_logging = _overlap(e, logging)
         r.verdict = _verdict(r.lift)
         if r.low_ess:
-            r.decisions_needed = _decisions_needed(weights, config)
+            r.decisions_needed = _decisions_needed(weights, r.recent_ess_per_round, config)
         for estimate in r.estimates.values():
             r.warnings.extend(estimate.warnings)
 
@@ -348,16 +364,22 @@ def rank(
     if results and results[0].error is None:
         best = results[0]
         for r in ok:
+            if r is not best and r.terms is not None and best.terms is not None:
+                seed = [config.seed, 4, zlib.crc32(r.label.encode())]
+                r.vs_best = mean_estimate("vs best", r.terms - best.terms, config, seed)
             r.tied_with_best = _tied(r, best, est)
 
 
 def _tied(r: CandidateResult, best: CandidateResult, est: str) -> bool:
     """Whether this log cannot tell `r` from the best.
 
-    The intervals overlap, and the paired verdicts against the logging policy do not already
-    separate them (a candidate significantly worse than the logging policy is not tied with a
-    best that is not, whatever its marginal interval says: the paired interval is the sharper
-    one). An unreliable (low-ESS) estimate is tied with nothing: its interval says nothing.
+    The paired interval of the difference with the best (the same rounds, so the noise they
+    share cancels; the marginal intervals' overlap when the per-round terms are not known)
+    contains 0, and the verdicts against the logging policy do not contradict it: a
+    candidate significantly worse than the logging policy is not tied with a best that is
+    not, whatever its interval with the best says, so no row reads both "worse than what runs
+    now" and "as good as the best". An unreliable (low-ESS) estimate is tied with nothing:
+    its interval says nothing.
     """
     if r is best:
         return True
@@ -365,24 +387,32 @@ def _tied(r: CandidateResult, best: CandidateResult, est: str) -> bool:
         return False
     if (r.verdict == "worse") != (best.verdict == "worse"):
         return False
-    if (r.verdict == "better") != (best.verdict == "better"):
-        return False
+    if r.vs_best is not None:
+        return r.vs_best.ci_low <= 0.0 <= r.vs_best.ci_high
     return _overlap(r.estimates[est], best.estimates[est])
 
 
-def _decisions_needed(e: ope.PolicyValueEstimate, config: EvaluationConfig) -> int | None:
+def _decisions_needed(
+    e: ope.PolicyValueEstimate, recent_rate: float | None, config: EvaluationConfig
+) -> int | None:
     """More decisions that would bring the ESS of `e` to the threshold, if the log grew alike.
 
     The ESS of importance weights grows in proportion to the rounds evaluated (n·E[w]²/E[w²]
-    for weights drawn alike), and the evaluated rounds are the held-out share of the log, so
-    the log must grow by the factor threshold / ESS. None when the ESS is 0 or not finite:
-    the candidate's mass is where the log has none, and more of the same will not help.
+    for weights drawn alike): each new held-out round adds about the ESS per round observed
+    on the later half of the held-out rounds (`recent_rate`: the overlap as it is now, which
+    a live policy that keeps learning changes; the whole part's when not known). The
+    evaluated rounds are the held-out share of the log, so the log grows by the rounds
+    needed over that share. None when the ESS or its growth is 0 or not finite: the
+    candidate's mass is where the log has none, and more of the same will not help.
     """
     ess, threshold = e.effective_sample_size, config.min_effective_sample_size
     if not (math.isfinite(ess) and ess > 0.0) or e.n_rounds <= 0:
         return None
+    rate = ess / e.n_rounds if recent_rate is None else recent_rate
+    if not (math.isfinite(rate) and rate > 0.0):
+        return None
     held_share = 1.0 - config.split
-    more_held = e.n_rounds * (threshold / ess - 1.0)
+    more_held = max(threshold - ess, 0.0) / rate
     return max(1, math.ceil(more_held / held_share))
 
 
