@@ -29,6 +29,7 @@ from banditrec.features import load_default_schema
 from banditrec.policies import POLICIES, LinUCB, Policy
 from banditrec.sim import AppSimulator
 from banditrec.store import DecisionRecord, RewardRules
+from banditrec.store.decision_batch import DecisionBatch
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import ACTIONS, SEED_CONTEXT
 
@@ -107,6 +108,10 @@ class CountingStore(SQLiteEventStore):
     ) -> list[DecisionRecord]:
         self.calls.append(len(records))
         return super().log_decisions(records, rules)
+
+    def log_decision_batch(self, batch: DecisionBatch, rules: RewardRules) -> None:
+        self.calls.append(len(batch))
+        super().log_decision_batch(batch, rules)
 
 
 def _contexts(n: int, seed: int = 3) -> list[dict[str, Any]]:
@@ -187,12 +192,12 @@ def test_excluded_actions_hold_for_every_context(app_client: TestClient) -> None
 def test_batch_bodies_equal_single_bodies_ties_included() -> None:
     """`rank_bodies` sorts like `rank_body`: probability, then score, then position."""
     engine = Engine.from_prior(load_default_schema(), rng=np.random.default_rng(0))
-    records = engine.decide_batch(_contexts(40))  # the prior: every score ties
+    batch = engine.decide_batch(_contexts(40))  # the prior: every score ties
     rng = np.random.default_rng(1)
-    for r in records[20:]:  # and some with ties in probability only, or none
-        r.probabilities[:] = rng.choice([0.1, 0.2, 0.4], size=4)
-        r.scores[:] = rng.choice([0.0, 1.0], size=4)
-    assert rank_bodies(records) == [rank_body(r) for r in records]
+    # And some with ties in probability only, or none.
+    batch.probabilities[20:] = rng.choice([0.1, 0.2, 0.4], size=(20, 4))
+    batch.scores[20:] = rng.choice([0.0, 1.0], size=(20, 4))
+    assert rank_bodies(batch) == [rank_body(r) for r in batch.records()]
 
 
 # -- bad input: status, message, nothing logged or learned ----------------------------------

@@ -10,30 +10,63 @@ decisions are logged in one group commit (one ``log_decisions`` call), before th
 
 A batch is one unit: if one context is invalid (422 naming ``contexts.<i>.<field>``), or one
 decision has no eligible action, nothing of the batch is decided or logged.
+
+Speed: a batch of 1,000 is worth doing only if each decision costs far less than a single
+request. So nothing here goes item by item through Python objects where a column will do:
+the body is read by orjson and checked field by field (`FastBatchValidator`, which leaves
+every error to the request model, so errors are worded once), the decisions stay columns
+(`banditrec.store.decision_batch.DecisionBatch`) from the policy's one call to the store's
+one insert and the answer (`rank_bodies`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Annotated, Any, Self
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from starlette.datastructures import State
 
 from banditrec.engine import Engine
 from banditrec.errors import RequestValidationError
-from banditrec.features import FeatureSchema
-from banditrec.schemas import NonEmptyString, RankResponse, context_model
-from banditrec.store import DecisionRecord
+from banditrec.features import CategoricalField, FeatureSchema
+from banditrec.schemas import MAX_STRING_LENGTH, NonEmptyString, RankResponse, context_model
+from banditrec.store.decision_batch import DecisionBatch
 
-__all__ = ["RankBatchResponse", "rank_batch", "rank_batch_request_model", "rank_bodies"]
+__all__ = [
+    "BatchRequest",
+    "FastBatchValidator",
+    "RankBatchResponse",
+    "rank_batch",
+    "rank_batch_request_model",
+    "rank_bodies",
+]
 
 
 class _RankBatchBase(BaseModel):
     """The checks across fields of a batch request (the fields come from the schema)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    #: The route's fast path (`BoundRoute.call` tries it first); set by
+    #: `rank_batch_request_model`.
+    fast_validator: ClassVar[FastBatchValidator | None] = None
+
+    @classmethod
+    def validate_fast(cls, body: bytes) -> BatchRequest | None:
+        """The body validated without pydantic, or None to validate it with this model."""
+        return None if cls.fast_validator is None else cls.fast_validator(body)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> Self:
@@ -65,12 +98,21 @@ def _at_most(limit: int) -> BeforeValidator:
 def rank_batch_request_model(schema: FeatureSchema, max_batch_size: int) -> type[BaseModel]:
     """The body of ``POST /v1/rank/batch`` for `schema`: up to `max_batch_size` contexts."""
     context = context_model(schema)
-    action_list = Annotated[list[NonEmptyString], Field(max_length=1000)]
-    optional_names = list[NonEmptyString | None] | None
     # Too many contexts are refused before any of them is validated.
     contexts_type: Any = Annotated[list[context], Field(min_length=1), _at_most(max_batch_size)]  # type: ignore[valid-type]
+    model = _batch_model("RankBatchRequest", contexts_type, max_batch_size)
+    # The same body with the contexts left unchecked: the fast path's other fields.
+    anything: Any = Annotated[list[Any], Field(min_length=1), _at_most(max_batch_size)]
+    envelope = _batch_model("RankBatchEnvelope", anything, max_batch_size)
+    model.fast_validator = FastBatchValidator(schema, max_batch_size, envelope)
+    return model
+
+
+def _batch_model(name: str, contexts_type: Any, max_batch_size: int) -> type[_RankBatchBase]:
+    action_list = Annotated[list[NonEmptyString], Field(max_length=1000)]
+    optional_names = list[NonEmptyString | None] | None
     return create_model(
-        "RankBatchRequest",
+        name,
         __base__=_RankBatchBase,
         contexts=(
             contexts_type,
@@ -105,9 +147,140 @@ class RankBatchResponse(BaseModel):
     )
 
 
-async def rank_batch(state: State, body: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchRequest:
+    """A validated ``POST /v1/rank/batch`` body: the contexts as dicts (as logged: the
+    schema's fields only, values as the request model gives them) and column by column."""
+
+    contexts: list[dict[str, Any]]
+    columns: dict[str, Any]
+    actions: list[str] | None = None
+    excluded_actions: list[str] = field(default_factory=list)
+    user_ids: list[str | None] | None = None
+    baseline_actions: list[str | None] | None = None
+
+    @classmethod
+    def from_model(cls, body: Any, schema: FeatureSchema) -> BatchRequest:
+        """From the request model's instance (the exact path)."""
+        contexts = [context.model_dump() for context in body.contexts]
+        columns = {name: [c[name] for c in contexts] for name in schema.field_names}
+        return cls(
+            contexts, columns, body.actions, body.excluded_actions, body.user_ids,
+            body.baseline_actions,
+        )  # fmt: skip
+
+
+class FastBatchValidator:
+    """Accept the common batch body without pydantic: orjson, then each field's column
+    checked at once; decline (None) anything it is not sure of.
+
+    Declining is always safe: the route then parses with `json` and validates with the
+    request model, which either accepts the body (the same result) or raises the exact
+    errors (``contexts.<i>.<field>``). So this validator never words an error itself: it
+    only has to accept nothing that the request model would refuse, and to give what the
+    model would give for what it accepts. It checks, column by column, what the model
+    checks item by item: every context an object holding every field; a categorical value
+    a string of 1 to `MAX_STRING_LENGTH` characters; an integer a JSON integer (not a bool,
+    not a float) in range; a real a finite JSON number in range (an integer becomes a
+    float, as the model makes it). The other keys of the body (few and small) go through
+    the request model's own fields, with the contexts left unchecked (`envelope`).
+    """
+
+    def __init__(
+        self, schema: FeatureSchema, max_batch_size: int, envelope: type[BaseModel]
+    ) -> None:
+        self.schema = schema
+        self.max_batch_size = max_batch_size
+        self.envelope = envelope
+        self._names = schema.field_names
+        # orjson reads integers beyond 64 bits as floats, `json` as integers: only where a
+        # real's range reaches that far could the two differ in what is accepted.
+        self._sure = all(
+            isinstance(f, CategoricalField) or max(abs(f.min), abs(f.max)) < 2.0**63
+            for f in schema.fields
+        )
+
+    def __call__(self, body: bytes) -> BatchRequest | None:
+        if not self._sure:
+            return None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if type(data) is not dict:
+            return None
+        contexts = data.get("contexts")
+        if type(contexts) is not list or not 1 <= len(contexts) <= self.max_batch_size:
+            return None
+        if set(map(type, contexts)) != {dict}:
+            return None
+        envelope: Any = None
+        if len(data) > 1:
+            try:
+                envelope = self.envelope.model_validate(data)
+            except ValidationError:
+                return None
+        columns: dict[str, Any] = {}
+        converted = False
+        for f in self.schema.fields:
+            try:
+                column = list(map(itemgetter(f.name), contexts))
+            except KeyError:
+                return None
+            checked = self._check(f, column)
+            if checked is None:
+                return None
+            if checked is not column:
+                converted = True
+            columns[f.name] = checked
+        n_fields = len(self._names)
+        if converted or set(map(len, contexts)) != {n_fields}:
+            # Unknown keys dropped, integers in real fields made floats: as the model does.
+            values = [columns[name] for name in self._names]
+            rows = zip(*values, strict=True)
+            contexts = [dict(zip(self._names, row, strict=True)) for row in rows]
+        if envelope is None:
+            return BatchRequest(contexts, columns)
+        return BatchRequest(
+            contexts, columns, envelope.actions, envelope.excluded_actions, envelope.user_ids,
+            envelope.baseline_actions,
+        )  # fmt: skip
+
+    @staticmethod
+    def _check(f: Any, column: list[Any]) -> list[Any] | None:
+        """`column` if every value passes as it is, a converted copy, or None."""
+        types = set(map(type, column))
+        if isinstance(f, CategoricalField):
+            if types != {str}:
+                return None
+            lengths = list(map(len, column))
+            return column if min(lengths) >= 1 and max(lengths) <= MAX_STRING_LENGTH else None
+        if f.kind == "integer":
+            if types != {int}:
+                return None
+            try:
+                values = np.array(column, dtype=np.int64)
+            except OverflowError:
+                return None
+        else:
+            if not types <= {int, float}:
+                return None
+            try:
+                values = np.array(column, dtype=np.float64)
+            except OverflowError:
+                return None
+            if not np.isfinite(values).all():
+                return None
+        if not (values.min() >= f.min and values.max() <= f.max):
+            return None
+        if f.kind == "real" and int in types:
+            return values.tolist()  # type: ignore[no-any-return]
+        return column
+
+
+async def rank_batch(state: State, body: BatchRequest | BaseModel) -> dict[str, Any]:
     """Decide for many contexts at once: one decision per context, in their order, each
-    with its own event id, all logged durably (in one group commit) before the answer.
+    with its own event id, all logged durably (in one transaction) before the answer.
 
     Each decision is what ``POST /v1/rank`` would answer for its context (``replayed`` and
     ``context_mismatch`` are always false: a batch's event ids are new). ``actions`` and
@@ -117,6 +290,8 @@ async def rank_batch(state: State, body: Any) -> dict[str, Any]:
     beyond), in a body of at most ``max_batch_body_bytes`` (413 beyond). If one context is
     invalid or cannot be served, nothing of the batch is decided or logged."""
     engine: Engine = state.engine
+    if not isinstance(body, BatchRequest):  # the request model's instance (exact path)
+        body = BatchRequest.from_model(body, engine.schema)
     capped = engine.constraints is not None and engine.constraints.frequency is not None
     if capped and body.user_ids is not None and any(u is not None for u in body.user_ids):
         raise RequestValidationError(
@@ -133,40 +308,46 @@ async def rank_batch(state: State, body: Any) -> dict[str, Any]:
         if body.actions is not None or body.excluded_actions
         else None
     )
-    contexts = [context.model_dump() for context in body.contexts]
-    records = await engine.rank_batch(contexts, eligible, body.user_ids, body.baseline_actions)
+    batch = await engine.rank_batch(
+        body.contexts, eligible, body.user_ids, body.baseline_actions, columns=body.columns
+    )
     metrics = state.decisions.metrics
-    for action, n in Counter(record.action for record in records).items():
-        metrics.decision(action, n)
-    return {"decisions": rank_bodies(records)}
+    counts = np.bincount(batch.action_index, minlength=len(batch.actions)).tolist()
+    for action, n in zip(batch.actions, counts, strict=True):
+        if n:
+            metrics.decision(action, n)
+    return {"decisions": rank_bodies(batch)}
 
 
-def rank_bodies(records: list[DecisionRecord]) -> list[dict[str, Any]]:
-    """`banditrec.decisions.rank_body` of each record, the rankings sorted all at once (in
-    the same order: most probable first, then the highest score, then the action's
-    position; both sorts are stable)."""
-    if not records:
+def rank_bodies(batch: DecisionBatch) -> list[dict[str, Any]]:
+    """`banditrec.decisions.rank_body` of each decision of `batch`, the rankings sorted all
+    at once (in the same order: most probable first, then the highest score, then the
+    action's position; both sorts are stable) and every column read out in one call."""
+    if not len(batch):
         return []
-    probabilities = np.stack([r.probabilities for r in records])
-    scores = np.stack([r.scores for r in records])
-    orders = np.lexsort((-scores, -probabilities), axis=-1).tolist()
-    bodies = []
-    for record, p, s, order in zip(
-        records, probabilities.tolist(), scores.tolist(), orders, strict=True
-    ):
-        names = record.actions
-        bodies.append(
-            {
-                "event_id": record.event_id,
-                "action_id": names[record.action_index],
-                "probability": record.probability,
-                "ranking": [
-                    {"action_id": names[k], "probability": p[k], "score": s[k]} for k in order
-                ],
-                "model_version": record.model_version,
-                "deferred": record.deferred,
-                "replayed": False,
-                "context_mismatch": False,
-            }
+    probabilities, scores = batch.probabilities, batch.scores
+    orders = np.lexsort((-scores, -probabilities), axis=-1)
+    names = np.array(batch.actions, dtype=object)
+    ranked_names = names[orders].tolist()
+    ranked_p = np.take_along_axis(probabilities, orders, axis=-1).tolist()
+    ranked_s = np.take_along_axis(scores, orders, axis=-1).tolist()
+    version = batch.model_version
+    return [
+        {
+            "event_id": event_id,
+            "action_id": action,
+            "probability": p,
+            "ranking": [
+                {"action_id": a, "probability": q, "score": s}
+                for a, q, s in zip(row_names, row_p, row_s, strict=True)
+            ],
+            "model_version": version,
+            "deferred": False,
+            "replayed": False,
+            "context_mismatch": False,
+        }
+        for event_id, action, p, row_names, row_p, row_s in zip(
+            batch.event_ids, names[batch.action_index].tolist(), batch.probability.tolist(),
+            ranked_names, ranked_p, ranked_s, strict=True,
         )
-    return bodies
+    ]  # fmt: skip

@@ -138,6 +138,10 @@ class BoundRoute:
                 raise RequestValidationError.from_pydantic(exc, prefix=name) from None
         if self.request_model is None:
             return await route.work(app.state, **params)
+        fast = getattr(self.request_model, "validate_fast", None)  # batches: orjson, columns
+        accepted = fast(body) if fast is not None else None
+        if accepted is not None:  # None: declined, validated below (the exact errors)
+            return await route.work(app.state, accepted, **params)
         data = parse_json(body)
         try:
             validated = self.request_model.model_validate(data)

@@ -15,10 +15,13 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from banditrec.store.decision_batch import DecisionBatch
 
 __all__ = [
     "DecisionRecord",
@@ -207,6 +210,11 @@ class EventStore(Protocol):
         self, records: Sequence[DecisionRecord], rules: RewardRules
     ) -> list[DecisionRecord]:
         """Durably log decisions; for an event id already logged, return the logged one."""
+        ...
+
+    def log_decision_batch(self, batch: DecisionBatch, rules: RewardRules) -> None:
+        """Durably log the decisions of one batch in one transaction; their event ids are
+        new (a repeated one fails the whole batch: nothing of it is logged)."""
         ...
 
     def record_reward(

@@ -63,6 +63,7 @@ from banditrec.store import (
     UserHistory,
 )
 from banditrec.store import redis_scripts as lua
+from banditrec.store.decision_batch import DecisionBatch
 
 __all__ = ["RedisEventStore"]
 
@@ -206,6 +207,10 @@ class RedisEventStore:
     # -- decisions ---------------------------------------------------------------------
 
     @_available
+    def log_decision_batch(self, batch: DecisionBatch, rules: RewardRules) -> None:
+        # One script call for the whole batch, as `log_decisions`; its ids are new.
+        self.log_decisions(batch.records(), rules)
+
     def log_decisions(
         self, records: Sequence[DecisionRecord], rules: RewardRules
     ) -> list[DecisionRecord]:

@@ -23,11 +23,13 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 try:
     import fcntl
@@ -48,6 +50,7 @@ from banditrec.store import (
     StoreError,
     UserHistory,
 )
+from banditrec.store.decision_batch import DecisionBatch
 
 __all__ = ["SQLiteEventStore"]
 
@@ -125,6 +128,9 @@ _INSERT_DECISION = (
     f"INSERT INTO decisions ({DECISION_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
+
+#: A batch's decisions: new event ids only (see `SQLiteEventStore.log_decision_batch`).
+_INSERT_NEW_DECISION = _INSERT_DECISION.removesuffix(" ON CONFLICT (event_id) DO NOTHING")
 
 
 class SQLiteEventStore:
@@ -314,6 +320,32 @@ class SQLiteEventStore:
                     assert existing is not None
                     results.append(existing)
         return results
+
+    def log_decision_batch(self, batch: DecisionBatch, rules: RewardRules) -> None:
+        # The rows are built column by column (one bytes slice per vector, each list of
+        # names encoded once), then inserted with one plain INSERT: a batch's ids are new,
+        # and a repeated one raises, which rolls the whole batch back.
+        n = len(batch)
+        if n == 0:
+            return
+        x, ps, ss = (
+            _row_bytes(batch.X, n), _row_bytes(batch.probabilities, n),
+            _row_bytes(batch.scores, n),
+        )  # fmt: skip
+        names = batch.actions
+        chosen = batch.action_index.tolist()
+        rows = list(
+            zip(
+                batch.event_ids, repeat(batch.created_at), repeat(batch.model_version),
+                [orjson.dumps(c).decode() for c in batch.contexts], x,
+                repeat(_names_json(names)), map(_names_json, batch.eligible), chosen,
+                [names[i] for i in chosen], batch.probability.tolist(), ps, ss,
+                repeat("pending"), repeat(batch.created_at + rules.window_seconds),
+                repeat(None) if batch.user_ids is None else batch.user_ids,
+            )
+        )  # fmt: skip
+        with self._transaction() as db:
+            db.executemany(_INSERT_NEW_DECISION, rows)
 
     def get_decision(self, event_id: str) -> DecisionRecord | None:
         with self._read_lock:
@@ -747,6 +779,13 @@ def _decision_row(r: DecisionRecord, window_seconds: float) -> tuple[Any, ...]:
         None if r.deferred else r.created_at + window_seconds,
         r.user_id,
     )
+
+
+def _row_bytes(matrix: NDArray[np.float64], n: int) -> list[bytes]:
+    """Each row of `matrix` as float64 bytes: one copy of the whole, then one slice a row."""
+    data = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
+    size = len(data) // n
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 @functools.lru_cache(maxsize=256)
