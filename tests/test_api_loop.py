@@ -248,13 +248,18 @@ def test_metrics_count_decisions_rewards_and_latency(client: TestClient) -> None
     client.post("/v1/events/nope/reward", json={"value": 1.0})
     text = client.get("/metrics").text
     action = engine_of(client).store.get_decision(event_id).action  # type: ignore[union-attr]
-    assert f'banditrec_decisions_total{{action="{action}"}} 1.0' in text
-    assert f'banditrec_rewards_total{{action="{action}",outcome="learned"}} 1.0' in text
-    assert f'banditrec_rewards_total{{action="{action}",outcome="duplicate"}} 1.0' in text
-    assert 'banditrec_rewards_total{action="",outcome="unknown"} 1.0' in text
-    assert "banditrec_reward_joins_total 2.0" in text
+    assert f'banditrec_decisions_total{{action="{action}",loop="default"}} 1.0' in text
+    assert (
+        f'banditrec_rewards_total{{action="{action}",loop="default",outcome="learned"}} 1.0' in text
+    )
+    assert (
+        f'banditrec_rewards_total{{action="{action}",loop="default",outcome="duplicate"}} 1.0'
+        in text
+    )
+    assert 'banditrec_rewards_total{action="",loop="default",outcome="unknown"} 1.0' in text
+    assert 'banditrec_reward_joins_total{loop="default"} 2.0' in text
     assert 'route="/v1/rank"' in text and "banditrec_http_request_duration_seconds" in text
-    assert "banditrec_model_updates 1.0" in text
+    assert 'banditrec_model_updates{loop="default"} 1.0' in text
 
 
 # -- event ids: the same rules on rank and reward -------------------------------------------

@@ -152,7 +152,9 @@ def test_rank_batch_logs_every_decision_in_one_commit_and_matches_single_decisio
     metrics = app_client.get("/metrics").text
     served = {a: sum(d["action_id"] == a for d in decisions) for a in ACTIONS}
     for action, n in served.items():
-        assert f'banditrec_decisions_total{{action="{action}"}} {float(n)}' in metrics
+        assert (
+            f'banditrec_decisions_total{{action="{action}",loop="default"}} {float(n)}' in metrics
+        )
     # The same contexts, one by one, from a fresh app with the same seed.
     settings = app_client.app.state.settings  # type: ignore[attr-defined]
     again = settings.model_copy(update={"db_path": tmp_path / "single.db"})

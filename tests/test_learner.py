@@ -273,7 +273,8 @@ def test_one_sweep_defaults_the_whole_backlog_in_batches_between_decisions(
     assert engine.policy.n_updates_.sum() == n
     assert (
         sum(
-            value(metrics, "banditrec_default_rewards_total", action=a) or 0 for a in SCHEMA.actions
+            value(metrics, "banditrec_default_rewards_total", action=a, loop="default") or 0
+            for a in SCHEMA.actions
         )
         == n
     )
@@ -476,9 +477,9 @@ def test_failing_snapshots_back_off_log_once_and_report_a_fault(
     assert len([r for r in errors if r.exc_info]) == 1  # one traceback
     assert len(errors) == 1  # the same failure again is not logged again
     # At 50 ms per try there would have been 40; backing off to 0.4 s allows about 8.
-    tries = value(metrics, "banditrec_learner_faults_total")
+    tries = value(metrics, "banditrec_learner_faults_total", loop="default")
     assert tries is not None and 3 <= tries <= 10
-    assert value(metrics, "banditrec_learner_fault") == 1.0
+    assert value(metrics, "banditrec_learner_fault", loop="default") == 1.0
     assert learner.engine.applied_offset == 3  # learning went on meanwhile
 
     learner.snapshots.directory.unlink()  # the operator fixes it
@@ -486,7 +487,7 @@ def test_failing_snapshots_back_off_log_once_and_report_a_fault(
     with caplog.at_level(logging.INFO, logger="banditrec.learner"):
         asyncio.run(run_for(1.5))
     assert learner.fault is None
-    assert value(metrics, "banditrec_learner_fault") == 0.0
+    assert value(metrics, "banditrec_learner_fault", loop="default") == 0.0
     assert (tmp_path / "not-a-directory" / "model-000000000003.npz").exists()
     assert "works again after" in caplog.text
     stop(learner)

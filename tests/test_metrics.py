@@ -37,7 +37,22 @@ def samples(body: bytes | str) -> dict[tuple[str, frozenset[tuple[str, str]]], f
     }
 
 
+#: Families labelled by loop (`Metrics.for_loop`); a test names a loop only when it is not
+#: the default one.
+LOOP_LABELLED = (
+    "banditrec_decisions_total",
+    "banditrec_rewards_total",
+    "banditrec_reward_joins_total",
+    "banditrec_default_rewards_total",
+    "banditrec_model_updates",
+    "banditrec_learner_faults_total",
+    "banditrec_learner_fault",
+)
+
+
 def value(body: bytes | str, name: str, **labels: str) -> float | None:
+    if name in LOOP_LABELLED:
+        labels.setdefault("loop", "default")
     return samples(body).get((name, frozenset(labels.items())))
 
 

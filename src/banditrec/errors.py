@@ -12,15 +12,17 @@ The statuses and codes, as documented in ``docs/design.md``:
 400   ``invalid_json``            the body is not JSON (syntax, or not UTF-8)
 401   ``missing_api_key``,        no key, or a key that is not configured
       ``invalid_api_key``
-403   ``insufficient_role``       a known key whose role is too low
+403   ``insufficient_role``,      a known key whose role is too low; a key of another loop
+      ``loop_not_allowed``        (banditrec.loops)
 404   ``event_not_found``,        an unknown event or action; ``not_found``: no such route
-      ``action_not_found``,
+      ``action_not_found``,       ``loop_not_found``: no loop of that name
       ``not_found``
 405   ``method_not_allowed``      the route exists, not with this method
 409   ``action_exists``,          adding an action that exists; a reward for a deferred
       ``event_not_activated``,    event not activated yet (recorded, not learned); a
       ``candidate_exists``,       candidate name taken; a promotion the interval does not
-      ``not_proven``              support (banditrec.lifecycle)
+      ``not_proven``,             support (banditrec.lifecycle); a loop of that name with
+      ``loop_exists``             another definition (banditrec.loops)
 410   ``reward_window_closed``    the reward came after its window (recorded, not learned)
 413   ``payload_too_large``       the body is larger than ``max_body_bytes``
 415   ``unsupported_media_type``  a non-empty body whose Content-Type is not JSON
@@ -29,7 +31,8 @@ The statuses and codes, as documented in ``docs/design.md``:
       ``unknown_action``,         every action excluded
       ``no_eligible_action``,     apprentice mode without a baseline (``no_baseline``); a
       ``no_baseline``,            model file that does not load (``invalid_model_file``)
-      ``invalid_model_file``
+      ``invalid_model_file``,     a loop definition that cannot serve (``invalid_loop``)
+      ``invalid_loop``
 500   ``internal_error``          a bug: the traceback is logged, never sent
 503   ``store_unavailable``       the event log cannot be reached now; retry later
 ====  ==========================  =========================================================
@@ -64,6 +67,9 @@ __all__ = [
     "EventNotActivatedError",
     "EventNotFoundError",
     "InvalidJSONError",
+    "LoopError",
+    "LoopExistsError",
+    "LoopNotFoundError",
     "RequestValidationError",
     "RewardRejectedError",
     "RewardWindowClosedError",
@@ -111,6 +117,31 @@ class EventNotActivatedError(RewardRejectedError):
         super().__init__(
             f"Event {event_id!r} was deferred and has not been activated; activate it first. "
             "The reward was recorded, not learned."
+        )
+
+
+class LoopError(ValueError):
+    """A loop definition that cannot serve (bad schema, setting, policy or key): 422
+    ``invalid_loop``; at start-up, a loops file that cannot be used."""
+
+
+class LoopNotFoundError(LookupError):
+    """No loop has this name: 404 ``loop_not_found``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"No loop is named {name!r}; GET /v1/loops lists the loops, and an admin creates "
+            f"one with PUT /v1/loops/{name}."
+        )
+
+
+class LoopExistsError(Exception):
+    """A loop of this name exists with another definition: 409 ``loop_exists``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"The loop {name!r} exists with another definition; a loop's definition cannot "
+            "change while it runs (delete it first, or choose another name)."
         )
 
 
@@ -167,6 +198,9 @@ _DOMAIN: dict[type[Exception], tuple[int, str]] = {
     CandidateExistsError: (409, "candidate_exists"),
     InvalidCandidateError: (422, "invalid_candidate"),
     NotProvenError: (409, "not_proven"),
+    LoopError: (422, "invalid_loop"),
+    LoopNotFoundError: (404, "loop_not_found"),
+    LoopExistsError: (409, "loop_exists"),
 }
 DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(_DOMAIN)
 

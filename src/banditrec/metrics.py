@@ -19,7 +19,7 @@ Examples
 --------
 >>> metrics = Metrics(actions=["a", "b"])
 >>> metrics.decision("a")
->>> b'banditrec_decisions_total{action="a"} 1.0' in metrics_response(metrics).body
+>>> b'banditrec_decisions_total{action="a",loop="default"} 1.0' in metrics_response(metrics).body
 True
 """
 
@@ -77,24 +77,25 @@ class _Families:
         self.decisions = Counter(
             "banditrec_decisions",
             "Decisions served, by the action served.",
-            ["action"],
+            ["action", "loop"],
             registry=registry,
         )
         self.rewards = Counter(
             "banditrec_rewards",
             "Rewards reported, by the decision's action and what became of the reward.",
-            ["action", "outcome"],
+            ["action", "outcome", "loop"],
             registry=registry,
         )
         self.joins = Counter(
             "banditrec_reward_joins",
             "Rewards joined to their decision.",
+            ["loop"],
             registry=registry,
         )
         self.default_rewards = Counter(
             "banditrec_default_rewards",
             "Decisions learned with the default reward because their window closed unrewarded.",
-            ["action"],
+            ["action", "loop"],
             registry=registry,
         )
         # A gauge, not a counter: every worker applies every learn event, so adding up the
@@ -102,18 +103,21 @@ class _Families:
         self.model_updates = Gauge(
             "banditrec_model_updates",
             "Learn events applied to the served model since it was created.",
+            ["loop"],
             registry=registry,
             multiprocess_mode="mostrecent",
         )
         self.learner_faults = Counter(
             "banditrec_learner_faults",
             "Learner steps and snapshot attempts that failed (each is retried with backoff).",
+            ["loop"],
             registry=registry,
         )
         # "livemax": 1 while any live worker's learner is failing.
         self.learner_fault = Gauge(
             "banditrec_learner_fault",
             "1 while the learner is failing (see /health for the fault), else 0.",
+            ["loop"],
             registry=registry,
             multiprocess_mode="livemax",
         )
@@ -198,6 +202,9 @@ class Metrics:
     registry
         Where the metrics are registered in single-process mode (default: a new registry
         with the process, platform and GC collectors). Ignored in multiprocess mode.
+    loop
+        The ``loop`` label of every series this object counts (`for_loop` makes the
+        metrics of a named loop, on the same families).
 
     Raises
     ------
@@ -207,19 +214,28 @@ class Metrics:
     """
 
     def __init__(
-        self, actions: Iterable[str] = (), *, registry: CollectorRegistry | None = None
+        self,
+        actions: Iterable[str] = (),
+        *,
+        registry: CollectorRegistry | None = None,
+        loop: str = "default",
+        _families: _Families | None = None,
     ) -> None:
         self.multiprocess = _multiprocess_mode()
+        self.loop = loop
         self.registry: CollectorRegistry | None
-        if self.multiprocess:
+        self._model_info = _ModelInfo()
+        self._backlog = _Backlog()
+        if _families is not None:  # a named loop's view (`for_loop`): nothing to register
+            self.registry = None
+            families = _families
+        elif self.multiprocess:
             self.registry = None
             families = _process_families()
         else:
             self.registry = registry if registry is not None else _default_registry()
             families = _Families(self.registry)
         self._families = families
-        self._model_info = _ModelInfo()
-        self._backlog = _Backlog()
         if self.registry is not None:
             self.registry.register(self._model_info)
             self.registry.register(self._backlog)
@@ -229,10 +245,10 @@ class Metrics:
         self._rewards: dict[tuple[str, str], Counter] = {}
         self._default_rewards: dict[str, Counter] = {}
         self._requests: dict[tuple[str, str, int], Histogram] = {}
-        self._joins = families.joins
-        self._learner_faults = families.learner_faults
-        self._learner_fault = families.learner_fault
-        self._model_updates = families.model_updates
+        self._joins = families.joins.labels(loop)
+        self._learner_faults = families.learner_faults.labels(loop)
+        self._learner_fault = families.learner_fault.labels(loop)
+        self._model_updates = families.model_updates.labels(loop)
         for action in actions:
             self._decision_child(action)
             self._default_reward_child(action)
@@ -240,6 +256,14 @@ class Metrics:
                 if outcome != "unknown":  # an unknown event has no action
                     self._reward_child(action, outcome)
         self._reward_child("", "unknown")
+
+    def for_loop(self, loop: str, actions: Iterable[str] = ()) -> Metrics:
+        """The metrics of the named loop `loop`: the same families, labelled ``loop``.
+
+        The request timings stay with this object (`MetricsMiddleware` labels them by
+        route template); the model-info and backlog gauges are the default loop's only.
+        """
+        return Metrics(actions, loop=loop, _families=self._families)
 
     def decision(self, action: str, n: int = 1) -> None:
         """Count `n` decisions that served `action` (a batch counts each action once)."""
@@ -317,7 +341,7 @@ class Metrics:
         return registry
 
     def _decision_child(self, action: str) -> Counter:
-        child = self._decisions[action] = self._families.decisions.labels(action)
+        child = self._decisions[action] = self._families.decisions.labels(action, self.loop)
         return child
 
     def _reward_child(self, action: str, outcome: str) -> Counter:
@@ -325,11 +349,15 @@ class Metrics:
             raise ValueError(
                 f"Unknown reward outcome {outcome!r}; known outcomes: {sorted(_OUTCOMES)}."
             )
-        child = self._rewards[action, outcome] = self._families.rewards.labels(action, outcome)
+        child = self._rewards[action, outcome] = self._families.rewards.labels(
+            action, outcome, self.loop
+        )
         return child
 
     def _default_reward_child(self, action: str) -> Counter:
-        child = self._default_rewards[action] = self._families.default_rewards.labels(action)
+        child = self._default_rewards[action] = self._families.default_rewards.labels(
+            action, self.loop
+        )
         return child
 
 

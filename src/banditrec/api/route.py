@@ -22,9 +22,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.types import Scope
 
-from banditrec.auth import SECURITY_REQUIREMENT, Role, authorize, key_table
+from banditrec.auth import SECURITY_REQUIREMENT, AuthError, Role, authorize, key_table
 from banditrec.config import Settings
 from banditrec.errors import InvalidJSONError, RequestValidationError
+from banditrec.loops.keys import other_loop_key
 from banditrec.responses import FastJSONResponse
 from banditrec.schemas import ErrorResponse
 
@@ -83,7 +84,7 @@ class Route:
         Listed in the OpenAPI document.
     """
 
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     work: Work
     response_model: Any = None
@@ -126,9 +127,21 @@ class BoundRoute:
         if route.role is not None:
             keys = key_table(app)
             if keys:
-                authorize(
-                    keys, header(scope, b"authorization"), header(scope, b"x-api-key"), route.role
-                )
+                try:
+                    authorize(
+                        keys,
+                        header(scope, b"authorization"),
+                        header(scope, b"x-api-key"),
+                        route.role,
+                    )
+                except AuthError as exc:  # a named loop's key says which loop it is for
+                    raise other_loop_key(app, scope, exc, "default") from None
+        return await self.run(app.state, scope, body)
+
+    async def run(self, state: Any, scope: Scope, body: bytes) -> Any:
+        """Validate the path parameters and the body, and run the work on `state`
+        (``app.state``, or a named loop's state: `banditrec.api.loop_routes`)."""
+        route = self.route
         raw_params: Mapping[str, str] = scope.get("path_params", {})
         params: dict[str, Any] = {}
         for name, adapter in self._params.items():
@@ -137,17 +150,17 @@ class BoundRoute:
             except ValidationError as exc:
                 raise RequestValidationError.from_pydantic(exc, prefix=name) from None
         if self.request_model is None:
-            return await route.work(app.state, **params)
+            return await route.work(state, **params)
         fast = getattr(self.request_model, "validate_fast", None)  # batches: orjson, columns
         accepted = fast(body) if fast is not None else None
         if accepted is not None:  # None: declined, validated below (the exact errors)
-            return await route.work(app.state, accepted, **params)
+            return await route.work(state, accepted, **params)
         data = parse_json(body)
         try:
             validated = self.request_model.model_validate(data)
         except ValidationError as exc:
             raise RequestValidationError.from_pydantic(exc) from None
-        return await route.work(app.state, validated, **params)
+        return await route.work(state, validated, **params)
 
     def add_to(self, app: FastAPI, keys_configured: bool) -> APIRoute:
         """Add the FastAPI route: routing, OpenAPI documentation, FastAPI's error handlers."""
@@ -184,7 +197,7 @@ class BoundRoute:
         statuses = {500, *route.errors}
         if route.role is not None and keys_configured:
             statuses |= {401, 403}
-        if route.method == "POST":  # `RequestGuard` checks every POST body
+        if route.method in ("POST", "PUT"):  # `RequestGuard` checks every such body
             statuses |= {413, 415}
         if self.request_model is not None:
             statuses |= {400, 422}

@@ -16,6 +16,7 @@ from starlette.datastructures import State
 from starlette.responses import Response
 
 from banditrec.api.lifecycle_routes import LIFECYCLE_ROUTES
+from banditrec.api.loop_routes import loop_routes
 from banditrec.api.route import Route
 from banditrec.auth import Role
 from banditrec.batch import RankBatchResponse, rank_batch, rank_batch_request_model
@@ -254,3 +255,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/dashboard/data", dashboard_data, None, Role.reader, errors=(503,)),
     *LIFECYCLE_ROUTES,
 )  # fmt: skip
+# Each named loop's routes (/v1/loops/{loop}/rank, ...) and the loops' admin API.
+ROUTES += loop_routes(ROUTES)
