@@ -120,6 +120,11 @@ class AutoLinUCB(RidgePolicy):
     shared_arrays = ("value_", "value_sq_", "evaluated_", "context_sq_", "served_")
     #: The arrays of the member choice (not the model): scored on each event's first reward.
     selection_arrays: ClassVar[tuple[str, ...]] = shared_arrays
+    #: Logged propensities of the batch being learned (set by `update_batch` for its call).
+    _propensities: Array | None = None
+    #: The kernels' packed scalars and the exploration rule they were read from.
+    _settings_rule: Exploration | None = None
+    _settings_array: Array
 
     @classmethod
     def default_exploration(cls) -> Exploration:
@@ -129,6 +134,7 @@ class AutoLinUCB(RidgePolicy):
     def __init__(
         self,
         alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
+        max_alpha: float | None = None,
         prior_width: float = 1.0,
         switch_margin: float = 3.0,
         min_epsilon_share: float = 0.1,
@@ -139,6 +145,7 @@ class AutoLinUCB(RidgePolicy):
     ) -> None:
         super().__init__(ridge, gamma, refresh_every, exploration)
         self.alphas = [float(a) for a in alphas]
+        self.max_alpha = max_alpha
         self.prior_width = prior_width
         self.switch_margin = switch_margin
         self.min_epsilon_share = min_epsilon_share
@@ -148,6 +155,8 @@ class AutoLinUCB(RidgePolicy):
             check_positive("alphas", a, allow_zero=True)
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas must be distinct, got {self.alphas}.")
+        if max_alpha is not None:
+            check_positive("max_alpha", max_alpha, allow_zero=True)
         check_positive("prior_width", prior_width)
         check_positive("switch_margin", switch_margin, allow_zero=True)
         if not 0 < min_epsilon_share <= 1:  # also False for NaN
@@ -156,21 +165,42 @@ class AutoLinUCB(RidgePolicy):
     def get_params(self) -> dict[str, Any]:
         return {
             "alphas": list(self.alphas),
+            "max_alpha": self.max_alpha,
             "prior_width": self.prior_width,
             "switch_margin": self.switch_margin,
             "min_epsilon_share": self.min_epsilon_share,
             **self._ridge_params(),
         }
 
+    def member_widths(self) -> list[float]:
+        """The members' widths: `alphas`, scaled so that the widest is `max_alpha` if set.
+
+        `max_alpha` is how the server's ``alpha`` setting (``BANDITREC_ALPHA``, ``train
+        --alpha``) reaches this policy: it caps the exploration as it sets LinUCB's, and the
+        narrower members keep their ratio to it (α = 0 leaves greedy alone).
+
+        >>> AutoLinUCB(max_alpha=0.5).member_widths()
+        [0.15, 0.5]
+        """
+        if self.max_alpha is None:
+            return list(self.alphas)
+        top = max(self.alphas)
+        if top == 0.0 or self.max_alpha == 0.0:
+            return [0.0]
+        return list(dict.fromkeys(a * self.max_alpha / top for a in self.alphas))
+
     def _init_state(self) -> None:
         super()._init_state()
-        m = len(self.alphas)
+        self._widths: Array = np.array(self.member_widths())
+        m = len(self._widths)
         self.value_: Array = np.zeros(m)  # Σ doubly robust reward estimates per member
         self.value_sq_: Array = np.zeros((m, m))  # Σ of products: the paired differences' s.e.
         self.evaluated_: Array = np.zeros(1)  # Σ weights of the scored learn events
         self.context_sq_: Array = np.zeros(1)  # Σ w·xᵀx: the typical context's size
         # [served member, 1 once the evidence chose it (0: the prior rule still does)]
-        self.served_: NDArray[np.int64] = np.array([int(np.argmax(self.alphas)), 0], dtype=np.int64)
+        self.served_: NDArray[np.int64] = np.array(
+            [int(np.argmax(self._widths)), 0], dtype=np.int64
+        )
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -196,7 +226,7 @@ class AutoLinUCB(RidgePolicy):
     @property
     def alpha(self) -> float:
         """The width of the member served now (what ``/recommend_action`` reports)."""
-        return self.alphas[int(self.served_[0])]
+        return float(self._widths[int(self.served_[0])])
 
     def score(self, x: Array) -> Scores:
         return self._scores(x)[0]
@@ -236,18 +266,25 @@ class AutoLinUCB(RidgePolicy):
         _, mean, raw = self._linear_scores(x, 1.0)
         everyone = np.ones(self.n_actions_, dtype=bool)
         epsilon = self._floor(x, raw, everyone)  # the same for every member
-        out = np.empty((len(self.alphas), self.n_actions_))
-        for m, alpha in enumerate(self.alphas):
+        out = np.empty((len(self._widths), self.n_actions_))
+        for m, alpha in enumerate(self._widths):
             self._probabilities(mean + alpha * raw, everyone, epsilon, out[m])
         return out, mean
 
     # -- learning ----------------------------------------------------------------------
 
-    def _credit(self, x: Array, action: int, reward: float, weight: float) -> None:
-        """Score the event for every member (doubly robust), then pick the served member."""
+    def _credit(
+        self, x: Array, action: int, reward: float, weight: float, propensity: float = 0.0
+    ) -> None:
+        """Score the event for every member (doubly robust), then pick the served member.
+
+        The Python twin of the `_kernels.auto_credit` and `auto_choose` kernels: it serves
+        the exploration rules the kernel does not (softmax, inverse-gap weighting) and γ < 1.
+        """
         pi, mean = self._member_probabilities(x)
         served = int(self.served_[0])
-        propensity = max(float(pi[served, action]), 1e-12)
+        if not propensity > 0.0:  # unknown: the served member's own probability
+            propensity = max(float(pi[served, action]), 1e-12)
         estimate = pi @ mean + pi[:, action] / propensity * (reward - mean[action])
         if self.gamma != 1.0:
             for stat in (self.value_, self.value_sq_, self.evaluated_, self.context_sq_):
@@ -283,15 +320,85 @@ class AutoLinUCB(RidgePolicy):
     def _prior_member(self, mean_context_sq: float) -> int:
         """The widest member whose prior width on a typical context is ≤ `prior_width`."""
         scale = math.sqrt(mean_context_sq / self.ridge)
-        fits = [m for m, a in enumerate(self.alphas) if a * scale <= self.prior_width]
-        pool = fits or [int(np.argmin(self.alphas))]
-        return max(pool, key=lambda m: self.alphas[m])
+        widths = self._widths
+        fits = [m for m, a in enumerate(widths) if a * scale <= self.prior_width]
+        pool = fits or [int(np.argmin(widths))]
+        return max(pool, key=lambda m: widths[m])
 
     def update(self, x: Array, action: int, reward: float, weight: float = 1.0) -> None:
+        self.update_logged(x, action, reward, weight, None)
+
+    def update_logged(
+        self, x: Array, action: int, reward: float, weight: float, propensity: float | None
+    ) -> None:
+        """`update` with the probability the action was served with, as the log holds it.
+
+        The members' doubly robust estimates divide by it: the logged value is the honest
+        one (it saw the eligibility mask and whatever served then); None (a log without it)
+        falls back to the served member's probability recomputed now.
+        """
         self._check_one(x, action, reward, weight)
+        logged = _check_propensity(propensity)
+        if self._compiled():
+            since_refresh = _kernels.auto_learn(
+                self.A_, self.A_inv_, self.b_, self.theta_, x, action, reward, weight, logged,
+                self._widths, self._settings(), self.value_, self.value_sq_, self.evaluated_,
+                self.context_sq_, self.served_, self.n_updates_, self._since_refresh,
+            )  # fmt: skip
+            if since_refresh < 0:
+                raise ValueError("x contains NaN or infinity; nothing was learned.")
+            if since_refresh >= self.refresh_every:
+                self.refresh([action])
+            return
         self._check_x(x)
-        self._credit(x, action, reward, weight)
+        self._credit(x, action, reward, weight, logged)
         super().update(x, action, reward, weight)
+
+    def _compiled(self) -> bool:
+        """Whether the compiled kernels apply: ε-greedy (the default) and γ = 1."""
+        return type(self.exploration) is EpsilonGreedy and self.gamma == 1.0
+
+    def _settings(self) -> Array:
+        """The kernels' `settings` array (`_kernels.AUTO_SETTINGS`), built once per rule."""
+        rule = self.exploration
+        if self._settings_rule is not rule:
+            assert isinstance(rule, EpsilonGreedy)
+            self._settings_array = np.array(
+                [
+                    rule.epsilon, self.min_epsilon_share, self.ridge, rule.tie_tolerance,
+                    self.prior_width, self.switch_margin,
+                ]
+            )  # fmt: skip
+            self._settings_rule = rule
+        return self._settings_array
+
+    def update_batch(
+        self,
+        X: Array,
+        actions: NDArray[np.integer[Any]],
+        rewards: Array,
+        weights: Array | None = None,
+        corrections: NDArray[np.bool_] | None = None,
+        propensities: Array | None = None,
+    ) -> None:
+        """`Policy.update_batch`, with the logged probability of each row's action if known
+        (NaN or None: unknown, as `update_logged`'s None)."""
+        if propensities is None:
+            self._propensities = None
+        else:
+            logged = np.asarray(propensities, dtype=np.float64)
+            if logged.shape != (len(actions),):
+                raise ValueError(
+                    f"propensities must hold one value per row ({len(actions)}), "
+                    f"not shape {logged.shape}."
+                )
+            for value in logged:
+                _check_propensity(None if math.isnan(value) else float(value))
+            self._propensities = np.where(np.isnan(logged), 0.0, logged)
+        try:
+            super().update_batch(X, actions, rewards, weights, corrections)
+        finally:
+            self._propensities = None
 
     def correct(self, x: Array, action: int, reward_delta: float) -> None:
         # The model moves exactly; the members were scored on the event's first reward and
@@ -300,13 +407,37 @@ class AutoLinUCB(RidgePolicy):
         super().correct(x, action, reward_delta)
 
     def _learn_batch(self, batch: Batch) -> None:
-        # Each event is scored on the model as it stood before it: row by row, as online.
-        for i in range(len(batch.actions)):
-            x, action, reward = batch.X[i], int(batch.actions[i]), float(batch.rewards[i])
-            if batch.observed[i]:
-                self.update(x, action, reward, float(batch.weights[i]))
-            else:
-                self.correct(x, action, reward)
+        # Each event is scored on the model as it stood before it: row by row, as online,
+        # in one compiled call when the kernels apply.
+        logged = getattr(self, "_propensities", None)
+        if logged is None:
+            logged = np.zeros(len(batch.actions))
+        if self._compiled():
+            if not _kernels.auto_learn_rows(
+                self.A_, self.A_inv_, self.b_, self.theta_, batch.X, batch.actions,
+                batch.rewards, batch.weights, batch.observed, logged, self._widths,
+                self._settings(), self.value_, self.value_sq_, self.evaluated_,
+                self.context_sq_, self.served_, self.n_updates_, self._since_refresh,
+                self.refresh_every,
+            ):  # fmt: skip
+                raise np.linalg.LinAlgError("A is not positive definite.")
+        else:
+            for i in range(len(batch.actions)):
+                x, action, reward = batch.X[i], int(batch.actions[i]), float(batch.rewards[i])
+                if batch.observed[i]:
+                    p = float(logged[i])
+                    self.update_logged(x, action, reward, float(batch.weights[i]), p or None)
+                else:
+                    self.correct(x, action, reward)
         # As the other ridge policies end a batch: A⁻¹ and θ re-derived exactly, so a model
         # file (whose loading refreshes) serves bit for bit what this policy serves.
         self.refresh()
+
+
+def _check_propensity(propensity: float | None) -> float:
+    """The kernels' form of a logged propensity: itself if in (0, 1], 0.0 for unknown."""
+    if propensity is None:
+        return 0.0
+    if not 0.0 < propensity <= 1.0:  # also False for NaN
+        raise ValueError(f"A propensity must be in (0, 1], got {propensity}.")
+    return float(propensity)
