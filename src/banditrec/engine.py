@@ -486,6 +486,11 @@ class Engine:
                     self._apply_switch(event)
                 elif event.correction:
                     self.policy.correct(event.x, event.action_index, event.reward)
+                elif event.propensity is not None and (
+                    logged := getattr(self.policy, "update_logged", None)
+                ):  # auto scores its members with the probability the action was served with
+                    x, action = event.x, event.action_index
+                    logged(x, action, event.reward, event.weight, event.propensity)
                 else:
                     self.policy.update(event.x, event.action_index, event.reward, event.weight)
                 self.applied_offset = event.seq
