@@ -120,6 +120,9 @@ class AutoLinUCB(RidgePolicy):
     shared_arrays = ("value_", "value_sq_", "evaluated_", "context_sq_", "served_")
     #: The arrays of the member choice (not the model): scored on each event's first reward.
     selection_arrays: ClassVar[tuple[str, ...]] = shared_arrays
+    #: The server's ``alpha`` setting (``BANDITREC_ALPHA``, ``train --alpha``) sets the widest
+    #: member's width (`build_policy` reads this).
+    setting_names: ClassVar[dict[str, str]] = {"alpha": "max_alpha"}
     #: Logged propensities of the batch being learned (set by `update_batch` for its call).
     _propensities: Array | None = None
     #: The kernels' packed scalars and the exploration rule they were read from.

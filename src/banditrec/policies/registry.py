@@ -84,7 +84,10 @@ def build_policy(
     except KeyError:
         raise ValueError(f"Unknown policy {name!r}; known: {', '.join(POLICIES)}.") from None
     accepted = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    # A policy may take a server-wide setting under its own name (auto: alpha → max_alpha).
+    renamed = getattr(cls, "setting_names", {})
+    kwargs = {renamed.get(k, k): v for k, v in (defaults or {}).items()}
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     if schema is not None:
         kwargs.update(
             (k, v)
