@@ -4,12 +4,15 @@ For the linear policies the contributions ``θ_k[j]·x[j]`` must add up to the m
 scores with (to rounding: the kernel sums in its own order), and the width must be the one
 the policy's score uses. Through ``POST /v1/rank`` with ``"explain": true``: every action
 gets a reason that matches its probability and the request's exclusions and the admin's
-switches; a bad ``explain`` is a 422 naming it, and nothing is logged or learned.
+switches; a bad ``explain`` is a 422 naming it, and nothing is logged or learned. An action
+the constraints kept out says which rule did (an eligibility rule, a cap with its serves and
+window, a cooldown with its end), not "excluded", which is the request's own doing.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,8 +20,11 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 from banditrec.api import create_app
+from banditrec.caps import frequency_rules_from_config
 from banditrec.config import Settings
 from banditrec.decisions import explain_ranking, rank_body
 from banditrec.engine import Engine
@@ -37,6 +43,7 @@ from banditrec.policies import (
     UniformRandom,
 )
 from banditrec.policies.rules import FixedRule
+from banditrec.store import UserHistory
 from conftest import ACTIONS, SEED_CONTEXT
 
 K, D = 4, 6
@@ -266,3 +273,178 @@ def test_the_apps_choice_is_the_baseline_in_apprentice_mode(
     assert set(others) <= {"best", "explored"} and all(
         by_action[a]["probability"] > 0 for a in by_action
     )
+
+
+# -- why an action could not be served: the request, an admin, rules, caps, cooldowns ----------
+
+CONSTRAINTS = {
+    "eligibility": {"invite_friend": {"device": "android"}},
+    "caps": [{"action": "show_bonus_offer", "max": 1, "window_seconds": 3600}],
+    "cooldowns": [
+        {"action": "deep_link_to_store", "after_serve_seconds": 600, "after_negative_seconds": 900}
+    ],
+}
+
+
+@pytest.fixture(params=[True, False], ids=["hot-path", "fastapi"])
+def constrained(
+    request: pytest.FixtureRequest, model_file: Path, tmp_path: Path
+) -> Iterator[tuple[TestClient, Path]]:
+    db = tmp_path / "events.db"
+    settings = Settings(model_path=model_file, db_path=db, seed=0, constraints=CONSTRAINTS)
+    with TestClient(create_app(settings, hot_path=request.param)) as client:
+        yield client, db
+
+
+def logged_at(db: Path, event_id: object) -> float:
+    with sqlite3.connect(db) as connection:
+        (created_at,) = connection.execute(
+            "SELECT created_at FROM decisions WHERE event_id = ?", (event_id,)
+        ).fetchone()
+    return float(created_at)
+
+
+def test_explain_names_the_rule_that_kept_each_action_out(
+    constrained: tuple[TestClient, Path],
+) -> None:
+    client, db = constrained
+    user = {"user_id": "u-7"}
+    bonus = rank(client, actions=["show_bonus_offer"], **user)  # the cap's one serve
+    link = rank(client, actions=["deep_link_to_store"], **user)  # starts the cooldown
+    assert (bonus["action_id"], link["action_id"]) == ("show_bonus_offer", "deep_link_to_store")
+    negative = client.post(f"/v1/events/{link['event_id']}/reward", json={"value": 0.0})
+    assert negative.status_code == 200, negative.text  # and a negative reward: a second one
+    answer = rank(client, explain=True, event_id="why-1", **user)
+    assert answer["action_id"] == "suggest_new_app" and answer["probability"] == 1.0
+    ranking = answer["ranking"]
+    assert isinstance(ranking, list)
+    by_action = {entry["action_id"]: entry for entry in ranking}
+    assert by_action["suggest_new_app"]["reason"] == "best"
+    assert "unavailable" not in by_action["suggest_new_app"]
+
+    ineligible = by_action["invite_friend"]
+    assert (ineligible["reason"], ineligible["probability"]) == ("ineligible", 0.0)
+    assert ineligible["unavailable"] == [
+        {
+            "cause": "eligibility",
+            "rule": "constraints.eligibility.invite_friend",
+            "message": "Ineligible by rule constraints.eligibility.invite_friend: "
+            '{"device": "android"} does not hold for this context.',
+            "condition": {"device": "android"},
+        }
+    ]
+
+    capped = by_action["show_bonus_offer"]
+    assert (capped["reason"], capped["probability"]) == ("frequency_capped", 0.0)
+    (cap,) = capped["unavailable"]
+    served_at = logged_at(db, bonus["event_id"])
+    assert {k: v for k, v in cap.items() if k != "message"} == {
+        "cause": "cap",
+        "rule": "constraints.caps[0]",
+        "serves": 1,
+        "max_serves": 1,
+        "window_seconds": 3600.0,
+        "until": served_at + 3600,
+    }
+    assert cap["message"].startswith(
+        "Capped by rule constraints.caps[0]: 1 serves to this user in the last 3600 s, "
+        "at most 1; free again at "
+    )
+
+    cooling = by_action["deep_link_to_store"]
+    assert (cooling["reason"], cooling["probability"]) == ("cooling_down", 0.0)
+    after_serve, after_negative = cooling["unavailable"]
+    assert after_serve["rule"] == after_negative["rule"] == "constraints.cooldowns[0]"
+    assert (after_serve["after"], after_serve["until"]) == (
+        "serve",
+        logged_at(db, link["event_id"]) + 600,
+    )
+    assert after_negative["after"] == "negative"
+    assert after_negative["until"] > logged_at(db, link["event_id"]) + 900
+    assert after_serve["message"].startswith(
+        "Cooling down by rule constraints.cooldowns[0] until "
+    ) and after_serve["message"].endswith("after a serve to this user.")
+
+    # The same decision replayed is explained as it was made: the history before it.
+    again = rank(client, explain=True, event_id="why-1", **user)
+    assert again["replayed"] is True
+    assert again["ranking"] == ranking
+
+
+def test_every_cause_is_listed_the_most_direct_first(
+    constrained: tuple[TestClient, Path],
+) -> None:
+    client, db = constrained
+    rank(client, actions=["show_bonus_offer"], user_id="u-8")
+    disabled = client.post("/v1/admin/actions/invite_friend/disable")
+    assert disabled.status_code == 200, disabled.text
+    answer = rank(client, explain=True, excluded_actions=["show_bonus_offer"], user_id="u-8")
+    ranking = answer["ranking"]
+    assert isinstance(ranking, list)
+    causes = {e["action_id"]: [c["cause"] for c in e.get("unavailable", [])] for e in ranking}
+    reasons = {e["action_id"]: e["reason"] for e in ranking}
+    assert causes["show_bonus_offer"] == ["request", "cap"]
+    assert reasons["show_bonus_offer"] == "excluded"
+    assert causes["invite_friend"] == ["disabled", "eligibility"]
+    assert reasons["invite_friend"] == "disabled"
+    # Without a user, caps do not apply: only what the request and the rules did.
+    answer = rank(client, explain=True, excluded_actions=["deep_link_to_store"])
+    ranking = answer["ranking"]
+    assert isinstance(ranking, list)
+    causes = {e["action_id"]: [c["cause"] for c in e.get("unavailable", [])] for e in ranking}
+    assert causes == {
+        "show_bonus_offer": [],
+        "invite_friend": ["disabled", "eligibility"],
+        "suggest_new_app": [],
+        "deep_link_to_store": ["request"],
+    }
+    with sqlite3.connect(db) as connection:  # explaining logged nothing more
+        (n_decisions,) = connection.execute("SELECT COUNT(*) FROM decisions").fetchone()
+    assert n_decisions == 3
+
+
+@given(
+    serves=st.lists(
+        st.tuples(st.sampled_from(ACTIONS), st.floats(0.0, 100.0, allow_nan=False)), max_size=12
+    ),
+    negatives=st.lists(
+        st.tuples(st.sampled_from(ACTIONS), st.floats(0.0, 100.0, allow_nan=False)), max_size=4
+    ),
+    now=st.floats(50.0, 150.0, allow_nan=False),
+    max_serves=st.integers(0, 3),
+)
+def test_the_caps_named_are_exactly_those_that_mask(
+    serves: list[tuple[str, float]],
+    negatives: list[tuple[str, float]],
+    now: float,
+    max_serves: int,
+) -> None:
+    config = {
+        "caps": [
+            {"action": "show_bonus_offer", "max": max_serves, "window_seconds": 30},
+            {"max": 2, "window_seconds": 60},
+        ],
+        "cooldowns": [{"after_serve_seconds": 5, "after_negative_seconds": 20}],
+    }
+    rules = frequency_rules_from_config(config, ACTIONS)
+    assert rules is not None
+    history = UserHistory(0, tuple(sorted(serves, key=lambda s: s[1])), tuple(negatives))
+    held = rules.held(history, now, ACTIONS)
+    mask = rules.mask(history, now, ACTIONS)
+    assert set(held) == {k for k in range(len(ACTIONS)) if not mask[k]}
+    for k, reasons in held.items():
+        for h in reasons:
+            if h.kind == "cap":
+                assert h.cap is not None and h.serves is not None
+                assert h.serves >= h.cap.max_serves
+                # Just after `until` the cap lets the action go (a serve left the window);
+                # just before, it holds it. (At `until` itself rounding decides.)
+                if h.until is not None:
+                    step = 1e-9 * max(1.0, abs(h.until))
+                    later = rules.held(history, h.until + step, ACTIONS).get(k, [])
+                    assert all(o.rule != h.rule for o in later)
+                    if h.until - step > now:
+                        sooner = rules.held(history, h.until - step, ACTIONS).get(k, [])
+                        assert any(o.rule == h.rule for o in sooner)
+            else:
+                assert h.until is not None and h.until > now

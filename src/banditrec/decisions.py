@@ -5,17 +5,21 @@ route and on the hot path alike. Neither path builds a body or maps a reward out
 to a status itself, so the two cannot answer differently.
 """
 
+import json
+from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from banditrec.caps import Held
 from banditrec.engine import Engine
 from banditrec.errors import EventNotActivatedError, EventNotFoundError, RewardWindowClosedError
 from banditrec.lifecycle.apprentice import apprentice_round
 from banditrec.metrics import Metrics
 from banditrec.slates import rank_slate, slot_entries
-from banditrec.store import DecisionRecord, RewardOutcome, RewardResult
+from banditrec.store import DecisionRecord, RewardOutcome, RewardResult, UserHistory
 
 __all__ = [
     "DecisionWork",
@@ -23,6 +27,7 @@ __all__ = [
     "rank_body",
     "recommend_body",
     "reward_body",
+    "unavailable_causes",
 ]
 
 
@@ -83,7 +88,9 @@ class DecisionWork:
         if body.slots is not None:
             content["slots"] = slot_entries(records)
         if body.explain:
-            explain_ranking(content, record, engine)
+            requested = set(body.actions or engine.actions) - set(body.excluded_actions)
+            history = await _history(engine, record)
+            explain_ranking(content, record, engine, requested=requested, history=history)
         # A decision made for this request is stamped after `started` (deciding takes
         # microseconds); the first decision of a repeated id was stamped before it.
         if body.event_id is not None and record.created_at < started:
@@ -156,13 +163,33 @@ def rank_body(record: DecisionRecord) -> dict[str, Any]:
 
 
 #: Why an action got its probability (see `explain_ranking`).
-Reason = Literal["baseline", "best", "explored", "capped", "excluded", "disabled"]
+Reason = Literal[
+    "baseline", "best", "explored", "capped", "excluded", "disabled", "ineligible",
+    "frequency_capped", "cooling_down",
+]  # fmt: skip
+
+#: What kept an action out of a decision, most direct first, and the reason each gives.
+Cause = Literal["request", "disabled", "eligibility", "cap", "cooldown"]
+_REASON_OF: dict[str, Reason] = {
+    "request": "excluded",
+    "disabled": "disabled",
+    "eligibility": "ineligible",
+    "cap": "frequency_capped",
+    "cooldown": "cooling_down",
+}
 
 #: Relative tolerance under which two scores count as tied (that of the exploration rules).
 _TIE_TOLERANCE = 1e-12
 
 
-def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Engine) -> None:
+def explain_ranking(
+    content: dict[str, Any],
+    record: DecisionRecord,
+    engine: Engine,
+    *,
+    requested: Collection[str] | None = None,
+    history: UserHistory | None = None,
+) -> None:
     """Add to each entry of a rank answer's ``ranking`` why it has its score and probability.
 
     Each entry gains ``mean`` (the estimated mean reward), ``width`` (its uncertainty, see
@@ -173,6 +200,10 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
       the mass (`banditrec.lifecycle.apprentice`);
     - ``excluded``: the request left it out (``actions``, ``excluded_actions``): probability 0;
     - ``disabled``: an admin disabled it: probability 0;
+    - ``ineligible``: a configured eligibility rule does not hold for this context;
+    - ``frequency_capped``: a per-user cap: the user was served it as often as the cap allows
+      within its window;
+    - ``cooling_down``: a per-user cooldown after a serve or a negative reward;
     - ``best``: the highest score among the eligible actions (ties: each of them), which the
       exploration rule serves with most of its mass;
     - ``explored``: eligible, not the best, served with the probability the rule keeps for
@@ -180,11 +211,18 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
     - ``capped``: eligible, not the best, and the rule held it at probability 0 (ε = 0, or a
       softmax or Thompson probability that is 0): it is never served for this context.
 
+    Each action that could not be served also gets ``unavailable``: every cause that kept
+    it out (`unavailable_causes`), the first of which gives its reason. `requested` is what
+    the request allowed (None for a replayed decision: then what no rule explains was left
+    out by the request that made it); `history` is the user's history, read after the
+    decision, for the caps and cooldowns.
+
     Reasons come from the logged decision (its scores, probabilities and eligible actions),
     so they are exact for a replayed one too. Means, widths and contributions are computed
     from the model now; ``explanation_version`` says which model state that was (the
     decision's ``model_version`` unless a learn event was applied in between).
     """
+    unavailable = unavailable_causes(record, engine, requested, history)
     explanation, version = engine.explain(record.x)
     names = engine.schema.feature_names()
     eligible = set(record.eligible)
@@ -192,7 +230,6 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
     best = max(float(scores[k]) for k, a in enumerate(record.actions) if a in eligible)
     tie = _TIE_TOLERANCE * max(abs(best), 1.0)
     index = {name: k for k, name in enumerate(record.actions)}
-    disabled = engine.disabled
     contributions = explanation.contributions
     # An apprentice decision logs the mixture: the app's choice holds most of the mass.
     apprentice = apprentice_round(record.model_version, record.probabilities, 0) is not None
@@ -201,7 +238,9 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
         k = index[entry["action_id"]]
         reason: Reason
         if entry["action_id"] not in eligible:
-            reason = "disabled" if entry["action_id"] in disabled else "excluded"
+            causes = unavailable[entry["action_id"]]
+            entry["unavailable"] = causes
+            reason = _REASON_OF[causes[0]["cause"]]
         elif k == baseline:
             reason = "baseline"
         elif float(scores[k]) >= best - tie:
@@ -218,6 +257,106 @@ def explain_ranking(content: dict[str, Any], record: DecisionRecord, engine: Eng
         )
         entry["reason"] = reason
     content["explanation_version"] = version
+
+
+async def _history(engine: Engine, record: DecisionRecord) -> UserHistory | None:
+    """The decision's user's history, if caps or cooldowns may have held actions back."""
+    constraints = engine.constraints
+    rules = constraints.frequency if constraints is not None else None
+    if rules is None or record.user_id is None or engine.store is None:
+        return None
+    return await engine.user_history(record.user_id, record.created_at - rules.horizon)
+
+
+def unavailable_causes(
+    record: DecisionRecord,
+    engine: Engine,
+    requested: Collection[str] | None = None,
+    history: UserHistory | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every cause that kept each action out of the logged decision `record` (action name
+    → causes, most direct first: the request, an admin, an eligibility rule, caps,
+    cooldowns), each a dict with ``cause``, ``rule`` (where it is configured), ``message``
+    (a sentence) and its details.
+
+    The eligibility rules are applied again to the logged vector. The caps and cooldowns
+    are judged on `history` as it stood when the decision was made: its serves and
+    negative rewards from before ``record.created_at`` (a serve is claimed only if the
+    history did not move since it was read, so none recorded later came before it). An
+    action no rule explains was left out by the request.
+    """
+    constraints = engine.constraints
+    names = record.actions
+    allowed = (
+        constraints.mask(record.x, len(names))
+        if constraints is not None
+        else np.ones(len(names), dtype=bool)
+    )
+    held: dict[int, list[Held]] = {}
+    if constraints is not None and constraints.frequency is not None and history is not None:
+        at = record.created_at
+        before = UserHistory(
+            history.version,
+            tuple((a, t) for a, t in history.serves if t < at),
+            tuple((a, t) for a, t in history.negatives if t < at),
+        )
+        held = constraints.frequency.held(before, at, names)
+    eligible = set(record.eligible)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k, name in enumerate(names):
+        if name in eligible:
+            continue
+        causes: list[dict[str, Any]] = []
+        if requested is not None and name not in requested:
+            causes.append(
+                _cause("request", None, "Excluded by the request (actions, excluded_actions).")
+            )
+        if name in engine.disabled:
+            causes.append(_cause("disabled", None, "Disabled by an admin."))
+        if not allowed[k] and constraints is not None:
+            rule = f"constraints.eligibility.{name}"
+            condition = constraints.config["eligibility"][name]
+            causes.append(
+                _cause(
+                    "eligibility", rule,
+                    f"Ineligible by rule {rule}: {json.dumps(condition)} does not hold for this "
+                    "context.", condition=condition,
+                )
+            )  # fmt: skip
+        causes.extend(_held_cause(h) for h in held.get(k, ()))
+        if not causes:
+            causes.append(
+                _cause("request", None, "Left out by the request that made this decision.")
+            )
+        out[name] = causes
+    return out
+
+
+def _cause(cause: Cause, rule: str | None, message: str, **details: Any) -> dict[str, Any]:
+    return {"cause": cause, "rule": rule, "message": message, **details}
+
+
+def _held_cause(held: Held) -> dict[str, Any]:
+    until = "never" if held.until is None else _iso(held.until)
+    if held.cap is not None:
+        cap = held.cap
+        return _cause(
+            "cap", held.rule,
+            f"Capped by rule {held.rule}: {held.serves} serves to this user in the last "
+            f"{cap.window_seconds:g} s, at most {cap.max_serves}; free again at {until}.",
+            serves=held.serves, max_serves=cap.max_serves,
+            window_seconds=cap.window_seconds, until=held.until,
+        )  # fmt: skip
+    after = "a serve" if held.after == "serve" else "a negative reward"
+    return _cause(
+        "cooldown", held.rule,
+        f"Cooling down by rule {held.rule} until {until}, after {after} to this user.",
+        after=held.after, until=held.until,
+    )  # fmt: skip
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 def reward_body(result: RewardResult, window_seconds: float) -> dict[str, Any]:

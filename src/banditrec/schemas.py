@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StringConstraints,
     create_model,
@@ -188,7 +189,9 @@ def rank_request_model(schema: FeatureSchema) -> type[BaseModel]:
                 False,
                 description="Also return, for each action, its estimated mean, its "
                 "uncertainty width, each feature's contribution to the mean and why it got "
-                "its probability (baseline, best, explored, capped, excluded, disabled).",
+                "its probability (baseline, best, explored, capped, excluded, disabled, "
+                "ineligible, frequency_capped, cooling_down), with every cause that kept an "
+                "unavailable action out (unavailable).",
             ),
         ),
         user_id=(
@@ -228,6 +231,35 @@ def reward_request_model(min_reward: float, max_reward: float) -> type[BaseModel
     )  # fmt: skip
 
 
+class Unavailable(BaseModel):
+    """One cause that kept an action out of a decision (``"explain": true``)."""
+
+    cause: Literal["request", "disabled", "eligibility", "cap", "cooldown"] = Field(
+        description="request: the request's actions/excluded_actions left it out; disabled: "
+        "an admin; eligibility: an eligibility rule does not hold for the context; cap: a "
+        "per-user frequency cap is reached; cooldown: a per-user cooldown runs."
+    )
+    rule: str | None = Field(
+        description="Where the rule is configured, e.g. constraints.eligibility.invite_friend "
+        "or constraints.caps[0] (None for the request and an admin)."
+    )
+    message: str = Field(description="The cause in one sentence.")
+    condition: JsonValue | None = Field(
+        None, description="eligibility: the rule as configured (a condition or a list)."
+    )
+    serves: int | None = Field(None, description="cap: serves to the user in the window.")
+    max_serves: int | None = Field(None, description="cap: the most it allows.")
+    window_seconds: float | None = Field(None, description="cap: its window.")
+    after: Literal["serve", "negative"] | None = Field(
+        None, description="cooldown: what started it (a serve, a negative reward)."
+    )
+    until: float | None = Field(
+        None,
+        description="cap, cooldown: Unix time at which it lets the action go again if "
+        "nothing else is served (None for a cap of 0: never).",
+    )
+
+
 class RankedAction(BaseModel):
     action_id: str
     probability: float
@@ -245,14 +277,26 @@ class RankedAction(BaseModel):
         "policies; they add up to the mean). Empty for policies whose mean is not a sum "
         "over features (uniform, most popular, fixed rules).",
     )
-    reason: Literal["baseline", "best", "explored", "capped", "excluded", "disabled"] | None = (
-        Field(
-            None,
-            description="explain: why it got its probability: baseline (the app's rule's "
-            "choice, in apprentice mode), best (highest score), explored "
-            "(exploration mass), capped (eligible, held at probability 0 by the rule), excluded "
-            "(by the request), disabled (by an admin).",
-        )
+    reason: (
+        Literal[
+            "baseline", "best", "explored", "capped", "excluded", "disabled", "ineligible",
+            "frequency_capped", "cooling_down",
+        ]
+        | None
+    ) = Field(
+        None,
+        description="explain: why it got its probability: baseline (the app's rule's "
+        "choice, in apprentice mode), best (highest score), explored "
+        "(exploration mass), capped (eligible, held at probability 0 by the rule), excluded "
+        "(by the request), disabled (by an admin), ineligible (an eligibility rule), "
+        "frequency_capped (a per-user cap), cooling_down (a per-user cooldown). The first "
+        "of its unavailable causes, for an action that could not be served.",
+    )  # fmt: skip
+    unavailable: list[Unavailable] | None = Field(
+        None,
+        description="explain, for an action that could not be served: every cause that kept "
+        "it out, the most direct first (the request, an admin, eligibility rules, caps, "
+        "cooldowns), each naming its rule.",
     )
 
 
