@@ -172,6 +172,11 @@ def loop_route(inner: Route) -> LoopRoute:
 # -- the loops' admin API --------------------------------------------------------------------
 
 
+class LoopDeleted(BaseModel):
+    name: str
+    deleted: bool = Field(description="Always true: the loop no longer serves.")
+
+
 class LoopInfo(BaseModel):
     """A loop: its definition (keys by role only), what it serves and how much it learned."""
 
@@ -261,7 +266,7 @@ def loop_routes(routes: tuple[Route, ...]) -> tuple[Route, ...]:
         info,
         Route("PUT", "/v1/loops/{loop}", put_loop, LoopInfo, Role.admin,
               body=lambda _: LoopSpec, params=name, errors=(409,), status_code=201),
-        Route("DELETE", "/v1/loops/{loop}", delete_loop, None, Role.admin, params=name,
+        Route("DELETE", "/v1/loops/{loop}", delete_loop, LoopDeleted, Role.admin, params=name,
               errors=(404,)),
     )  # fmt: skip
     return admin + looped

@@ -200,7 +200,11 @@ def _actions_body(engine: Engine) -> list[dict[str, Any]]:
     ]
 
 
-_EXPORT_RESPONSES: dict[int | str, Any] = {200: {"content": {"application/octet-stream": {}}}}
+_EXPORT_RESPONSES: dict[int | str, Any] = {
+    200: {
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    }
+}
 
 #: The service's routes. Statuses every route of a kind may answer (401/403 with keys,
 #: 400/413/415/422 with a body, 500) are added by `Route`; ``errors`` lists the others.
@@ -252,7 +256,7 @@ ROUTES: tuple[Route, ...] = (
     # The dashboard: the page and its assets are open (no data); its data needs a reader.
     Route("GET", "/dashboard", dashboard_page, public=False),
     Route("GET", "/dashboard/{name}", dashboard_asset, public=False, params={"name": Asset}),
-    Route("GET", "/v1/dashboard/data", dashboard_data, None, Role.reader, errors=(503,)),
+    Route("GET", "/v1/dashboard/data", dashboard_data, dict[str, Any], Role.reader, errors=(503,)),
     *LIFECYCLE_ROUTES,
 )  # fmt: skip
 # Each named loop's routes (/v1/loops/{loop}/rank, ...) and the loops' admin API.
