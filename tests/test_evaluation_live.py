@@ -35,7 +35,8 @@ from serving import running_server
 
 SCHEMA = load_default_schema()
 runner = CliRunner()
-LIVE_NEIGHBOURS = ("live", "live(alpha=0.5)", "live(alpha=2)", "live(epsilon=0)")
+#: The live policy and the neighbours that keep its choices (only its exploration differs).
+LIVE_NEIGHBOURS = ("live", "live(epsilon=0)", "live(epsilon=0.05)", "live(epsilon=0.1)")
 
 
 def _served_log(tmp: Path, policy: Policy, n: int, seed: int) -> tuple[Path, Path, np.ndarray]:
@@ -95,6 +96,15 @@ def test_live_candidates_replay_the_served_model_and_estimate_their_true_value(
     assert replayed.estimates["ips"].value == pytest.approx(result.logging.value, abs=1e-9)
     for c in result.candidates:
         assert c.error is None, c.error
+        if c.label.startswith("live(alpha"):
+            # Another width changes the argmax on a share of the rounds, which a 1% floor
+            # explored with probability 1/400 each: the log did not happen to draw those
+            # weights (realized ESS high), the expected ESS counts them, and is low.
+            assert c.expected_effective_sample_size is not None
+            assert c.estimates["dr"].effective_sample_size > 3 * c.expected_effective_sample_size
+            assert c.low_ess and c.decisions_needed is not None and c.decisions_needed > 0
+            continue
+        # The live policy and its exploration neighbours keep its argmax: reliable.
         assert not c.low_ess and c.decisions_needed is None, c.label
         assert c.effective_sample_size is not None and c.effective_sample_size >= 100
         # Unbiased for the mean value of the policies it would have served: the estimate
@@ -176,7 +186,7 @@ def test_after_make_runs_traffic_the_live_neighbours_are_reliable(tmp_path: Path
     low = [c for c in result["candidates"] if c["low_ess"]]
     assert low, "the frozen candidates stray from what was served"
     for row in low:
-        assert not row["label"].startswith("live")
+        assert row["label"] not in LIVE_NEIGHBOURS
         # The others say how many more decisions they need (none has an ESS of 0 here).
         assert isinstance(row["decisions_needed"], int) and row["decisions_needed"] > 0
     # Reliable rows rank first; no row is both worse than logging and tied with the best.

@@ -78,6 +78,9 @@ class CandidateResult:
     #: ESS to the threshold (None when reliable, or when no amount would: no overlap).
     decisions_needed: int | None = None
     unsupported_mass: float | None = None
+    #: The ESS the logging distribution implies (`Σ E[w]`)² / `Σ E[w²]`, counting the large
+    #: weights the log did not happen to draw; None when only propensities are logged.
+    expected_effective_sample_size: float | None = None
     #: The ESS per round of the later half of the held-out rounds (the growth rate).
     recent_ess_per_round: float | None = None
     #: A live candidate's replay: held-out rounds, how many from the base model, how many
@@ -175,14 +178,17 @@ class EvaluationResult:
         tied = [c.label for c in self.candidates if c.tied_with_best and c is not best]
         if tied:
             lines.append(
-                f"{len(tied)} other candidate(s) have intervals overlapping the best's, so this "
-                f"log cannot tell them apart: {', '.join(tied[:5])}{' …' if len(tied) > 5 else ''}."
+                f"{len(tied)} other candidate(s) are not significantly different from the best "
+                "(the paired interval of their difference contains 0), so this log cannot tell "
+                f"them apart: {', '.join(tied[:5])}{' …' if len(tied) > 5 else ''}."
             )
-        better = sum(c.verdict == "better" for c in self.candidates)
-        same = sum(c.verdict == "no significant difference" for c in self.candidates)
+        reliable_rows = [c for c in self.candidates if not c.low_ess and c.error is None]
+        better = sum(c.verdict == "better" for c in reliable_rows)
+        same = sum(c.verdict == "no significant difference" for c in reliable_rows)
         lines.append(
-            f"Against the logging policy: {better} candidate(s) significantly better, {same} "
-            "not significantly different (paired interval of the difference contains 0)."
+            f"Against the logging policy, of the reliable candidates: {better} significantly "
+            f"better, {same} not significantly different (paired interval of the difference "
+            "contains 0)."
         )
         low = [c for c in self.candidates if c.low_ess and c.error is None]
         if low:
@@ -198,8 +204,9 @@ class EvaluationResult:
             if needs:
                 shown = "; ".join(f"{label}: about {n:,} more" for n, label in needs[:5])
                 lines.append(
-                    "More decisions logged like these would make them reliable (the ESS "
-                    f"grows in proportion): {shown}{' …' if len(needs) > 5 else ''}."
+                    "More decisions logged like these would make them reliable (at the ESS "
+                    "per decision of the later held-out rounds): "
+                    f"{shown}{' …' if len(needs) > 5 else ''}."
                 )
             hopeless = [c.label for c in low if c.decisions_needed is None]
             if hopeless:
@@ -208,6 +215,7 @@ class EvaluationResult:
                     "none, so more of the same log will not help; log with more exploration: "
                     f"{', '.join(hopeless[:5])}{' …' if len(hopeless) > 5 else ''}."
                 )
+        lines.extend(self._live_summary())
         if best.true_value is not None:
             lines.append(
                 f"True value of the best on the evaluation rounds: {best.true_value:.4f} "
@@ -221,6 +229,27 @@ class EvaluationResult:
                 + "."
             )
         return lines
+
+    def _live_summary(self) -> list[str]:
+        """Which model served the log, and whether the replay reproduced what it served."""
+        if self.live is None:
+            return []
+        rule = self.live["exploration"]
+        params = {**self.live["params"], **rule["params"]}
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in params.items())  # fmt: skip
+        line = (
+            f"Live policy: {self.live['policy']}({shown}), {rule['name']}, from "
+            f"{self.live['model_file']}"
+        )
+        replayed = next((c for c in self.candidates if c.label == "live" and c.replay), None)
+        if replayed is not None and replayed.replay is not None:
+            line += (
+                f"; replayed along the log, it reproduces the served distribution on "
+                f"{replayed.replay['reproduced']:,} of {replayed.replay['rounds']:,} held-out "
+                "decisions"
+            )
+        return [line + "."]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (NaN becomes null)."""
@@ -288,6 +317,7 @@ def _candidate_dict(c: CandidateResult) -> dict[str, Any]:
         "tied_with_best": c.tied_with_best,
         "difference_from_best": None if c.vs_best is None else _estimate_dict(c.vs_best),
         "effective_sample_size": c.effective_sample_size,
+        "expected_effective_sample_size": c.expected_effective_sample_size,
         "low_ess": c.low_ess,
         "decisions_needed": c.decisions_needed,
         "recent_ess_per_round": c.recent_ess_per_round,
@@ -340,7 +370,11 @@ def rank(
     for r in ok:
         e = r.estimates[est]
         weights = next((r.estimates[k] for k in ("dr", "snips", "ips") if k in r.estimates), e)
+        # The smaller of the realized and the expected ESS: a log that did not happen to
+        # draw the large weights must not look well covered, nor a lucky draw hide them.
         r.effective_sample_size = weights.effective_sample_size
+        if r.expected_effective_sample_size is not None:
+            r.effective_sample_size = min(r.effective_sample_size, r.expected_effective_sample_size)
         # A non-finite estimate or interval is as unreliable as a low ESS.
         r.low_ess = (
             r.effective_sample_size < config.min_effective_sample_size
@@ -350,7 +384,9 @@ def rank(
         r.ci_overlaps_logging = _overlap(e, logging)
         r.verdict = _verdict(r.lift)
         if r.low_ess:
-            r.decisions_needed = _decisions_needed(weights, r.recent_ess_per_round, config)
+            r.decisions_needed = _decisions_needed(
+                r.effective_sample_size, weights.n_rounds, r.recent_ess_per_round, config
+            )
         for estimate in r.estimates.values():
             r.warnings.extend(estimate.warnings)
 
@@ -393,7 +429,7 @@ def _tied(r: CandidateResult, best: CandidateResult, est: str) -> bool:
 
 
 def _decisions_needed(
-    e: ope.PolicyValueEstimate, recent_rate: float | None, config: EvaluationConfig
+    ess: float, n_rounds: int, recent_rate: float | None, config: EvaluationConfig
 ) -> int | None:
     """More decisions that would bring the ESS of `e` to the threshold, if the log grew alike.
 
@@ -405,10 +441,10 @@ def _decisions_needed(
     needed over that share. None when the ESS or its growth is 0 or not finite: the
     candidate's mass is where the log has none, and more of the same will not help.
     """
-    ess, threshold = e.effective_sample_size, config.min_effective_sample_size
-    if not (math.isfinite(ess) and ess > 0.0) or e.n_rounds <= 0:
+    threshold = config.min_effective_sample_size
+    if not (math.isfinite(ess) and ess > 0.0) or n_rounds <= 0:
         return None
-    rate = ess / e.n_rounds if recent_rate is None else recent_rate
+    rate = ess / n_rounds if recent_rate is None else recent_rate
     if not (math.isfinite(rate) and rate > 0.0):
         return None
     held_share = 1.0 - config.split
