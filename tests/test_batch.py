@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from banditrec.api import create_app
-from banditrec.batch import rank_bodies
+from banditrec.batch import render_decisions
 from banditrec.config import Settings
 from banditrec.decisions import rank_body
 from banditrec.engine import Engine
@@ -192,14 +193,16 @@ def test_excluded_actions_hold_for_every_context(app_client: TestClient) -> None
 
 
 def test_batch_bodies_equal_single_bodies_ties_included() -> None:
-    """`rank_bodies` sorts like `rank_body`: probability, then score, then position."""
+    """`render_decisions` writes what `rank_body` gives, sorted alike: probability, then
+    score, then position."""
     engine = Engine.from_prior(load_default_schema(), rng=np.random.default_rng(0))
     batch = engine.decide_batch(_contexts(40))  # the prior: every score ties
     rng = np.random.default_rng(1)
     # And some with ties in probability only, or none.
     batch.probabilities[20:] = rng.choice([0.1, 0.2, 0.4], size=(20, 4))
     batch.scores[20:] = rng.choice([0.0, 1.0], size=(20, 4))
-    assert rank_bodies(batch) == [rank_body(r) for r in batch.records()]
+    bodies = [rank_body(r) for r in batch.records()]
+    assert render_decisions(batch) == orjson.dumps(bodies)  # the very bytes
 
 
 # -- bad input: status, message, nothing logged or learned ----------------------------------

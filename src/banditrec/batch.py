@@ -16,7 +16,7 @@ request. So nothing here goes item by item through Python objects where a column
 the body is read by orjson and checked field by field (`FastBatchValidator`, which leaves
 every error to the request model, so errors are worded once), the decisions stay columns
 (`banditrec.store.decision_batch.DecisionBatch`) from the policy's one call to the store's
-one insert and the answer (`rank_bodies`).
+one insert and the answer (`render_decisions`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -50,7 +51,7 @@ __all__ = [
     "RankBatchResponse",
     "rank_batch",
     "rank_batch_request_model",
-    "rank_bodies",
+    "render_decisions",
 ]
 
 
@@ -316,38 +317,52 @@ async def rank_batch(state: State, body: BatchRequest | BaseModel) -> dict[str, 
     for action, n in zip(batch.actions, counts, strict=True):
         if n:
             metrics.decision(action, n)
-    return {"decisions": rank_bodies(batch)}
+    # Rendered here, embedded as it is by the response's orjson.dumps.
+    return {"decisions": orjson.Fragment(render_decisions(batch))}
 
 
-def rank_bodies(batch: DecisionBatch) -> list[dict[str, Any]]:
-    """`banditrec.decisions.rank_body` of each decision of `batch`, the rankings sorted all
-    at once (in the same order: most probable first, then the highest score, then the
-    action's position; both sorts are stable) and every column read out in one call."""
-    if not len(batch):
-        return []
+def render_decisions(batch: DecisionBatch) -> bytes:
+    """The JSON array of `banditrec.decisions.rank_body` of each decision of `batch`: the
+    same bytes as ``orjson.dumps`` of those bodies, without building them.
+
+    Rankings are sorted all at once (as `rank_body` sorts: most probable first, then the
+    highest score, then the action's position; both sorts are stable). The numbers are
+    written by orjson (one call per matrix, the same shortest round-trip text as for a
+    Python float); the names and fixed keys are pieces encoded once; one ``join`` of a
+    matrix of pieces (a row a decision) writes the whole. Building 1,000 nested dicts and
+    serialising them cost three times as much.
+    """
     probabilities, scores = batch.probabilities, batch.scores
+    n, k = probabilities.shape
+    if n == 0:
+        return b"[]"
     orders = np.lexsort((-scores, -probabilities), axis=-1)
-    names = np.array(batch.actions, dtype=object)
-    ranked_names = names[orders].tolist()
-    ranked_p = np.take_along_axis(probabilities, orders, axis=-1).tolist()
-    ranked_s = np.take_along_axis(scores, orders, axis=-1).tolist()
-    version = batch.model_version
-    return [
-        {
-            "event_id": event_id,
-            "action_id": action,
-            "probability": p,
-            "ranking": [
-                {"action_id": a, "probability": q, "score": s}
-                for a, q, s in zip(row_names, row_p, row_s, strict=True)
-            ],
-            "model_version": version,
-            "deferred": False,
-            "replayed": False,
-            "context_mismatch": False,
-        }
-        for event_id, action, p, row_names, row_p, row_s in zip(
-            batch.event_ids, names[batch.action_index].tolist(), batch.probability.tolist(),
-            ranked_names, ranked_p, ranked_s, strict=True,
-        )
-    ]  # fmt: skip
+    rows = np.arange(n)[:, None]
+    names = [orjson.dumps(name) for name in batch.actions]
+    served = np.array([b'","action_id":' + a + b',"probability":' for a in names], dtype=object)
+    first = np.array([b'{"action_id":' + a + b',"probability":' for a in names], dtype=object)
+    later = np.array([b'},{"action_id":' + a + b',"probability":' for a in names], dtype=object)
+    end = 5 + 4 * k  # the columns of the ranking: 4 pieces an entry
+    pieces = np.empty((n, end + 1), dtype=object)
+    pieces[:, 0] = b'{"event_id":"'
+    pieces[:, 1] = [event_id.encode() for event_id in batch.event_ids]
+    pieces[:, 2] = served[batch.action_index]
+    pieces[:, 3] = _numbers(batch.probability[:, None])[:, 0]
+    pieces[:, 4] = b',"ranking":['
+    pieces[:, 5] = first[orders[:, 0]]
+    pieces[:, 9:end:4] = later[orders[:, 1:]]
+    pieces[:, 6:end:4] = _numbers(probabilities[rows, orders])
+    pieces[:, 7:end:4] = b',"score":'
+    pieces[:, 8:end:4] = _numbers(scores[rows, orders])
+    pieces[:, end] = (
+        b'}],"model_version":' + orjson.dumps(batch.model_version)
+        + b',"deferred":false,"replayed":false,"context_mismatch":false},'
+    )  # fmt: skip
+    return b"[" + b"".join(pieces.ravel().tolist())[:-1] + b"]"
+
+
+def _numbers(matrix: NDArray[np.float64]) -> NDArray[np.object_]:
+    """Each number of `matrix` as orjson writes it, in an object array of its shape."""
+    text = orjson.dumps(np.ascontiguousarray(matrix), option=orjson.OPT_SERIALIZE_NUMPY)
+    numbers = text[2:-2].replace(b"],[", b",").split(b",")
+    return np.array(numbers, dtype=object).reshape(matrix.shape)
