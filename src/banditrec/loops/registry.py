@@ -14,6 +14,7 @@ it, or within `WATCH_SECONDS` by the watcher, which also closes loops deleted el
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import tomllib
@@ -281,7 +282,8 @@ class LoopRegistry:
 def read_loops_file(path: Path) -> dict[str, LoopSpec]:
     """The loops a TOML loops file defines, by name (docs/loops.md shows one).
 
-    A loop's ``schema_path`` (relative to the file) may stand for its inline ``schema``.
+    A loop's ``schema_path`` (a TOML or ``.json`` schema file, relative to the loops file)
+    may stand for its inline ``schema``.
 
     Raises
     ------
@@ -309,9 +311,12 @@ def read_loops_file(path: Path) -> dict[str, LoopSpec]:
                     f"The loops file {path}: loops.{name} has both schema and schema_path."
                 )
             schema_file = path.parent / str(schema_path)
-            try:
-                table["schema"] = tomllib.loads(schema_file.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            try:  # a schema file as BANDITREC_SCHEMA_PATH takes: TOML, or JSON (.json)
+                text = schema_file.read_text(encoding="utf-8")
+                table["schema"] = (
+                    json.loads(text) if schema_file.suffix == ".json" else tomllib.loads(text)
+                )
+            except (OSError, ValueError) as exc:
                 raise LoopError(
                     f"The loops file {path}: cannot read loops.{name}'s schema {schema_file}: "
                     f"{exc}."
