@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -208,6 +210,7 @@ def train(
     Rows are learned in file order (which matters only with a forgetting factor gamma < 1).
     --alpha, --ridge and --epsilon are the defaults of the parameters of those names.
     """
+    from banditrec._startup import import_numba_numpy_support
     from banditrec.features import SchemaError, load_default_schema, load_schema
     from banditrec.logged_data import LoggedDataError
     from banditrec.policies import build_policy
@@ -215,6 +218,7 @@ def train(
     from banditrec.training import train_from_file
 
     start = time.perf_counter()
+    import_numba_numpy_support()  # the fit's kernels need no scipy: 0.3 s saved
     try:
         feature_schema = load_default_schema() if schema is None else load_schema(schema)
         fitted_policy = build_policy(
@@ -781,5 +785,26 @@ def forget_user(
     )
 
 
+#: Commands whose process ends the moment they return, without the interpreter's clean-up:
+#: tearing down numba's and pyarrow's modules costs ~0.2 s of CPU, a fifth of `train` on a
+#: million rows. Their files are closed (and renamed into place) before they return.
+QUICK_EXIT_COMMANDS = frozenset({"simulate", "train"})
+
+
 def main() -> None:
-    app()
+    """The `banditrec` console script (and ``python -m banditrec``)."""
+    if len(sys.argv) < 2 or sys.argv[1] not in QUICK_EXIT_COMMANDS:
+        app()
+        return
+    try:
+        app()
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # sys.exit("message") prints the message, exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
