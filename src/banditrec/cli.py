@@ -305,11 +305,15 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
+    from banditrec._startup import import_numba_numpy_support
     from banditrec.config import Settings
     from banditrec.features import SchemaError
     from banditrec.server import LimitedHttpToolsProtocol, port_problem
     from banditrec.snapshot import ModelFileError, load_model
 
+    # Before any kernel runs (the model check below is the first): with one worker the app
+    # runs in this process, and its start-up skips scipy.linalg too (see banditrec._startup).
+    import_numba_numpy_support()
     # Settings travel through the environment so that every worker process sees them.
     if model is not None:
         if not model.is_file():
