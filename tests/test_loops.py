@@ -15,6 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from banditrec import api
 from banditrec.api import create_app
 from banditrec.config import Settings
 from banditrec.engine import Engine, prior_model
@@ -485,3 +486,69 @@ def test_loops_on_redis_keep_their_logs_under_their_own_prefix(
     assert client.exists("banditrec:learn") == 0 or client.xlen("banditrec:learn") == 0
     assert set(map(bytes.decode, client.hkeys("banditrec:loops"))) == {"onboarding", "store"}
     client.close()
+
+
+# -- the hot path answers loop routes as FastAPI does ----------------------------------------
+
+
+def test_loop_routes_answer_alike_on_the_hot_path_and_through_fastapi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hot_answers: list[str] = []
+    original = api.HotRoutes.__call__
+
+    async def spy(self: api.HotRoutes, scope: Any, *args: Any) -> bool:
+        answered = await original(self, scope, *args)
+        if answered:
+            hot_answers.append(scope["path"])
+        return answered
+
+    monkeypatch.setattr(api.HotRoutes, "__call__", spy)
+    answers: list[list[tuple[int, Any]]] = []
+    for hot in (True, False):
+        directory = tmp_path / ("hot" if hot else "fastapi")
+        settings = Settings(
+            db_path=directory / "events.db",
+            snapshot_dir=directory / "snapshots",
+            model_path=directory / "none.npz",
+            seed=1,
+            api_keys={ADMIN: "admin"},
+        )
+        seen: list[tuple[int, Any]] = []
+        with TestClient(create_app(settings, hot_path=hot)) as http:
+            assert http.put("/v1/loops/store", json=STORE, headers=auth(ADMIN)).status_code == 201
+            rng = np.random.default_rng(7)
+            requests: list[tuple[str, Any, str]] = [
+                ("/v1/loops/store/rank", {"context": store_context(rng)}, STORE_WRITER),
+                ("/v1/loops/store/rank", {"context": {"country": "US"}}, STORE_WRITER),
+                ("/v1/loops/store/rank", {"context": {"country": "US", "spend": -1}}, STORE_WRITER),
+                ("/v1/loops/nope/rank", {"context": {}}, STORE_WRITER),
+                ("/v1/loops/No/rank", {"context": {}}, STORE_WRITER),
+                ("/v1/loops/store/rank", {"context": {}}, ONBOARDING_WRITER),
+                ("/v1/loops/store/events/nope/reward", {"value": 1.0}, STORE_WRITER),
+                (
+                    "/v1/loops/store/rank/batch",
+                    {"contexts": [store_context(rng)] * 3},
+                    STORE_WRITER,
+                ),
+            ]
+            for path, body, key in requests:
+                response = http.post(path, json=body, headers=auth(key))
+                content = response.json()
+                for decision in content.get("decisions", [content]):
+                    decision.pop("event_id", None)  # random per decision
+                seen.append((response.status_code, content))
+            decision = http.post(
+                "/v1/loops/store/rank", json={"context": store_context(rng)}, headers=auth(ADMIN)
+            ).json()
+            reward = http.post(
+                f"/v1/loops/store/events/{decision['event_id']}/reward",
+                json={"value": 1.0},
+                headers=auth(STORE_WRITER),
+            )
+            seen.append((reward.status_code, {**reward.json(), "event_id": None}))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    # Every decision and reward request of the served app took the hot path.
+    assert len(hot_answers) == 10 and all(p.startswith("/v1/loops/") for p in hot_answers)
+    assert [status for status, _ in answers[0]] == [200, 422, 422, 403, 422, 401, 404, 200, 200]
