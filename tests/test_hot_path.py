@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from banditrec import api
@@ -218,6 +219,61 @@ def test_hot_requests_are_timed_under_their_route(pair: tuple[TestClient, TestCl
     metrics = hot.get("/metrics").text
     assert 'route="/recommend_action",status="200"' in metrics
     assert 'route="/v1/events/{event_id}/reward",status="404"' in metrics
+
+
+def test_hot_requests_never_enter_fastapi(
+    pair: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front door answers them: FastAPI's own handling is not called."""
+    entered: list[str] = []
+    original = FastAPI.__call__
+
+    async def spy(self: FastAPI, scope: Any, *args: Any) -> None:
+        if scope["type"] == "http" and self.state.hot_path:
+            entered.append(scope["path"])
+        await original(self, scope, *args)
+
+    monkeypatch.setattr(FastAPI, "__call__", spy)
+    hot = pair[0]
+    assert hot.post("/recommend_action", json=SEED_REQUEST).status_code == 200
+    assert hot.post("/v1/rank", json={"context": SEED_REQUEST}).status_code == 200
+    assert hot.post("/v1/events/nope/reward", json={"value": 1.0}).status_code == 404
+    assert hot.post("/recommend_action", json={"user_id": ""}).status_code == 422
+    assert entered == []
+    assert hot.get("/health").status_code == 200
+    assert entered == ["/health"]
+
+
+def test_a_bug_is_a_500_on_both_paths_and_raised_for_the_log(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in the decision path")
+
+    monkeypatch.setattr("banditrec.decisions.DecisionWork.recommend", broken)
+    answers = []
+    for hot in (True, False):
+        with _client(tmp_path, model_file, f"bug-{hot}", hot) as client:
+            # Raised on after the answer, for the server to log: as FastAPI does.
+            with pytest.raises(RuntimeError, match="a bug in the decision path"):
+                client.post("/recommend_action", json=SEED_REQUEST)
+            quiet = TestClient(client.app, raise_server_exceptions=False)
+            answer = quiet.post("/recommend_action", json=SEED_REQUEST)
+            metrics = client.get("/metrics").text
+            assert 'route="/recommend_action",status="500"} 2.0' in metrics.replace(
+                'method="POST",', ""
+            ), metrics
+            answers.append((answer.status_code, answer.headers["content-type"], answer.json()))
+    assert answers[0] == answers[1]
+    assert answers[0] == (
+        500,
+        "application/json",
+        {
+            "error": "internal_error",
+            "message": "The server failed to answer this request; the error is logged.",
+            "detail": [],
+        },
+    )
 
 
 def test_the_checkpointer_copies_the_wal_into_the_database(tmp_path: Path) -> None:

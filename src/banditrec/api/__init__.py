@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from banditrec.api.docs import docs_app, install_openapi
 from banditrec.api.guard import RequestGuard
-from banditrec.api.hot_path import HotRoutes
+from banditrec.api.hot_path import FrontDoorApp, HotRoutes
 from banditrec.api.lifespan import StartupFailure, base_model, lifespan
 from banditrec.api.routes import ROUTES
 from banditrec.config import Settings
@@ -54,6 +54,7 @@ def create_app(
         lifespan=lifespan,
         default_response_class=FastJSONResponse,
     )
+    app = FrontDoorApp.adopt(app)
     state = app.state
     state.settings, state.metrics, state.serving = settings, metrics, serving
     state.hot_path = hot_path
@@ -68,13 +69,15 @@ def create_app(
     install_openapi(
         app, [r.request_model for r in bound if r.request_model], bool(settings.api_keys)
     )
-    app.add_middleware(
-        RequestGuard,
+    # Every HTTP request passes these two in front of FastAPI (`FrontDoorApp`); a hot one
+    # is answered by `hot_routes` without entering FastAPI at all.
+    guard = RequestGuard(
+        app.framework,
         max_body_bytes=settings.max_body_bytes,
         hot_routes=hot_routes,
         path_limits={"/v1/rank/batch": settings.max_batch_body_bytes},
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outer: 413/415 are timed too
+    app.front = MetricsMiddleware(guard, metrics=metrics)  # outer: 413/415 are timed too
     app.add_middleware(StartupFailure)
     for error in ANSWERED_ERRORS:
         app.add_exception_handler(error, handle_error)

@@ -1,8 +1,9 @@
 """`RequestGuard`: bodies over the size limit and non-empty bodies that are not JSON stop here.
 
-It is the innermost middleware and the only one that reads the request body: it leaves the
-body in the scope (`BODY_KEY`) for the routes, and hands it to the hot path (`HotRoutes`)
-before FastAPI sees the request. The content type is read here and nowhere else.
+It runs in front of FastAPI (`banditrec.api.hot_path.FrontDoorApp`), inside the metrics
+middleware, and is the only one that reads the request body: it leaves the body in the
+scope (`BODY_KEY`) for the routes, and hands it to the hot path (`HotRoutes`) before FastAPI
+sees the request. The content type is read here and nowhere else.
 """
 
 from collections.abc import Awaitable, Callable, Mapping
