@@ -223,10 +223,15 @@ def _apply(policy: Policy, actions: list[str], event: LearnEvent) -> None:
         if event.kind is LearnKind.add_action and event.event_id not in actions:
             policy.add_action()
             actions.append(event.event_id)
-    elif event.kind in (LearnKind.reward, LearnKind.default):
-        policy.update(event.x, event.action_index, event.reward, event.weight)
     elif event.kind is LearnKind.correction:
         policy.correct(event.x, event.action_index, event.reward)
+    elif event.kind in (LearnKind.reward, LearnKind.default):
+        logged = getattr(policy, "update_logged", None)
+        if event.propensity is not None and logged is not None:
+            # auto scores its members with the probability the action was served with
+            logged(event.x, event.action_index, event.reward, event.weight, event.propensity)
+        else:
+            policy.update(event.x, event.action_index, event.reward, event.weight)
     # Switches (promotion, rollback, apprentice mode) change what is served, not this model.
 
 
