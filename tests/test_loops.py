@@ -438,11 +438,22 @@ def test_unknown_loops_and_contexts_of_another_schema(client: TestClient, tmp_pa
 
 def test_deleting_a_loop_stops_it_and_keeps_its_log(client: TestClient, tmp_path: Path) -> None:
     assert client.put("/v1/loops/store", json=STORE).status_code == 201
+    assert drive(client, "/v1/loops/store", STORE_WRITER, store_context, 3, 1) == 3
     assert client.delete("/v1/loops/store").json() == {"name": "store", "deleted": True}
     gone = client.post("/v1/loops/store/rank", json={"context": {"country": "US", "spend": 1}})
     assert gone.status_code == 404 and gone.json()["error"] == "loop_not_found"
     assert client.delete("/v1/loops/store").status_code == 404
     assert (tmp_path / "loops" / "store" / "events.db").exists()
+    # Its log stayed: another schema cannot take the name; the same one learns on.
+    other = client.put("/v1/loops/store", json=ONBOARDING)
+    assert other.status_code == 422 and other.json()["error"] == "invalid_loop"
+    assert other.json()["message"].startswith(
+        "Loop 'store' cannot open: The event log " + str(tmp_path / "loops" / "store")
+    )
+    assert [loop["name"] for loop in client.get("/v1/loops").json()] == ["default"]
+    assert client.put("/v1/loops/store", json=STORE).status_code == 201
+    model = client.get("/v1/loops/store/model", headers=auth(STORE_WRITER)).json()
+    assert model["n_updates"] == 3
 
 
 def test_a_bad_loops_file_stops_the_server_with_one_line(tmp_path: Path) -> None:

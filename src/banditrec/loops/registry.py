@@ -29,11 +29,13 @@ from banditrec.auth import Role
 from banditrec.config import Settings
 from banditrec.decisions import DecisionWork
 from banditrec.errors import LoopError, LoopNotFoundError
+from banditrec.features import SchemaError
 from banditrec.loops.catalog import LoopCatalog, PutOutcome, catalog_for
 from banditrec.loops.definition import LoopRecord, LoopSpec, check_loop_name, loop_settings
 from banditrec.metrics import Metrics
 from banditrec.runtime import LoopRuntime, open_runtime
-from banditrec.store import EventStore
+from banditrec.snapshot import ModelFileError
+from banditrec.store import EventStore, StoreError, StoreUnavailableError
 
 __all__ = ["WATCH_SECONDS", "Loop", "LoopRegistry", "read_loops_file"]
 
@@ -202,9 +204,12 @@ class LoopRegistry:
         Raises
         ------
         LoopError
-            For a name or definition that cannot serve (nothing is kept).
+            For a name or definition that cannot serve, or a log or model file left under
+            its name that does not fit it (nothing is kept).
         LoopExistsError
             For a loop of that name with another definition.
+        StoreUnavailableError
+            The store cannot be reached now (nothing is kept).
         """
         record = LoopRecord.from_spec(check_loop_name(name), spec, time.time())
         async with self._lock:
@@ -214,9 +219,13 @@ class LoopRegistry:
                 stored = self.catalog.get(name) if outcome == "unchanged" else record
                 try:
                     loop = self._start(self._open(stored or record))
-                except BaseException:
+                except BaseException as exc:
                     if outcome == "created":  # a definition that does not open is not kept
                         self.catalog.delete(name)
+                    if isinstance(exc, StoreUnavailableError):
+                        raise  # 503: the store is down, not the definition wrong
+                    if isinstance(exc, StoreError | ModelFileError | SchemaError):
+                        raise LoopError(f"Loop {name!r} cannot open: {exc}") from None
                     raise
         return loop, outcome
 
