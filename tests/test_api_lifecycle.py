@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
 from banditrec.api import create_app
+from banditrec.api.lifecycle_routes import LIFECYCLE_ROUTES
 from banditrec.config import Settings
 from conftest import SEED_REQUEST, other_schema_toml
 from serving import running_server
@@ -337,3 +339,87 @@ def test_two_workers_switch_together_and_a_restart_keeps_the_switch(tmp_path: Pa
         assert "+apprentice" not in rank["model_version"]
         kinds = [(s["kind"], s["seq"]) for s in status["switches"]]
         assert kinds == [("serve_mode", seq - 1), ("promote", seq)]
+
+
+# -- the documented answers -------------------------------------------------------------------
+
+
+def test_every_route_documents_a_2xx_body_and_its_errors() -> None:
+    with serve(api_keys={"a-key": "admin"}) as client:
+        spec = client.app.openapi()  # type: ignore[attr-defined]
+    documented = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            answers = {s: r for s, r in operation["responses"].items() if s.startswith("2")}
+            assert answers, f"{where} documents no successful answer"
+            for status, answer in answers.items():
+                schemas = [c.get("schema") for c in answer.get("content", {}).values()]
+                assert any(schemas), f"{where} {status}: no schema for its body"
+            for status, answer in operation["responses"].items():
+                if not status.startswith("2"):  # every error: the one error body
+                    (content,) = answer["content"].values()
+                    assert content["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+            documented += 1
+    lifecycle = {f"{r.method} {r.path}" for r in LIFECYCLE_ROUTES}
+    listed = {f"{m.upper()} {p}" for p, ops in spec["paths"].items() for m in ops}
+    assert lifecycle <= listed and documented >= len(lifecycle)
+
+
+def test_the_lifecycle_answers_are_what_the_models_say() -> None:
+    """Every lifecycle route answers, over a real SQLite file, bodies that validate
+    against its response model (which forbids undocumented keys), estimates included."""
+    models = {(r.method, r.path): TypeAdapter(r.response_model) for r in LIFECYCLE_ROUTES}
+    checked: set[tuple[str, str]] = set()
+
+    def check(response: Any, method: str, route: str) -> Any:
+        assert 200 <= response.status_code < 300, response.text
+        body = response.json()
+        models[(method, route)].validate_python(body)
+        checked.add((method, route))
+        return body
+
+    settings = {"apprentice": True, "baseline_rules": RULES, "auto_graduate": False}
+    with serve(**settings) as client:
+        candidates = "/v1/admin/candidates"
+        check(client.post(candidates, json={"name": "greedy", "policy": "epsilon_greedy"}),
+              "POST", candidates)  # fmt: skip
+        for i in range(30):
+            context = {**CONTEXT, "segment": "high" if i % 2 else "low"}
+            event = client.post("/v1/rank", json={"context": context}).json()["event_id"]
+            client.post(f"/v1/events/{event}/reward", json={"value": float(i % 3 == 0)})
+        status = check(client.get("/v1/lifecycle"), "GET", "/v1/lifecycle")
+        assert status["serving"] == "apprentice" and status["candidates"][0]["running"]
+        listed = check(client.get(candidates), "GET", candidates)
+        assert listed[0]["name"] == "greedy"
+        switch = check(
+            client.post("/v1/admin/lifecycle/serve", json={"mode": "own"}),
+            "POST", "/v1/admin/lifecycle/serve",
+        )  # fmt: skip
+        assert switch["kind"] == "serve_mode" and switch["target"] == "own"
+        route = "/v1/admin/candidates/{name}/promote"
+        promoted = check(client.post("/v1/admin/candidates/greedy/promote", json={"force": True}),
+                         "POST", route)  # fmt: skip
+        assert promoted["kind"] == "promote"
+        for _ in range(10):  # rounds for the guardrail, which follows the version before
+            event = client.post("/v1/rank", json={"context": CONTEXT}).json()["event_id"]
+            client.post(f"/v1/events/{event}/reward", json={"value": 1.0})
+        status = check(client.get("/v1/lifecycle"), "GET", "/v1/lifecycle")
+        assert [s["kind"] for s in status["switches"]] == ["serve_mode", "promote"]
+        uploaded = check(
+            client.post("/v1/admin/models", json={"model_base64": model_file(client),
+                                                  "label": "again", "activate": True}),
+            "POST", "/v1/admin/models",
+        )  # fmt: skip
+        assert uploaded["version"]["kind"] == "upload" and uploaded["switch"]["kind"] == "promote"
+        versions = check(client.get("/v1/admin/models"), "GET", "/v1/admin/models")
+        assert [v["live"] for v in versions].count(True) == 1
+        back = check(client.post("/v1/admin/models/v1/activate"),
+                     "POST", "/v1/admin/models/{version_id}/activate")  # fmt: skip
+        assert back["kind"] == "rollback"
+        check(client.post(candidates, json={"name": "soft", "policy": "softmax"}),
+              "POST", candidates)  # fmt: skip
+        removed = check(client.post("/v1/admin/candidates/soft/remove"),
+                        "POST", "/v1/admin/candidates/{name}/remove")  # fmt: skip
+        assert removed == []
+    assert checked == set(models)  # every lifecycle route was answered and checked

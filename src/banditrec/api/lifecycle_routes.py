@@ -26,6 +26,13 @@ from banditrec.api.route import Route
 from banditrec.auth import Role
 from banditrec.errors import RequestValidationError
 from banditrec.lifecycle.records import CandidateSpec
+from banditrec.lifecycle.responses import (
+    CandidateStatus,
+    LifecycleStatus,
+    ListedVersion,
+    Switch,
+    UploadResponse,
+)
 from banditrec.lifecycle.service import Lifecycle
 from banditrec.schemas import EVENT_ID_PATTERN
 
@@ -184,35 +191,40 @@ async def activate_version(state: State, version_id: str) -> dict[str, Any]:
     return record.to_dict()
 
 
-_ANY = dict[str, Any]
-_LIST = list[dict[str, Any]]
+_CANDIDATES = list[CandidateStatus]
 
+#: Each route with its response model (`banditrec.lifecycle.responses`); error answers are
+#: the one error body, declared by `Route` from ``errors``.
 LIFECYCLE_ROUTES: tuple[Route, ...] = (
-    Route("GET", "/v1/lifecycle", lifecycle_status, _ANY, Role.reader),
     Route(
-        "POST", "/v1/admin/lifecycle/serve", serve_mode, _ANY, Role.admin,
+        "GET", "/v1/lifecycle", lifecycle_status, LifecycleStatus, Role.reader, errors=(503,)
+    ),
+    Route(
+        "POST", "/v1/admin/lifecycle/serve", serve_mode, Switch, Role.admin,
         body=lambda _: ServeModeRequest, errors=(503,),
     ),
-    Route("GET", "/v1/admin/candidates", list_candidates, _LIST, Role.admin),
+    Route("GET", "/v1/admin/candidates", list_candidates, _CANDIDATES, Role.admin),
     Route(
-        "POST", "/v1/admin/candidates", add_candidate, _LIST, Role.admin,
-        body=lambda _: CandidateRequest, errors=(409,), status_code=201,
+        "POST", "/v1/admin/candidates", add_candidate, _CANDIDATES, Role.admin,
+        body=lambda _: CandidateRequest, errors=(409, 503), status_code=201,
     ),
     Route(
-        "POST", "/v1/admin/candidates/{name}/promote", promote_candidate, _ANY, Role.admin,
+        "POST", "/v1/admin/candidates/{name}/promote", promote_candidate, Switch, Role.admin,
         body=lambda _: PromoteRequest, params={"name": Name}, errors=(404, 409, 503),
     ),
     Route(
-        "POST", "/v1/admin/candidates/{name}/remove", remove_candidate, _LIST, Role.admin,
-        params={"name": Name}, errors=(404,),
+        "POST", "/v1/admin/candidates/{name}/remove", remove_candidate, _CANDIDATES,
+        Role.admin, params={"name": Name}, errors=(404, 503),
     ),
-    Route("GET", "/v1/admin/models", list_versions, _LIST, Role.admin),
     Route(
-        "POST", "/v1/admin/models", upload_model, _ANY, Role.admin,
+        "GET", "/v1/admin/models", list_versions, list[ListedVersion], Role.admin, errors=(503,)
+    ),
+    Route(
+        "POST", "/v1/admin/models", upload_model, UploadResponse, Role.admin,
         body=lambda _: UploadRequest, errors=(503,), status_code=201,
     ),
     Route(
-        "POST", "/v1/admin/models/{version_id}/activate", activate_version, _ANY, Role.admin,
-        params={"version_id": Name}, errors=(404, 503),
+        "POST", "/v1/admin/models/{version_id}/activate", activate_version, Switch,
+        Role.admin, params={"version_id": Name}, errors=(404, 503),
     ),
 )  # fmt: skip
