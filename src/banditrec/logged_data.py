@@ -225,6 +225,8 @@ def _to_table(columns: Mapping[str, Any], *, rounded: bool) -> pa.Table:
             arrays[name] = pa.StringArray.from_buffers(
                 len(value), pa.py_buffer(offsets), pa.py_buffer(data)
             )
+        elif isinstance(value, np.ndarray) and value.dtype.kind == "U":
+            arrays[name] = _arrow_strings(value.tolist())
         elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
             arrays[name] = _arrow_array(
                 np.round(value, 6) if rounded and value.dtype.kind == "f" else value
@@ -252,14 +254,17 @@ def _arrow_array(values: NDArray[Any]) -> pa.Array:
 
 
 def _arrow_strings(values: list[str]) -> pa.Array:
-    """A few Python strings (a dictionary's values) as an Arrow string array."""
+    """Python strings as an Arrow string array."""
     import pyarrow as pa
 
     encoded = [v.encode() for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     data = pa.py_buffer(b"".join(encoded))
-    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data)
+    if offsets[-1] >= 2**31:  # past string's 32-bit offsets
+        return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data)
+    small = pa.py_buffer(offsets.astype(np.int32))
+    return pa.StringArray.from_buffers(len(encoded), small, data)
 
 
 def _numpy_view(array: pa.Array, dtype: type[np.generic]) -> NDArray[Any]:
