@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,18 @@ def test_a_loop_created_through_one_worker_is_served_by_every_worker(tmp_path: P
             if len(pids) == 2:
                 break
         assert len(pids) == 2, "both workers must serve the loop"
+        # Deleted through one worker, it stops on the other too (its watcher reads the
+        # catalog every second): soon 40 requests in a row, on any worker, find no loop.
+        assert httpx.delete(f"{server.url}/v1/loops/store", timeout=30).is_success
+        deadline, in_a_row = time.monotonic() + 60, 0
+        while in_a_row < 40:
+            assert time.monotonic() < deadline, "a worker still serves the deleted loop"
+            answer = httpx.get(
+                f"{server.url}/v1/loops/store/model",
+                headers={"Connection": "close", **auth(STORE_WRITER)},
+                timeout=30,
+            )
+            in_a_row = in_a_row + 1 if answer.status_code in (401, 404) else 0
 
 
 # -- keys stay in their loop -----------------------------------------------------------------
