@@ -576,3 +576,21 @@ def test_loop_routes_answer_alike_on_the_hot_path_and_through_fastapi(
     # Every decision and reward request of the served app took the hot path.
     assert len(hot_answers) == 10 and all(p.startswith("/v1/loops/") for p in hot_answers)
     assert [status for status, _ in answers[0]] == [200, 422, 422, 403, 422, 401, 404, 200, 200]
+
+
+def test_a_loops_batch_has_the_batch_body_limit(client: TestClient) -> None:
+    assert client.put("/v1/loops/store", json=STORE).status_code == 201
+    rng = np.random.default_rng(3)
+    # Unknown context keys are ignored: padding makes the body larger than 64 KiB.
+    contexts = [{**store_context(rng), "note": "x" * 80} for _ in range(1000)]
+    body = {"contexts": contexts}
+    assert len(json.dumps(body)) > 64 * 1024
+    answer = client.post("/v1/loops/store/rank/batch", json=body, headers=auth(STORE_WRITER))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["decisions"]) == 1000
+    # The other routes keep the general limit.
+    too_large = client.post(
+        "/v1/loops/store/rank", json={"context": contexts[0], "pad": "x" * 70_000}
+    )
+    assert too_large.status_code == 413
+    assert too_large.json()["message"] == "The request body is larger than 65536 bytes."

@@ -75,7 +75,10 @@ def create_app(
         app.framework,
         max_body_bytes=settings.max_body_bytes,
         hot_routes=hot_routes,
-        path_limits={"/v1/rank/batch": settings.max_batch_body_bytes},
+        path_limits={
+            "/v1/rank/batch": settings.max_batch_body_bytes,
+            "*/rank/batch": settings.max_batch_body_bytes,  # /v1/loops/{loop}/rank/batch
+        },
     )
     app.front = MetricsMiddleware(guard, metrics=metrics)  # outer: 413/415 are timed too
     app.add_middleware(StartupFailure)

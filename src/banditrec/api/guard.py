@@ -58,14 +58,20 @@ class RequestGuard:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hot_routes = hot_routes
-        #: Paths with a limit of their own (``POST /v1/rank/batch`` carries many contexts).
-        self.path_limits = dict(path_limits or {})
+        #: Paths with a limit of their own (``POST /v1/rank/batch`` carries many contexts);
+        #: a key ``*<suffix>`` is every path ending so (a named loop's batch route).
+        self.path_limits = {k: v for k, v in (path_limits or {}).items() if k[:1] != "*"}
+        self.suffix_limits = [(k[1:], v) for k, v in (path_limits or {}).items() if k[:1] == "*"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
+        path: str = scope["path"]
+        limit = self.path_limits.get(path, self.max_body_bytes)
+        for suffix, suffix_limit in self.suffix_limits:
+            if path.endswith(suffix):
+                limit = suffix_limit
         length = header(scope, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
             await _error(send, 413, "payload_too_large", _too_large(limit))
