@@ -34,6 +34,7 @@ from redis_server import RedisServer
 from serving import running_server
 
 SCHEMA = load_default_schema()
+CLOSE = {"Connection": "close"}  # each request on a new connection: spread over the workers
 
 #: Invites only on Android; store links only in rich markets or for engaged high-value users.
 RULES: dict[str, Any] = {
@@ -240,7 +241,7 @@ def test_ips_on_constrained_logs_is_unbiased_against_the_known_truth() -> None:
     contexts = [{k: v[i].item() for k, v in columns.items() if k != "user_id"} for i in range(n)]
     records = []
     for start in range(0, n, 1000):
-        records += engine.decide_batch(contexts[start : start + 1000])
+        records += engine.decide_batch(contexts[start : start + 1000]).records()
     action = np.array([r.action_index for r in records])
     propensity = np.array([r.probability for r in records])
     reward = (rng.random(n) < mu[np.arange(n), action]).astype(float)
@@ -351,17 +352,81 @@ def test_a_negative_reward_starts_a_cooldown(model_file: Path, tmp_path: Path) -
         assert after_positive["invite_friend"] > 0.0
 
 
-def test_batches_refuse_user_ids_when_caps_are_configured(model_file: Path, tmp_path: Path) -> None:
-    caps = {"caps": [{"max": 1, "window_seconds": 60}]}
+def _batch(c: TestClient, users: list[str | None], **body: Any) -> Any:
+    contexts = [SEED_CONTEXT] * len(users)
+    return c.post("/v1/rank/batch", json={"contexts": contexts, "user_ids": users, **body})
+
+
+def _serves(c: TestClient, user: str) -> list[str]:
+    store = c.app.state.engine.store  # type: ignore[attr-defined]
+    return sorted(a for a, _ in store.user_history(user, since=0.0).serves)
+
+
+def test_a_batch_caps_a_user_named_twice_as_two_requests_would(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """Each action at most once per user: a batch naming u1 four times serves u1 each
+    action once, every later decision masked by the earlier ones (probability 0 for what
+    was served, after masking); u2 and anonymous decisions are free. A fifth u1 is 422
+    naming the user and the context, and nothing of that batch is logged or claimed."""
+    caps = {"caps": [{"max": 1, "window_seconds": 3600}]}
     with _app(model_file, tmp_path / "e.db", caps) as c:
-        body = {"contexts": [SEED_CONTEXT, SEED_CONTEXT], "user_ids": ["u1", None]}
-        response = c.post("/v1/rank/batch", json=body)
-        assert response.status_code == 422
-        assert response.json()["detail"][0]["field"] == "user_ids"
-        assert "batches do not apply them" in response.json()["message"]
-        assert c.app.state.engine.store.count("decisions") == 0  # type: ignore[attr-defined]
-        ok = c.post("/v1/rank/batch", json={"contexts": [SEED_CONTEXT]})
-        assert ok.status_code == 200
+        response = _batch(c, ["u1", "u2", "u1", None, "u1", "u1"])
+        assert response.status_code == 200, response.text
+        decisions = response.json()["decisions"]
+        mine = [decisions[i] for i in (0, 2, 4, 5)]
+        assert sorted(d["action_id"] for d in mine) == sorted(ACTIONS)
+        for k, d in enumerate(mine):
+            ranking = {r["action_id"]: r["probability"] for r in d["ranking"]}
+            for earlier in mine[:k]:
+                assert ranking[earlier["action_id"]] == 0.0
+            assert sum(ranking.values()) == pytest.approx(1.0, abs=1e-12)
+            assert d["probability"] == ranking[d["action_id"]] > 0.0
+        assert mine[-1]["probability"] == 1.0  # one action was left
+        assert _serves(c, "u1") == sorted(ACTIONS)
+        assert _serves(c, "u2") == [decisions[1]["action_id"]]
+        store = c.app.state.engine.store  # type: ignore[attr-defined]
+        for d in decisions:
+            logged = store.get_decision(d["event_id"])
+            assert logged is not None and logged.probability == d["probability"]
+        assert [store.get_decision(d["event_id"]).user_id for d in decisions] == [
+            "u1", "u2", "u1", None, "u1", "u1",
+        ]  # fmt: skip
+        before = store.count("decisions")
+        refused = _batch(c, ["u3", "u1"])
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "no_eligible_action"
+        assert refused.json()["message"] == (
+            "Every action this request allows is capped or cooling down for user 'u1' "
+            "(contexts.1; the configured caps and cooldowns)."
+        )
+        assert store.count("decisions") == before
+        assert _serves(c, "u3") == []  # nothing claimed for the others either
+        # A single request sees what the batch served.
+        assert _rank(c, "u1").status_code == 422
+        assert _rank(c, "u2").json()["action_id"] != decisions[1]["action_id"]
+
+
+def test_a_batch_follows_a_cooldown_after_a_negative_reward(
+    model_file: Path, tmp_path: Path
+) -> None:
+    rules = {"cooldowns": [{"action": "invite_friend", "after_negative_seconds": 3600}]}
+    two = {"actions": ["invite_friend", "suggest_new_app"]}
+    with _app(model_file, tmp_path / "e.db", rules) as c:
+        for _ in range(400):  # until invite_friend is served to u1
+            answer = _batch(c, ["u1"], **two).json()["decisions"][0]
+            if answer["action_id"] == "invite_friend":
+                break
+        else:
+            pytest.fail("invite_friend was never served")
+        reward = c.post(f"/v1/events/{answer['event_id']}/reward", json={"value": 0.0})
+        assert reward.status_code == 200 and reward.json()["learned"]
+        after = _batch(c, ["u1", "u2", "u1"], **two).json()["decisions"]
+        for d in (after[0], after[2]):
+            assert (d["action_id"], d["probability"]) == ("suggest_new_app", 1.0)
+        assert {r["action_id"]: r["probability"] for r in after[1]["ranking"]}[
+            "invite_friend"
+        ] > 0.0
 
 
 def test_a_cap_holds_under_concurrent_requests_across_two_workers(tmp_path: Path) -> None:
@@ -395,6 +460,41 @@ def test_a_cap_holds_under_concurrent_requests_across_two_workers(tmp_path: Path
             ).fetchall()
         assert sorted(served) == sorted(a for a, n in logged for _ in range(n))
         assert all(n <= 3 for _, n in logged)
+
+
+def test_a_cap_holds_for_batches_and_single_requests_across_two_workers(
+    tmp_path: Path,
+) -> None:
+    """Two worker processes on one SQLite log; 32 concurrent requests, each on its own
+    connection: batches naming u1 twice (and u2), and single requests for u1. No action is
+    served to u1 more than the cap, in the answers, in the log and in u1's history."""
+    caps = {"caps": [{"max": 2, "window_seconds": 3600}]}
+    with running_server(tmp_path, "--workers", "2", constraints=json.dumps(caps)) as server:
+
+        def post(i: int) -> list[tuple[str | None, str]]:
+            """(user, action) of each decision served by request `i`."""
+            if i % 2:
+                body = {"context": SEED_CONTEXT, "user_id": "u1"}
+                a = httpx.post(f"{server.url}/v1/rank", json=body, timeout=60, headers=CLOSE)
+                assert a.status_code in (200, 422, 503), a.text
+                return [("u1", a.json()["action_id"])] if a.status_code == 200 else []
+            users = ["u1", "u2", "u1"]
+            body = {"contexts": [SEED_CONTEXT] * 3, "user_ids": users}
+            a = httpx.post(f"{server.url}/v1/rank/batch", json=body, timeout=60, headers=CLOSE)
+            assert a.status_code in (200, 422, 503), a.text
+            if a.status_code != 200:
+                return []
+            return list(zip(users, [d["action_id"] for d in a.json()["decisions"]], strict=True))
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            served = [pair for pairs in pool.map(post, range(32)) for pair in pairs]
+    to_u1 = [a for u, a in served if u == "u1"]
+    assert all(to_u1.count(a) <= 2 for a in ACTIONS), to_u1
+    assert len(to_u1) >= 4  # the race did serve; not everything was refused
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        logged = [a for (a,) in db.execute("SELECT action FROM decisions WHERE user_id = 'u1'")]
+        history = [a for (a,) in db.execute("SELECT action FROM user_events WHERE user_id = 'u1'")]
+    assert sorted(logged) == sorted(to_u1) == sorted(history)
 
 
 def test_ips_on_logs_with_caps_and_cooldowns_is_unbiased(tmp_path: Path) -> None:

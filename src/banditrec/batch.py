@@ -21,6 +21,7 @@ one insert and the answer (`render_decisions`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Annotated, Any, ClassVar, Self
@@ -39,8 +40,8 @@ from pydantic import (
 )
 from starlette.datastructures import State
 
+from banditrec.decisions import rank_body
 from banditrec.engine import Engine
-from banditrec.errors import RequestValidationError
 from banditrec.features import CategoricalField, FeatureSchema
 from banditrec.schemas import MAX_STRING_LENGTH, NonEmptyString, RankResponse, context_model
 from banditrec.store.decision_batch import DecisionBatch
@@ -286,33 +287,32 @@ async def rank_batch(state: State, body: BatchRequest | BaseModel) -> dict[str, 
     Each decision is what ``POST /v1/rank`` would answer for its context (``replayed`` and
     ``context_mismatch`` are always false: a batch's event ids are new). ``actions`` and
     ``excluded_actions`` hold for every context, and so do the configured eligibility
-    rules; per-user caps and cooldowns are not applied to batches (422 if ``user_ids`` are
-    given while they are configured). At most ``max_batch_size`` contexts (422
-    beyond), in a body of at most ``max_batch_body_bytes`` (413 beyond). If one context is
-    invalid or cannot be served, nothing of the batch is decided or logged."""
+    rules; per-user caps and cooldowns hold for each decision with a user id, as for
+    ``POST /v1/rank`` (a user named twice is served as by two requests in a row). At most
+    ``max_batch_size`` contexts (422 beyond), in a body of at most ``max_batch_body_bytes``
+    (413 beyond). If one context is invalid or cannot be served, nothing of the batch is
+    decided or logged."""
     engine: Engine = state.engine
     if not isinstance(body, BatchRequest):  # the request model's instance (exact path)
         body = BatchRequest.from_model(body, engine.schema)
-    capped = engine.constraints is not None and engine.constraints.frequency is not None
-    if capped and body.user_ids is not None and any(u is not None for u in body.user_ids):
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("user_ids",),
-                    "msg": "per-user caps and cooldowns are configured, and batches do not "
-                    "apply them; send the decisions of capped users to POST /v1/rank",
-                }
-            ]
-        )
     eligible = (
         engine.eligible_mask(body.actions, body.excluded_actions)
         if body.actions is not None or body.excluded_actions
         else None
     )
+    metrics = state.decisions.metrics
+    rules = engine.constraints.frequency if engine.constraints is not None else None
+    if rules is not None and body.user_ids is not None and any(body.user_ids):
+        records = await engine.rank_batch_capped(
+            rules, body.contexts, body.user_ids, eligible, body.baseline_actions,
+            columns=body.columns,
+        )  # fmt: skip
+        for action, n in Counter(record.action for record in records).items():
+            metrics.decision(action, n)
+        return {"decisions": [rank_body(record) for record in records]}
     batch = await engine.rank_batch(
         body.contexts, eligible, body.user_ids, body.baseline_actions, columns=body.columns
     )
-    metrics = state.decisions.metrics
     counts = np.bincount(batch.action_index, minlength=len(batch.actions)).tolist()
     for action, n in zip(batch.actions, counts, strict=True):
         if n:

@@ -22,6 +22,12 @@ restarts; a serve is recorded only if the user's record did not change since it 
 concurrent requests for one user cannot exceed a cap. Capped actions are masked before the
 probabilities are computed, like the eligibility rules: the logged probability is the one
 the action was served with. This module is pure: the engine does the reading and claiming.
+
+Batches (``POST /v1/rank/batch`` with ``user_ids``) apply them per decision, exactly so: a
+user who appears twice in one batch is decided in two rounds (`occurrence_rounds`), the
+second masked by what the first served (`with_serves`), and each serve is claimed at the
+version it was decided from, so a batch and the requests running beside it, in any worker or
+replica, cannot exceed a cap together either.
 """
 
 from __future__ import annotations
@@ -36,7 +42,15 @@ from numpy.typing import NDArray
 
 from banditrec.store import UserHistory
 
-__all__ = ["Cap", "Cooldown", "FrequencyRules", "Held", "frequency_rules_from_config"]
+__all__ = [
+    "Cap",
+    "Cooldown",
+    "FrequencyRules",
+    "Held",
+    "frequency_rules_from_config",
+    "occurrence_rounds",
+    "with_serves",
+]
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,37 @@ class Held:
     serves: int | None = None
     cap: Cap | None = None
     after: str | None = None
+
+
+def with_serves(history: UserHistory, serves: Sequence[tuple[str, float]]) -> UserHistory:
+    """`history` and the `serves` (action, time) made since it was read, not yet claimed:
+    what a user's next decision of the same batch is masked by."""
+    if not serves:
+        return history
+    return UserHistory(history.version, (*history.serves, *serves), history.negatives)
+
+
+def occurrence_rounds(user_ids: Sequence[str | None], rows: Sequence[int]) -> list[list[int]]:
+    """`rows` (indexes into `user_ids`) in rounds: round ``r`` holds each user's ``r``-th row,
+    in order; rows without a user go in the first round.
+
+    A batch decides one round at a time, so that a user's second decision is masked by
+    what the first one served, as two requests one after the other would be.
+
+    >>> occurrence_rounds(["a", None, "a", "b", "a"], [0, 1, 2, 3, 4])
+    [[0, 1, 3], [2], [4]]
+    """
+    seen: dict[str, int] = {}
+    rounds: list[list[int]] = []
+    for i in rows:
+        user = user_ids[i]
+        r = 0 if user is None else seen.get(user, 0)
+        if user is not None:
+            seen[user] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    return rounds
 
 
 def _within(events: Sequence[tuple[str, float]], name: str, now: float, span: float) -> bool:

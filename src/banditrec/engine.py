@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from banditrec.actions import ACTION_CHANGES, ActionExistsError, ActionSet, UnknownActionError
-from banditrec.caps import FrequencyRules
+from banditrec.caps import FrequencyRules, occurrence_rounds, with_serves
 from banditrec.constraints import Constraints
 from banditrec.exploration import NoEligibleActionError, sample_action, sample_actions
 from banditrec.features import FeatureSchema
@@ -395,6 +395,89 @@ class Engine:
         await self._log.call(self.store.log_decision_batch, batch, self.rules)
         return batch
 
+    async def rank_batch_capped(
+        self,
+        rules: FrequencyRules,
+        contexts: Sequence[Mapping[str, Any]],
+        user_ids: Sequence[str | None],
+        eligible: NDArray[np.bool_] | None = None,
+        baselines: Sequence[str | None] | None = None,
+        *,
+        columns: Mapping[str, Any] | None = None,
+    ) -> list[DecisionRecord]:
+        """`rank_batch` under per-user caps and cooldowns: each decision masked by its
+        user's history, as `rank` masks it, then logged in one group commit.
+
+        The users' histories are read at once; a user's second decision in the batch is
+        masked by what the first served (`banditrec.caps.occurrence_rounds`). Every serve is
+        claimed at the version of the history it was decided from; a user whose history
+        moved meanwhile (a request in another worker or replica) has the decisions from the
+        refused claim on made again from the new history, as `rank` does.
+
+        Raises
+        ------
+        NoEligibleActionError
+            If a decision's user is capped or cooling down on every action it allows
+            (raised before anything is claimed, unless the history moved under a retry).
+        """
+        store, log = self._require_log()
+        if columns is None:
+            columns = {f.name: [c[f.name] for c in contexts] for f in self.schema.fields}
+        done: list[DecisionRecord | None] = [None] * len(contexts)
+        todo = list(range(len(contexts)))
+        for _ in range(_CAPPED_ATTEMPTS):
+            now = self.clock()
+            since = now - rules.horizon
+            users = list(dict.fromkeys(u for i in todo if (u := user_ids[i]) is not None))
+            histories = await log.call(_read_histories, store, users, since)
+            with self._lock:
+                names = self._actions.names
+                base = self._actions.all_eligible if eligible is None else eligible
+            if len(base) != len(names):  # an action was added meanwhile: read again
+                continue
+            made: dict[int, DecisionRecord] = {}
+            served: dict[str, list[tuple[str, float]]] = {u: [] for u in users}
+            for rows in occurrence_rounds(user_ids, todo):
+                masks = np.ones((len(rows), len(names)), dtype=bool)
+                for j, i in enumerate(rows):
+                    user = user_ids[i]
+                    if user is None:
+                        continue
+                    masks[j] = rules.mask(with_serves(histories[user], served[user]), now, names)
+                    if base.any() and not (base & masks[j]).any():
+                        raise NoEligibleActionError(
+                            f"Every action this request allows is capped or cooling down for "
+                            f"user {user!r} (contexts.{i}; the configured caps and cooldowns)."
+                        )
+                batch = self.decide_batch(
+                    [contexts[i] for i in rows], eligible, [user_ids[i] for i in rows],
+                    None if baselines is None else [baselines[i] for i in rows],
+                    columns={name: [v[i] for i in rows] for name, v in columns.items()},
+                    masks=masks,
+                )  # fmt: skip
+                for i, record in zip(rows, batch.records(), strict=True):
+                    made[i] = record
+                    if record.user_id is not None:
+                        served[record.user_id].append((record.action, record.created_at))
+            claims = [(u, histories[u].version, served[u]) for u in users]
+            refused = await log.call(_claim_serves, store, claims, since)
+            todo_next, nth = [], dict.fromkeys(users, 0)
+            for i in todo:
+                user = user_ids[i]
+                if user is not None:
+                    nth[user] += 1
+                    if nth[user] > refused.get(user, nth[user]):  # from the refused claim on
+                        todo_next.append(i)
+                        continue
+                done[i] = made[i]
+            todo = todo_next
+            if not todo:
+                return await log.log_decisions([r for r in done if r is not None])
+        raise StoreUnavailableError(
+            f"Decisions for the batch's users kept changing their histories while it was "
+            f"made ({_CAPPED_ATTEMPTS} attempts); retry."
+        )
+
     # -- rewards and learning ----------------------------------------------------------
 
     async def reward(self, event_id: str, value: float) -> RewardResult:
@@ -583,6 +666,26 @@ def prior_model(schema: FeatureSchema, policy: Policy | None = None) -> Model:
     policy = (policy or LinUCB()).reset(schema.n_actions, schema.n_features)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return Model(policy, schema, created_at=created, version=f"prior-{schema.hash[:8]}")
+
+
+def _read_histories(
+    store: EventStore, users: Sequence[str], since: float
+) -> dict[str, UserHistory]:
+    return {user: store.user_history(user, since) for user in users}
+
+
+def _claim_serves(
+    store: EventStore, claims: Sequence[tuple[str, int, Sequence[tuple[str, float]]]], since: float
+) -> dict[str, int]:
+    """Claim each user's serves in order, the n-th at the version read plus n (each claim
+    moves it by one); for each user with a refused claim, how many were claimed before."""
+    refused: dict[str, int] = {}
+    for user, version, serves in claims:
+        for n, (action, at) in enumerate(serves):
+            if not store.claim_serve(user, action, at, version + n, since):
+                refused[user] = n
+                break
+    return refused
 
 
 def new_event_ids(n: int) -> list[str]:
