@@ -282,8 +282,8 @@ class Client:
         ------
         ValidationFailed
             One context is invalid (``detail`` names ``contexts.<i>.<field>``), too many
-            contexts, lists of another length than `contexts`, or user ids while per-user
-            caps are configured: nothing of the batch was decided or logged.
+            contexts, or lists of another length than `contexts`: nothing of the batch was
+            decided or logged.
         PayloadTooLarge
             The body exceeds the server's ``max_batch_body_bytes``: split the batch.
 
