@@ -45,6 +45,7 @@ __all__ = [
     "argmax_frequencies",
     "auto_choose",
     "auto_credit",
+    "auto_epsilon_greedy",
     "auto_learn",
     "auto_learn_rows",
     "discounted_update",
@@ -822,3 +823,33 @@ def auto_learn_rows(  # type: ignore[no-untyped-def]
             _matvec(A_inv[a], b[a], theta[a])
             since_refresh[a] = 0
     return True
+
+
+@njit(cache=True, nogil=True)
+def auto_epsilon_greedy(A_inv, theta, x, alpha, eligible, settings, out):  # type: ignore[no-untyped-def]
+    """One decision of `AutoLinUCB` (ε-greedy) in one call from Python.
+
+    out (4, K) receives the served member's score (mean + width), mean and width (α·√q)
+    rows and, in row 3, the probabilities with the shrunk floor
+    ``ε·min(1, max(min_share, min_k √(xᵀA_k⁻¹x) / √(xᵀx/λ)))`` over the eligible actions
+    (ε itself for x = 0). The width and score are the two IEEE operations of
+    `AutoLinUCB._scores`, on the unscaled widths of `linear_scores` at α = 1. Returns the
+    number of eligible actions (0 means nothing can be served).
+    """
+    linear_scores(A_inv, theta, x, 1.0, out[0], out[1], out[2])
+    norm = 0.0
+    for i in range(x.shape[0]):
+        norm += x[i] * x[i]
+    epsilon = settings[0]
+    floor = epsilon
+    if norm > 0.0:
+        least = math.inf
+        for k in range(theta.shape[0]):
+            if eligible[k] and out[2, k] < least:
+                least = out[2, k]
+        if least < math.inf:
+            floor = epsilon * min(1.0, max(settings[1], least / math.sqrt(norm / settings[2])))
+    for k in range(theta.shape[0]):
+        out[2, k] = alpha * out[2, k]
+        out[0, k] = out[1, k] + out[2, k]
+    return epsilon_greedy_probabilities(out[0], eligible, floor, settings[3], out[3])

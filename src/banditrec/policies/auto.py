@@ -247,6 +247,13 @@ class AutoLinUCB(RidgePolicy):
     def distribution(
         self, x: Array, eligible: NDArray[np.bool_], rng: np.random.Generator | None = None
     ) -> tuple[Scores, Array]:
+        if type(self.exploration) is EpsilonGreedy:  # the default: one compiled call
+            out = np.empty((4, self.n_actions_))
+            if not _kernels.auto_epsilon_greedy(
+                self.A_inv_, self.theta_, x, self.alpha, eligible, self._settings(), out
+            ):
+                raise NoEligibleActionError("No eligible action is left to serve.")
+            return Scores(out[0], out[1], out[2]), out[3]
         scores, raw = self._scores(x)
         probabilities = np.empty(self.n_actions_)
         self._probabilities(scores.score, eligible, self._floor(x, raw, eligible), probabilities)
