@@ -13,7 +13,7 @@ from pathlib import Path
 
 from banditrec.features import FeatureSchema
 from banditrec.logged_data import Progress, iter_logged
-from banditrec.policies import Policy
+from banditrec.policies import AutoLinUCB, Policy
 from banditrec.snapshot import Model, new_version, save_model
 
 __all__ = ["fit_file", "train_from_csv", "train_from_file"]
@@ -41,9 +41,13 @@ def fit_file(
     learned = 0
     for batch in iter_logged(data_path, schema, progress):
         take = batch if first_rows is None else batch.head(max(first_rows - learned, 0))
-        if take.n_rounds:
+        if not take.n_rounds:
+            continue
+        if isinstance(policy, AutoLinUCB):  # its member scores divide by the logged propensity
+            policy.update_batch(take.X, take.action, take.reward, propensities=take.propensity)
+        else:
             policy.update_batch(take.X, take.action, take.reward)
-            learned += take.n_rounds
+        learned += take.n_rounds
     return policy
 
 
