@@ -20,10 +20,11 @@ snapshot
     What the learner does every N learn events: a copy of the model (`Policy.clone`) and
     `SnapshotDirectory.save` (the same file format, fsynced).
 over HTTP
-    `banditrec serve` with this schema and model (one worker, a fresh SQLite log: every
-    decision is logged durably), loaded by `wrk` with `--connections` keep-alive connections
-    for `--seconds` on ``POST /v1/rank`` (the answer ranks all 1,000 actions: ~90 KB of
-    JSON). wrk's latency percentiles and rate.
+    `banditrec serve` with this schema and model (`--workers`, a fresh SQLite log: every
+    decision is logged durably), loaded by `wrk` with each of `--connections` keep-alive
+    connections for `--seconds` on ``POST /v1/rank`` (the answer ranks all 1,000 actions:
+    ~70 KB of JSON). wrk's latency percentiles and rate, and the server's CPU time per
+    request (all its processes, from /proc: the figure that holds on a busy machine).
 """
 
 from __future__ import annotations
@@ -121,16 +122,38 @@ def wrk_latency(text: str) -> dict[str, float]:
     return out
 
 
-def http_run(
-    root: Path, model: Path, schema_path: Path, body: bytes, seconds: int, connections: int
-) -> dict[str, float]:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants so far (Linux /proc)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+    return total
+
+
+def http_runs(
+    root: Path,
+    model: Path,
+    schema_path: Path,
+    body: bytes,
+    seconds: int,
+    connections: list[int],
+    workers: int,
+) -> list[dict[str, float]]:
+    """One server with `workers` workers, measured at each number of connections in turn."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITREC_")}
     env.update(BANDITREC_SNAPSHOT_DIR=str(root / "snapshots"))
     command = [
         sys.executable, "-m", "banditrec", "serve", "--model", str(model),
         "--schema", str(schema_path), "--db", str(root / "events.db"), "--port", str(port),
-        "--log-level", "warning", "--no-access-log",
+        "--log-level", "warning", "--no-access-log", "--workers", str(workers),
     ]  # fmt: skip
     server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     try:
@@ -153,19 +176,25 @@ def http_run(
         (root / "body.json").write_bytes(body)
         (root / "rank.lua").write_text(WRK_SCRIPT)
         wrk_env = dict(os.environ, BENCH_BODY=str(root / "body.json"))
-        threads = min(2, connections)
-        base = ["wrk", f"-t{threads}", f"-c{connections}", "--latency", "--timeout", "10s"]
-        base += ["-s", str(root / "rank.lua")]
-        subprocess.run(
-            [*base, "-d2s", f"{url}/v1/rank"], env=wrk_env, check=True, capture_output=True
-        )
-        done = subprocess.run(
-            [*base, f"-d{seconds}s", f"{url}/v1/rank"],
-            env=wrk_env, check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        result = wrk_latency(done.stdout)
-        result["bytes"] = size
-        return result
+        results = []
+        for n in connections:
+            base = ["wrk", f"-t{min(2, n)}", f"-c{n}", "--latency", "--timeout", "10s"]
+            base += ["-s", str(root / "rank.lua")]
+            subprocess.run(
+                [*base, "-d2s", f"{url}/v1/rank"], env=wrk_env, check=True, capture_output=True
+            )
+            cpu = tree_cpu_seconds(server.pid)
+            done = subprocess.run(
+                [*base, f"-d{seconds}s", f"{url}/v1/rank"],
+                env=wrk_env, check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            cpu = tree_cpu_seconds(server.pid) - cpu
+            result = wrk_latency(done.stdout)
+            result.update(bytes=size, connections=n, workers=workers)
+            result["cpu_ms"] = cpu / max(result["rate"] * seconds, 1) * 1e3
+            results.append(result)
+            print(f"HTTP: {result}", file=sys.stderr)
+        return results
     finally:
         server.terminate()
         try:
@@ -180,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="Training rounds.")
     parser.add_argument("--decisions", type=int, default=3000)
     parser.add_argument("--seconds", type=int, default=15, help="wrk's run.")
-    parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument(
+        "--connections", default="2,4,8", help="wrk's connections, comma-separated: one run each."
+    )
+    parser.add_argument("--workers", default="1,2", help="Server workers, comma-separated.")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-http", action="store_true", help="Skip the HTTP run.")
     args = parser.parse_args(argv)
@@ -250,13 +282,21 @@ def main(argv: list[str] | None = None) -> int:
                 report.append("over HTTP: skipped (wrk is not installed)")
             else:
                 body = json.dumps({"context": rows[0]}).encode()
-                r = http_run(root, model_path, schema_path, body, args.seconds, args.connections)
-                report.append(
-                    f"over HTTP, POST /v1/rank ({r['bytes'] / 1024:.0f} KB answers), "
-                    f"{args.connections} connections, {args.seconds} s: {r['rate']:.0f}/s, "
-                    f"p50 {r.get('p50', float('nan')):.1f} ms, p90 {r.get('p90', float('nan')):.1f}"
-                    f" ms, p99 {r.get('p99', float('nan')):.1f} ms; non-2xx: {r['non_2xx']:.0f}"
-                )
+                connections = [int(n) for n in args.connections.split(",")]
+                for workers in (int(n) for n in args.workers.split(",")):
+                    runs = http_runs(
+                        root, model_path, schema_path, body, args.seconds, connections, workers
+                    )
+                    for r in runs:
+                        nan = float("nan")
+                        report.append(
+                            f"over HTTP, POST /v1/rank ({r['bytes'] / 1024:.0f} KB answers), "
+                            f"{workers} worker(s), {r['connections']:.0f} connections, "
+                            f"{args.seconds} s: {r['rate']:.0f}/s, p50 {r.get('p50', nan):.1f} "
+                            f"ms, p90 {r.get('p90', nan):.1f} ms, p99 {r.get('p99', nan):.1f} "
+                            f"ms; server CPU {r['cpu_ms']:.2f} ms a request; "
+                            f"non-2xx: {r['non_2xx']:.0f}"
+                        )
     for note in _machine.machine_notes(["numpy", "numba", "fastapi", "uvicorn"]):
         print(note)
     for line in report:

@@ -4,6 +4,7 @@ One command, one table::
 
     .venv/bin/python -m benchmarks.bench_offline               # 1M rows, ~1 minute
     .venv/bin/python -m benchmarks.bench_offline --rows 200000 --repeats 1   # smoke test
+    .venv/bin/python -m benchmarks.bench_offline --rows 5000000 --repeats 1 --no-in-process
 
 Each row runs the real command in a fresh process, as a user would (``python -m banditrec
 simulate --rows N --out file``, then ``train --data file``), `--repeats` times, and reports
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="Print a Markdown table.")
+    parser.add_argument(
+        "--no-in-process", action="store_true", help="Only the CLI runs (e.g. at 5M rows)."
+    )
     args = parser.parse_args(argv)
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as tmp:
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                 )
                 print(" | ".join(lines[-1]), file=sys.stderr)
-        lines += in_process(root, args.rows, args.repeats)
+        if not args.no_in_process:
+            lines += in_process(root, args.rows, args.repeats)
     header = [
         "step", "rows", "wall s best / median", "rows/s (wall)", "own s", "rows/s (own)",
         "CPU s", "peak RSS", "file",
