@@ -4,6 +4,10 @@ refused whole, with nothing logged or learned)."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,12 +16,15 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from banditrec.api import create_app
-from banditrec.batch import render_decisions
+from banditrec.batch import BatchRequest, rank_batch_request_model, render_decisions
 from banditrec.config import Settings
 from banditrec.decisions import rank_body
-from banditrec.engine import Engine
+from banditrec.engine import Engine, new_event_ids
 from banditrec.exploration import (
     EpsilonGreedy,
     InverseGapWeighting,
@@ -31,8 +38,12 @@ from banditrec.policies import POLICIES, LinUCB, Policy
 from banditrec.sim import AppSimulator
 from banditrec.store import DecisionRecord, RewardRules
 from banditrec.store.decision_batch import DecisionBatch
+from banditrec.store.redis import RedisEventStore
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import ACTIONS, SEED_CONTEXT
+from redis_server import RedisServer
+
+SCHEMA = load_default_schema()
 
 JSON = {"content-type": "application/json"}
 
@@ -289,3 +300,174 @@ def test_the_batch_route_is_documented(app_client: TestClient) -> None:
     operation = spec["paths"]["/v1/rank/batch"]["post"]
     assert {"200", "413", "422"} <= set(operation["responses"])
     assert "RankBatchRequest" in spec["components"]["schemas"]
+
+
+# -- the fast validator: accepts only what the request model accepts, and gives the same ----
+
+_MODEL = rank_batch_request_model(load_default_schema(), 1000)
+
+#: Values a client might send for a field: right ones and every kind of wrong one.
+_VALUES = st.sampled_from(
+    [
+        0, 1, 5, 10, 1_000_000, 1_000_001, -1, 2**63, 10**30, True, False, None, 1.0, 1.5,
+        -0.0, 180.0, 1e308, "", "US", "zz", "x" * 128, "x" * 129, "ios", [], {}, "10",
+    ]
+)  # fmt: skip
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 4))
+    contexts: list[Any] = []
+    for _ in range(n):
+        context: Any = dict(SEED_CONTEXT)
+        for name in draw(st.lists(st.sampled_from(sorted(SEED_CONTEXT)), max_size=2)):
+            if draw(st.booleans()):
+                context[name] = draw(_VALUES)
+            else:
+                context.pop(name, None)
+        if draw(st.booleans()):
+            context["extra"] = draw(_VALUES)
+        contexts.append(context if draw(st.integers(0, 20)) else draw(_VALUES))
+    body: dict[str, Any] = {"contexts": contexts}
+    if draw(st.booleans()):
+        body["user_ids"] = draw(st.lists(st.sampled_from(["u1", None, "", 3]), max_size=5))
+    if draw(st.booleans()):
+        body["excluded_actions"] = draw(st.lists(st.sampled_from([*ACTIONS, ""]), max_size=2))
+    if draw(st.integers(0, 10)) == 0:
+        body["unknown"] = 1
+    return body
+
+
+@given(_bodies())
+@settings(max_examples=400, deadline=None)
+def test_the_fast_validator_accepts_only_what_the_model_accepts_and_gives_the_same(
+    body: dict[str, Any],
+) -> None:
+    raw = json.dumps(body).encode()
+    fast = _MODEL.validate_fast(raw)  # type: ignore[attr-defined]
+    try:
+        exact = BatchRequest.from_model(_MODEL.model_validate(json.loads(raw)), SCHEMA)
+    except ValidationError:
+        assert fast is None, body
+        return
+    if fast is None:  # declined: the route validates with the model, which accepts it
+        return
+    # The very values, types included (180 is logged as 180.0 by both).
+    assert orjson.dumps(fast.contexts) == orjson.dumps(exact.contexts)
+    assert orjson.dumps(fast.columns) == orjson.dumps(exact.columns)
+    assert (fast.actions, fast.excluded_actions, fast.user_ids, fast.baseline_actions) == (
+        exact.actions, exact.excluded_actions, exact.user_ids, exact.baseline_actions,
+    )  # fmt: skip
+
+
+def test_the_fast_validator_takes_the_common_bodies() -> None:
+    """What a client usually sends is not declined (else the fast path would be dead)."""
+    contexts = _contexts(50)
+    for extra in ({}, {"user_ids": ["u"] * 50}, {"excluded_actions": ["invite_friend"]}):
+        raw = orjson.dumps({"contexts": contexts, **extra})
+        accepted = _MODEL.validate_fast(raw)  # type: ignore[attr-defined]
+        assert accepted is not None and accepted.contexts == contexts
+    with_ints = [{**c, "avg_session_length": 180} for c in contexts]
+    accepted = _MODEL.validate_fast(orjson.dumps({"contexts": with_ints}))  # type: ignore[attr-defined]
+    assert accepted is not None
+    assert {type(c["avg_session_length"]) for c in accepted.contexts} == {float}
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (True, "Input should be a valid integer"),
+        (1.5, "Input should be a valid integer"),
+        (10**30, "less than or equal to 1000000"),
+        ("10", "Input should be a valid integer"),
+        (None, "Input should be a valid integer"),
+    ],
+    ids=["bool", "float", "huge", "string", "null"],
+)
+def test_a_bad_item_is_422_naming_its_index_and_field(
+    app_client: TestClient, value: Any, words: str
+) -> None:
+    """Through HTTP: the error names ``contexts.<i>.<field>``, in the request model's words
+    (the fast path declines and leaves the wording to the model), and nothing is logged."""
+    app_client.post("/v1/rank/batch", json={"contexts": _contexts(2)})
+    before = _nothing_changes(app_client)
+    contexts = _contexts(5)
+    contexts[3]["n_sessions"] = value
+    response = app_client.post("/v1/rank/batch", json={"contexts": contexts})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "validation_error"
+    assert [d["field"] for d in body["detail"]] == ["contexts.3.n_sessions"]
+    assert words in body["detail"][0]["message"], body
+    _assert_unchanged(app_client, before)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"contexts": [{"country": "AT"}]}', "contexts.0.device"),
+        (b'{"contexts": [1]}', "contexts.0"),
+        (b'{"contexts": [{"country": "' + b"x" * 129 + b'"}]}', "contexts.0.country"),
+        (b'{"contexts": [{"avg_session_length": NaN}]}', "contexts.0.avg_session_length"),
+    ],
+    ids=["missing", "not-an-object", "too-long", "nan"],
+)
+def test_bad_items_in_other_shapes_name_the_field(
+    app_client: TestClient, raw: bytes, field: str
+) -> None:
+    before = _nothing_changes(app_client)
+    response = app_client.post("/v1/rank/batch", content=raw, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert field in [d["field"] for d in response.json()["detail"]], response.json()
+    _assert_unchanged(app_client, before)
+
+
+def test_batch_event_ids_are_new_uuid7_hex_unique_and_sorted() -> None:
+    ids = new_event_ids(10_000)
+    assert len(set(ids)) == 10_000 and ids == sorted(ids)
+    for event_id in ids[:100]:
+        parsed = uuid.UUID(hex=event_id)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert abs(int(event_id[:12], 16) / 1000 - time.time()) < 60  # milliseconds now
+    # 74 random bits each: across two batches of the same millisecond, no id repeats.
+    assert not set(ids) & set(new_event_ids(10_000))
+
+
+def test_a_batch_whose_event_id_was_logged_is_logged_not_at_all(tmp_path: Path) -> None:
+    """The store's batch insert is one transaction: a repeated id fails it whole."""
+    engine = Engine.from_prior(load_default_schema(), rng=np.random.default_rng(0))
+    store = SQLiteEventStore(tmp_path / "e.db", engine.schema.encoding_hash)
+    try:
+        first = engine.decide_batch(_contexts(3))
+        store.log_decision_batch(first, RewardRules())
+        again = engine.decide_batch(_contexts(3))
+        again.event_ids[2] = first.event_ids[0]
+        with pytest.raises(sqlite3.IntegrityError):
+            store.log_decision_batch(again, RewardRules())
+        assert store.count("decisions") == 3
+        for record in first.records():
+            logged = store.get_decision(record.event_id)
+            assert logged is not None and logged.action == record.action
+            np.testing.assert_array_equal(logged.x, record.x)
+            np.testing.assert_array_equal(logged.probabilities, record.probabilities)
+            assert logged.probability == record.probability and logged.context == record.context
+    finally:
+        store.close()
+
+
+def test_redis_logs_a_batch_as_its_records(redis_server: RedisServer) -> None:
+    engine = Engine.from_prior(load_default_schema(), rng=np.random.default_rng(0))
+    store = RedisEventStore.from_url(redis_server.url, engine.schema.encoding_hash)
+    try:
+        batch = engine.decide_batch(_contexts(5), user_ids=["a", None, "b", None, None])
+        store.log_decision_batch(batch, RewardRules())
+        for record in batch.records():
+            logged = store.get_decision(record.event_id)
+            assert logged is not None
+            assert (logged.action, logged.probability, logged.user_id) == (
+                record.action, record.probability, record.user_id,
+            )  # fmt: skip
+            np.testing.assert_array_equal(logged.scores, record.scores)
+    finally:
+        store.close()
