@@ -18,10 +18,15 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from banditrec import api
 from banditrec.api import create_app
 from banditrec.config import Settings
+from banditrec.features import load_default_schema
+from banditrec.schemas import rank_request_model, recommend_request_model, reward_request_model
 from banditrec.store.sqlite import SQLiteEventStore
 from conftest import SEED_REQUEST
 
@@ -274,6 +279,61 @@ def test_a_bug_is_a_500_on_both_paths_and_raised_for_the_log(
             "detail": [],
         },
     )
+
+
+_SCHEMA = load_default_schema()
+_MODELS = {
+    "recommend": recommend_request_model(_SCHEMA),
+    "rank": rank_request_model(_SCHEMA),
+    "reward": reward_request_model(0.0, 1.0),
+}
+# JSON values as text: numbers spelled every way (huge, tiny, exponents, -0, NaN), strings
+# (escapes, lone surrogates, empty, too long), and the other JSON types.
+_NUMBERS = st.one_of(
+    st.integers(-(10**40), 10**40).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda v: json.dumps(v)),
+    st.sampled_from(["1e400", "-1e400", "3.0", "-0", "0.1", "1E2", "4.9e-324", "1.5e-400"]),
+)
+_JSON_VALUES = st.one_of(
+    _NUMBERS,
+    st.text(max_size=140).map(json.dumps),
+    st.sampled_from(['"\\ud800"', '"BR"', '"ios"', '"new"', '""', "true", "false", "null"]),
+    st.sampled_from(["[]", '["show_bonus_offer"]', "{}", '{"a": 1}']),
+)
+_KEYS = st.sampled_from(
+    [*SEED_REQUEST, "user_id", "context", "actions", "excluded_actions", "event_id",
+     "slots", "explain", "defer_activation", "value", "slot", "other"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(_MODELS)),
+    changes=st.lists(st.tuples(_KEYS, _JSON_VALUES), max_size=4),
+    nested=st.booleans(),
+)
+def test_the_one_pass_validation_accepts_only_what_the_reference_accepts(
+    kind: str, changes: list[tuple[str, str]], nested: bool
+) -> None:
+    """`BoundRoute.run` validates with ``model_validate_json`` first and, when it refuses,
+    with json.loads + ``model_validate`` (which words the errors). Whatever the first
+    accepts, the second must accept too, with the same values: duplicate keys included."""
+    model = _MODELS[kind]
+    valid: dict[str, Any] = {"value": 1.0} if kind == "reward" else dict(SEED_REQUEST)
+    if kind == "recommend":
+        valid["user_id"] = "u1"
+    fields = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in valid.items()]
+    fields += [f"{json.dumps(k)}: {v}" for k, v in changes]  # later keys repeat earlier ones
+    body = "{" + ", ".join(fields) + "}"
+    if kind == "rank" and nested:
+        body = '{"context": ' + body + "}"
+    raw = body.encode("utf-8", "surrogatepass")
+    try:
+        fast = model.model_validate_json(raw)
+    except ValidationError:
+        return  # refused: the reference path answers, as it always did
+    reference = model.model_validate(json.loads(raw))
+    assert fast.model_dump() == reference.model_dump()
 
 
 def test_the_checkpointer_copies_the_wal_into_the_database(tmp_path: Path) -> None:

@@ -155,6 +155,16 @@ class BoundRoute:
         accepted = fast(body) if fast is not None else None
         if accepted is not None:  # None: declined, validated below (the exact errors)
             return await route.work(state, accepted, **params)
+        try:
+            # Parsed and validated in one pass by pydantic-core: half the time of json.loads
+            # and model_validate. What it refuses is parsed and validated again below, the
+            # reference way, so every error reads as before; it accepts nothing that way
+            # refuses, with the same values (tests/test_hot_path.py checks both).
+            validated = self.request_model.model_validate_json(body)
+        except ValidationError:
+            pass
+        else:
+            return await route.work(state, validated, **params)
         data = parse_json(body)
         try:
             validated = self.request_model.model_validate(data)
