@@ -115,6 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as tmp:
         root = Path(tmp)
+        # The fixed cost of a process (interpreter, imports, kernels loaded, exit): the same
+        # commands on 1,000 rows.
+        tiny = root / "tiny.parquet"
+        steps = {
+            "start-up: simulate": ["simulate", "--rows", "1000", "--out", str(tiny)],
+            "start-up: train": ["train", "--data", str(tiny), "--model", str(root / "t.npz")],
+        }
+        for name, command in steps.items():
+            runs = [run(command, root) for _ in range(args.repeats)]
+            walls = sorted(r[0] for r in runs)
+            lines.append(
+                [
+                    name, "1,000", f"{walls[0]:.2f} / {statistics.median(walls):.2f}", "-",
+                    f"{min(r[1] for r in runs):.1f}", "-", f"{min(r[2] for r in runs):.2f}",
+                    f"{max(r[3] for r in runs) / 2**20:.0f} MB", "-",
+                ]
+            )  # fmt: skip
+            print(" | ".join(lines[-1]), file=sys.stderr)
         for fmt in ("csv", "parquet"):
             data = root / f"logged.{fmt}"
             steps = {
