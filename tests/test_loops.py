@@ -188,6 +188,8 @@ def test_two_loops_with_different_schemas_learn_independently(tmp_path: Path) ->
     assert 'banditrec_reward_joins_total{loop="onboarding"} 80.0' in metrics
     assert 'banditrec_reward_joins_total{loop="store"} 50.0' in metrics
     assert 'banditrec_reward_joins_total{loop="default"} 0.0' in metrics
+    assert 'banditrec_model_updates{loop="onboarding"} 80.0' in metrics
+    assert 'banditrec_decisions_total{action="bundle",loop="store"}' in metrics
 
     # A restart keeps both loops (the catalog, the file) and what each one learned.
     with running_server(tmp_path, **env) as server, httpx.Client(base_url=server.url) as http:
@@ -594,3 +596,26 @@ def test_a_loops_batch_has_the_batch_body_limit(client: TestClient) -> None:
     )
     assert too_large.status_code == 413
     assert too_large.json()["message"] == "The request body is larger than 65536 bytes."
+
+
+def test_the_loops_file_wins_at_start_up_and_the_log_is_replayed(tmp_path: Path) -> None:
+    loops_file = tmp_path / "loops.toml"
+    settings = Settings(
+        db_path=tmp_path / "events.db",
+        snapshot_dir=tmp_path / "snapshots",
+        model_path=tmp_path / "none.npz",
+        loops_file=loops_file,
+    )
+    write_loops_file(loops_file, "store", STORE)
+    with TestClient(create_app(settings)) as http:
+        assert drive(http, "/v1/loops/store", STORE_WRITER, store_context, 4, 1) == 4
+        # Through the API, the file's loop cannot be redefined while it runs.
+        changed = with_changes(STORE, settings={"policy": "linucb", "ridge": 3.0})
+        assert http.put("/v1/loops/store", json=changed).status_code == 409
+    write_loops_file(loops_file, "store", changed)  # the operator edits the file
+    with TestClient(create_app(settings)) as http:
+        store = http.get("/v1/loops/store", headers=auth(STORE_WRITER)).json()
+        assert store["settings"] == {"policy": "linucb", "ridge": 3.0}
+        assert store["n_updates"] == 4  # its log, replayed under the new settings
+        model = http.get("/v1/loops/store/model", headers=auth(STORE_WRITER)).json()
+        assert model["policy_params"]["ridge"] == 3.0

@@ -72,6 +72,7 @@ async def health(state: State) -> dict[str, Any]:
 async def prometheus_metrics(state: State) -> Response:
     """Prometheus metrics (text format)."""
     state.metrics.model(state.engine.model_version, state.engine.model.n_updates)
+    state.loops.refresh_metrics()  # each named loop's model_updates{loop}
     return metrics_response(state.metrics)
 
 

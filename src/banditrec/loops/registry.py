@@ -248,6 +248,12 @@ class LoopRegistry:
         """Every loop's record, as the catalog holds them now."""
         return self.catalog.records()
 
+    def refresh_metrics(self) -> None:
+        """Set each open loop's model gauges (``GET /metrics`` calls it before rendering)."""
+        for loop in self.loops.values():
+            engine = loop.runtime.engine
+            loop.state.metrics.model(engine.model_version, engine.model.n_updates)
+
     def scoped_loops(self, digest: bytes) -> list[str]:
         """The open loops whose own keys include the key with this SHA-256 digest."""
         return [name for name, loop in self.loops.items() if digest in loop.key_roles]
