@@ -425,3 +425,24 @@ def test_the_alpha_setting_is_its_widest_width() -> None:
     assert build_policy("auto").get_params()["max_alpha"] is None  # unset: the members as given
     with pytest.raises(ValueError, match="max_alpha must be a finite number ≥ 0"):
         AutoLinUCB(max_alpha=-1.0)
+
+
+def test_training_learns_the_files_propensities(data_file: Path, tmp_path: Path) -> None:
+    """``banditrec train --policy auto``: the member scores use the logged propensities."""
+    from banditrec.logged_data import read_logged_csv
+    from banditrec.training import train_from_file
+
+    schema = load_default_schema()
+    model = train_from_file(data_file, tmp_path / "auto.npz", schema, AutoLinUCB())
+    data = read_logged_csv(data_file, schema)
+    # The fixture was logged uniformly (p = 1/4): far from auto's own served probabilities.
+    assert np.all(data.propensity == 0.25)
+    logged = AutoLinUCB().reset(schema.n_actions, schema.n_features)
+    logged.update_batch(data.X, data.action, data.reward, propensities=data.propensity)
+    recomputed = AutoLinUCB().reset(schema.n_actions, schema.n_features)
+    recomputed.update_batch(data.X, data.action, data.reward)
+    trained = model.policy
+    assert isinstance(trained, AutoLinUCB)
+    # Batch by batch in the file equals one batch (the same row kernel, row by row).
+    np.testing.assert_allclose(trained.value_, logged.value_, rtol=1e-9)
+    assert not np.allclose(trained.value_, recomputed.value_, rtol=1e-6)
