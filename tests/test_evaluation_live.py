@@ -23,12 +23,13 @@ from banditrec import evaluation as ev
 from banditrec.cli import app
 from banditrec.engine import Engine, prior_model
 from banditrec.evaluation.candidates import CandidateError
+from banditrec.evaluation.live import live_distributions
 from banditrec.features import load_default_schema
 from banditrec.logged_data import read_logged_csv, write_logged_csv
 from banditrec.policies import AutoLinUCB, LinUCB, Policy
 from banditrec.sim import AppSimulator
 from banditrec.snapshot import save_model
-from banditrec.store import RewardRules
+from banditrec.store import LearnKind, RewardRules
 from banditrec.store.sqlite import SQLiteEventStore
 from banditrec.traffic import run_traffic
 from serving import running_server
@@ -39,16 +40,25 @@ runner = CliRunner()
 LIVE_NEIGHBOURS = ("live", "live(epsilon=0)", "live(epsilon=0.05)", "live(epsilon=0.1)")
 
 
-def _served_log(tmp: Path, policy: Policy, n: int, seed: int) -> tuple[Path, Path, np.ndarray]:
-    """A base model learned from 20 simulated rounds, served through the engine with a
-    SQLite log for `n` decisions, each rewarded at once; the true expected rewards."""
+def _served_log(
+    tmp: Path,
+    policy: Policy,
+    n: int,
+    seed: int,
+    name: str = "model.npz",
+    add_action_at: int | None = None,
+) -> tuple[Path, Path, np.ndarray]:
+    """A base model learned from 20 simulated rounds, served through the engine with the
+    SQLite log `tmp`/events.db (a new epoch if the log exists) for `n` decisions, each
+    rewarded at once; the true expected rewards. An action added at run time (after
+    `add_action_at` decisions) is never served by the simulator's users' rewards (0)."""
     sim, rng = AppSimulator(), np.random.default_rng(seed)
     model = prior_model(SCHEMA, policy)
     write_logged_csv(sim.simulate_logged(20, rng), tmp / "warm.csv")
     warm = read_logged_csv(tmp / "warm.csv", SCHEMA)
     model.policy.update_batch(warm.X, warm.action, warm.reward)
     model.version = f"test-{type(policy).__name__}-{seed}"
-    model_path = tmp / "model.npz"
+    model_path = tmp / name
     save_model(model, model_path)
     log = tmp / "events.db"
     store = SQLiteEventStore(log, SCHEMA.encoding_hash)
@@ -59,10 +69,12 @@ def _served_log(tmp: Path, policy: Policy, n: int, seed: int) -> tuple[Path, Pat
 
     async def drive() -> None:
         for i in range(n):
+            if i == add_action_at:
+                await engine.change_action(LearnKind.add_action, "new_offer")
             context = {f: columns[f][i].item() for f in SCHEMA.field_names}
             record = await engine.rank(context, None)
-            k = SCHEMA.actions.index(record.action)
-            await engine.reward(record.event_id, float(rng.random() < mu[i, k]))
+            k = SCHEMA.actions.index(record.action) if record.action in SCHEMA.actions else -1
+            await engine.reward(record.event_id, float(k >= 0 and rng.random() < mu[i, k]))
 
     asyncio.run(drive())
     engine.close()
@@ -114,6 +126,35 @@ def test_live_candidates_replay_the_served_model_and_estimate_their_true_value(
         assert abs(dr.value - truth) <= 2 * (dr.ci_high - dr.ci_low), (c.label, dr, truth)
     assert result.live is not None and result.live["model_file"] == str(model_path)
     assert json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_an_epoch_whose_model_is_gone_is_replayed_from_the_prior(tmp_path: Path) -> None:
+    """Two epochs (a retrained model, as every `make run`), the first one's model file
+    deleted, an action added during the second: the held-out part spans both."""
+    _served_log(tmp_path, LinUCB(), n=300, seed=7, name="first.npz")
+    (tmp_path / "first.npz").unlink()
+    log, model_path, _ = _served_log(tmp_path, LinUCB(), n=500, seed=8, add_action_at=250)
+    rounds = ev.load_event_log(log, SCHEMA)
+    assert rounds.actions == (*SCHEMA.actions, "new_offer") and len(rounds.epochs) == 2
+    live = ev.find_live_model(rounds, SCHEMA)  # found beside the log
+    assert live is not None and live.path == str(model_path)
+    config = ev.EvaluationConfig(n_bootstrap=50, estimators=("dr",), split=0.25)
+    result = ev.evaluate(rounds, [ev.make_candidate("live", {})], config, schema=SCHEMA, live=live)
+    (replayed,) = result.candidates
+    assert replayed.error is None and replayed.replay is not None
+    # Held out: the last 100 decisions of the first epoch and the 500 of the second.
+    assert replayed.replay["rounds"] == 600 and replayed.replay["from_base_model"] == 500
+    # The second epoch is reproduced exactly, the added action included; the first is the
+    # prior's replay, which agrees with what served only where their argmax does.
+    assert 500 <= replayed.replay["reproduced"] < 600
+    assert any("replayed exactly on" in w for w in replayed.warnings)
+    # Row by row: every decision of the second epoch, before and after the added action.
+    held = rounds.part(200, rounds.n_rounds)
+    dist, _ = live_distributions({}, live, held, np.random.default_rng(0), lambda k: None)
+    assert held.model_version is not None and held.logged_dist is not None
+    second = np.array([v.startswith("test-LinUCB-8@") for v in held.model_version])
+    assert second.sum() == 500 and held.logged_dist[second, -1].max() > 0  # new_offer served
+    np.testing.assert_allclose(dist[second], held.logged_dist[second], rtol=0, atol=1e-9)
 
 
 def test_live_candidates_without_the_model_file_say_how_to_give_it(tmp_path: Path) -> None:

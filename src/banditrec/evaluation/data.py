@@ -28,7 +28,83 @@ from banditrec.logged_data import LoggedDataError, read_logged_csv
 from banditrec.store import DecisionRecord, EventStore, LearnEvent, StoreError
 from banditrec.store.sqlite_reader import ReadOnlyEventLog
 
-__all__ = ["LoggedRounds", "load_csv", "load_event_log"]
+__all__ = ["LearnStream", "LoggedRounds", "load_csv", "load_event_log"]
+
+
+@dataclass(frozen=True)
+class LearnStream:
+    """The log's learn stream in seq order, as arrays (one row per learn event).
+
+    ``kind`` holds `LearnKind` values; ``propensity`` is NaN where none was logged; an action
+    change's vector is zeros and ``names`` maps its row to the action's name. Kept compact
+    (no object per event): a long log's stream is as large as its decisions.
+    """
+
+    seq: NDArray[np.int64]
+    kind: NDArray[np.str_]
+    action: NDArray[np.intp]
+    x: FloatArray
+    reward: FloatArray
+    weight: FloatArray
+    propensity: FloatArray
+    names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.seq.shape[0])
+
+    @classmethod
+    def empty(cls, n_features: int) -> LearnStream:
+        none = np.empty(0)
+        return cls(
+            np.empty(0, np.int64), np.empty(0, "<U16"), np.empty(0, np.intp),
+            np.empty((0, n_features)), none, none, none,
+        )  # fmt: skip
+
+    @classmethod
+    def of(cls, events: list[LearnEvent], n_features: int) -> LearnStream:
+        """The arrays of `events` (in seq order)."""
+        x = np.zeros((len(events), n_features))
+        names: dict[int, str] = {}
+        for i, event in enumerate(events):
+            if event.x.shape == (n_features,):
+                x[i] = event.x
+            else:  # an action change: its name in event_id, no vector
+                names[i] = event.event_id
+        return cls(
+            seq=np.array([e.seq for e in events], dtype=np.int64),
+            kind=np.array([e.kind.value for e in events], dtype="<U16"),
+            action=np.array([e.action_index for e in events], dtype=np.intp),
+            x=x,
+            reward=np.array([e.reward for e in events], dtype=np.float64),
+            weight=np.array([e.weight for e in events], dtype=np.float64),
+            propensity=np.array(
+                [np.nan if e.propensity is None else e.propensity for e in events],
+                dtype=np.float64,
+            ),
+            names=names,
+        )
+
+    @classmethod
+    def concat(cls, parts: list[LearnStream], n_features: int) -> LearnStream:
+        if not parts:
+            return cls.empty(n_features)
+        offsets = np.cumsum([0] + [p.n_events for p in parts])
+        names = {
+            int(start) + i: name
+            for part, start in zip(parts, offsets, strict=False)
+            for i, name in part.names.items()
+        }
+        return cls(
+            seq=np.concatenate([p.seq for p in parts]),
+            kind=np.concatenate([p.kind for p in parts]),
+            action=np.concatenate([p.action for p in parts]),
+            x=np.concatenate([p.x for p in parts]),
+            reward=np.concatenate([p.reward for p in parts]),
+            weight=np.concatenate([p.weight for p in parts]),
+            propensity=np.concatenate([p.propensity for p in parts]),
+            names=names,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,10 +129,10 @@ class LoggedRounds:
     #: Switches of what was served (banditrec.lifecycle): seq, kind, target, at, reason.
     switches: tuple[dict[str, Any], ...] = ()
     #: Each round's model version as logged, ``<base version>@<learn events applied>``
-    #: (event logs only): with `learn_events` and `epochs`, the live model can be replayed.
+    #: (event logs only): with `learn_stream` and `epochs`, the live model can be replayed.
     model_version: NDArray[np.object_] | None = None
-    #: The log's learn stream in seq order (event logs that keep it), whole in every part.
-    learn_events: tuple[LearnEvent, ...] = ()
+    #: The log's learn stream (event logs that keep it), whole in every part.
+    learn_stream: LearnStream | None = None
     #: Each base model version that served and the log offset its epoch starts at.
     epochs: dict[str, int] = field(default_factory=dict)
 
@@ -225,25 +301,27 @@ def _read(
 
     short = Path(str(getattr(log, "path", label))).name
     rounds = _rounds_of(decisions(), total, label, short, schema, progress)
-    events, epochs = _learn_stream_of(log)
-    return replace(rounds, switches=_switches_of(log), learn_events=events, epochs=epochs)
+    stream, epochs = _learn_stream_of(log, schema.n_features)
+    return replace(rounds, switches=_switches_of(log), learn_stream=stream, epochs=epochs)
 
 
 def _learn_stream_of(
-    log: ReadOnlyEventLog | EventStore | None,
-) -> tuple[tuple[LearnEvent, ...], dict[str, int]]:
+    log: ReadOnlyEventLog | EventStore | None, n_features: int
+) -> tuple[LearnStream | None, dict[str, int]]:
     """The learn stream and the epochs, for replaying the live model (`evaluation.live`).
 
     Only a log that says where each epoch starts (the SQLite log) is replayable; the stream
-    is read up to the offset the last decision read saw, in batches.
+    is read in batches, each turned into arrays at once.
     """
     epochs_of = getattr(log, "epochs", None)
     if log is None or epochs_of is None:
-        return (), {}
-    events: list[LearnEvent] = []
-    while batch := log.learn_events_after(events[-1].seq if events else 0):
-        events.extend(batch)
-    return tuple(events), dict(epochs_of())
+        return None, {}
+    parts: list[LearnStream] = []
+    last = 0
+    while batch := log.learn_events_after(last):
+        parts.append(LearnStream.of(batch, n_features))
+        last = batch[-1].seq
+    return LearnStream.concat(parts, n_features), dict(epochs_of())
 
 
 def _switches_of(log: ReadOnlyEventLog | EventStore | None) -> tuple[dict[str, Any], ...]:

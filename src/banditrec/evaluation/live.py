@@ -33,7 +33,6 @@ how many rounds were reproduced exactly).
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -46,12 +45,12 @@ import numpy as np
 from banditrec.actions import ACTION_CHANGES
 from banditrec.evaluation.candidates import LIVE, checked_params, split_params
 from banditrec.evaluation.config import PROGRESS_EVERY, EvaluationError, FloatArray
-from banditrec.evaluation.data import LoggedRounds
+from banditrec.evaluation.data import LearnStream, LoggedRounds
 from banditrec.exploration import EXPLORATIONS, Exploration
 from banditrec.features import FeatureSchema
 from banditrec.policies import POLICIES, Policy
 from banditrec.snapshot import ModelFileError, load_model, read_metadata
-from banditrec.store import LearnEvent, LearnKind
+from banditrec.store import LearnKind
 
 __all__ = [
     "LIVE",
@@ -186,7 +185,10 @@ def live_distributions(
             "Some held-out decisions have a model version that names no epoch of this log; "
             "the live policy cannot be replayed on them."
         )
-    seqs = [event.seq for event in held.learn_events]
+    stream = held.learn_stream
+    if stream is None:
+        raise EvaluationError("Live candidates need the log's learn stream (a SQLite event log).")
+    seqs = stream.seq
     dist = np.zeros((n, n_columns))
     from_base = 0
     by_epoch: dict[str, list[int]] = {}
@@ -203,11 +205,11 @@ def live_distributions(
             from_base += len(rows)
         offsets = [parsed[i][1] for i in rows]  # type: ignore[index]
         order = sorted(range(len(rows)), key=offsets.__getitem__)
-        cursor = bisect.bisect_right(seqs, held.epochs[version])
+        cursor = int(np.searchsorted(seqs, held.epochs[version], side="right"))
         for j in order:
             i = rows[j]
             while cursor < len(seqs) and seqs[cursor] <= offsets[j]:
-                _apply(policy, actions, held.learn_events[cursor])
+                _apply(policy, actions, stream, cursor)
                 cursor += 1
             dist[i] = _distribution(policy, actions, column, held, i, rng)
             done += 1
@@ -217,21 +219,25 @@ def live_distributions(
     return dist, from_base
 
 
-def _apply(policy: Policy, actions: list[str], event: LearnEvent) -> None:
-    """Apply one learn event as the engine does (`Engine.apply`)."""
-    if event.kind in ACTION_CHANGES:
-        if event.kind is LearnKind.add_action and event.event_id not in actions:
+def _apply(policy: Policy, actions: list[str], stream: LearnStream, i: int) -> None:
+    """Apply learn event `i` of the stream as the engine does (`Engine.apply`)."""
+    kind = LearnKind(str(stream.kind[i]))
+    x, action, reward = stream.x[i], int(stream.action[i]), float(stream.reward[i])
+    if kind in ACTION_CHANGES:
+        name = stream.names.get(i)
+        if kind is LearnKind.add_action and name is not None and name not in actions:
             policy.add_action()
-            actions.append(event.event_id)
-    elif event.kind is LearnKind.correction:
-        policy.correct(event.x, event.action_index, event.reward)
-    elif event.kind in (LearnKind.reward, LearnKind.default):
+            actions.append(name)
+    elif kind is LearnKind.correction:
+        policy.correct(x, action, reward)
+    elif kind in (LearnKind.reward, LearnKind.default):
+        weight, propensity = float(stream.weight[i]), float(stream.propensity[i])
         logged = getattr(policy, "update_logged", None)
-        if event.propensity is not None and logged is not None:
+        if not np.isnan(propensity) and logged is not None:
             # auto scores its members with the probability the action was served with
-            logged(event.x, event.action_index, event.reward, event.weight, event.propensity)
+            logged(x, action, reward, weight, propensity)
         else:
-            policy.update(event.x, event.action_index, event.reward, event.weight)
+            policy.update(x, action, reward, weight)
     # Switches (promotion, rollback, apprentice mode) change what is served, not this model.
 
 
