@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,8 +129,15 @@ _INSERT_DECISION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
-#: A batch's decisions: new event ids only (see `SQLiteEventStore.log_decision_batch`).
-_INSERT_NEW_DECISION = _INSERT_DECISION.removesuffix(" ON CONFLICT (event_id) DO NOTHING")
+#: Rows of a batch inserted by one statement (15 parameters a row; SQLite allows 32,766).
+_ROWS_PER_INSERT = 100
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_rows(n: int) -> str:
+    """The INSERT of `n` new decisions (a batch's ids are new: no ON CONFLICT)."""
+    row = "(" + ", ".join("?" * (DECISION_COLUMNS.count(",") + 1)) + ")"
+    return f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES " + ", ".join([row] * n)
 
 
 class SQLiteEventStore:
@@ -345,7 +352,11 @@ class SQLiteEventStore:
             )
         )  # fmt: skip
         with self._transaction() as db:
-            db.executemany(_INSERT_NEW_DECISION, rows)
+            # Many rows a statement: executemany steps (and hands the GIL back and forth)
+            # once a row, which cost a fifth of the insert's CPU.
+            for start in range(0, n, _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                db.execute(_insert_rows(len(chunk)), tuple(chain.from_iterable(chunk)))
 
     def get_decision(self, event_id: str) -> DecisionRecord | None:
         with self._read_lock:
