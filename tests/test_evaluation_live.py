@@ -186,6 +186,13 @@ def test_a_live_parameter_is_checked_against_the_live_policy(tmp_path: Path) -> 
     assert "alpha" in errors["live(alpha=-1)"]
     with pytest.raises(CandidateError, match="replayed"):
         ev.make_candidate("live", {}).build()
+    # A log without a learn stream (a CSV) cannot replay anything, whatever the model.
+    csv = tmp_path / "logged.csv"
+    write_logged_csv(AppSimulator().simulate_logged(200, np.random.default_rng(0)), csv)
+    (failed,) = ev.evaluate(
+        ev.load_csv(csv, SCHEMA), [ev.make_candidate("live", {})], config, live=live
+    ).candidates
+    assert failed.error is not None and "does not give the stream" in failed.error
 
 
 def _report(directory: Path) -> dict[str, Any]:
@@ -216,6 +223,8 @@ def test_after_make_runs_traffic_the_live_neighbours_are_reliable(tmp_path: Path
     result = _report(out)
     assert result["live_policy"]["model_file"] == str(model)
     assert result["live_policy"]["policy"] == "linucb"
+    assert any(line.startswith("Live policy: linucb(") for line in result["summary"])
+    assert "reproduces the served distribution" in (out / "report.html").read_text()
     rows = {c["label"]: c for c in result["candidates"]}
     threshold = result["protocol"]["min_effective_sample_size"]
     held = result["counts"]["evaluation"]

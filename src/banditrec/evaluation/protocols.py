@@ -294,6 +294,11 @@ def _live(
     result: CandidateResult,
 ) -> None:
     """A live candidate: the live model replayed along the log with its parameters changed."""
+    if held.rounds.learn_stream is None or not held.rounds.epochs:
+        raise EvaluationError(
+            "Live candidates replay the log's learn stream from the model that served it; "
+            "this log does not give the stream and its epochs (a SQLite event log does)."
+        )
     if live is None:
         raise EvaluationError(
             "The model file that served this log was not found (its version is the part "
