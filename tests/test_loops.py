@@ -619,3 +619,22 @@ def test_the_loops_file_wins_at_start_up_and_the_log_is_replayed(tmp_path: Path)
         assert store["n_updates"] == 4  # its log, replayed under the new settings
         model = http.get("/v1/loops/store/model", headers=auth(STORE_WRITER)).json()
         assert model["policy_params"]["ridge"] == 3.0
+
+
+def test_a_loops_admin_routes_act_on_that_loop_only(client: TestClient) -> None:
+    loop_admin_key = "store-admin-0123456789abcdef"
+    definition = with_changes(STORE, api_keys={STORE_WRITER: "writer", loop_admin_key: "admin"})
+    assert client.put("/v1/loops/store", json=definition).status_code == 201
+    candidates, admin = "/v1/loops/store/admin/candidates", auth(loop_admin_key)
+    # The loop's writer is not its admin.
+    refused = client.get(candidates, headers=auth(STORE_WRITER))
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_role"
+    # GET and POST of one path are two routes: the list, then adding a shadow candidate.
+    assert client.get(candidates, headers=admin).json() == []
+    added = client.post(candidates, json={"name": "eg", "policy": "epsilon_greedy"}, headers=admin)
+    assert added.status_code == 201, added.text
+    assert [c["name"] for c in client.get(candidates, headers=admin).json()] == ["eg"]
+    assert client.get("/v1/admin/candidates").json() == []  # the default loop has none
+    gift = client.post("/v1/loops/store/admin/actions", json={"action_id": "gift"}, headers=admin)
+    assert [a["action_id"] for a in gift.json()] == ["discount", "bundle", "gift"]
+    assert "gift" not in [a["action_id"] for a in client.get("/v1/actions").json()]

@@ -123,9 +123,10 @@ class LoopBoundRoute(BoundRoute):
             raise
         if role is not None:
             self._authorize(scope, key_table(app), loop.key_roles, registry, role, name)
-        bound = loop.bound_routes.get(self.inner.path)
+        key = (self.inner.method, self.inner.path)  # GET and POST may share a path
+        bound = loop.bound_routes.get(key)
         if bound is None:
-            bound = loop.bound_routes[self.inner.path] = self.inner.bind(loop.settings)
+            bound = loop.bound_routes[key] = self.inner.bind(loop.settings)
         return await bound.run(loop.state, scope, body)
 
     @staticmethod

@@ -70,7 +70,7 @@ class Loop:
         #: The loop's keys, SHA-256 digest -> role (`banditrec.api.loop_routes` checks them).
         self.key_roles: dict[bytes, Role] = record.key_roles()
         #: Route declarations bound to this loop's schema, filled on first use by the routes.
-        self.bound_routes: dict[str, Any] = {}
+        self.bound_routes: dict[tuple[str, str], Any] = {}
         state = State()
         state.settings, state.metrics, state.loop = settings, metrics, self.name
         state.describe_loop = self.describe
