@@ -14,8 +14,10 @@ robust estimate of that member's reward (Dudík, Langford & Li 2011)::
 
     v_m += Σ_k π_m(k|x)·r̂_k + π_m(a|x) / p(a|x) · (r − r̂_a)
 
-with r̂ the current ridge means and p the probability the served member gave the action
-(recomputed from the state: learn events carry no propensity, see "Limits"). The served
+with r̂ the current ridge means and p the probability the action was served with, as the log
+holds it (`update_logged`: the engine passes each learn event's logged propensity, `train`
+the file's column); without one (`update`, older logs) the served member's probability
+recomputed from the state now. The served
 member is the one with the highest value, and a new one is served only once its lead over
 the current one exceeds `switch_margin` standard errors of their paired difference, so a few
 lucky rounds do not make the width flap. The choice is thus a function of the learn stream
@@ -44,11 +46,18 @@ Honest logging: the selection is deterministic given the past, so the probabilit
 the served member's own distribution, exactly; `alpha` is the served member's width (what
 ``/recommend_action`` reports).
 
-Limits: the propensity of a learned action is recomputed from the state at learn time, over
-all actions. It is the served one when rewards are learned before the next change of the
-model and every action was eligible; otherwise it is an approximation (logging the served
-propensity in learn events would make it exact). Corrections (summed rewards) move the model
-exactly, not the member scores (an event is scored on its first reward).
+The server's ``alpha`` setting (``BANDITREC_ALPHA``, ``train --alpha``) is `max_alpha`: the
+widest member's width, the others keeping their ratio to it (`member_widths`).
+
+Speed: with ε-greedy and γ = 1 (the defaults) a decision is one compiled call
+(`_kernels.auto_epsilon_greedy`) and so is a learn event, every member scored
+(`_kernels.auto_learn`; a batch: `auto_learn_rows`, row by row in one call); `_credit` and
+`_choose` are their Python reference, used for the other rules and γ < 1.
+
+Limits: the members are scored over all actions (the eligibility mask of the decision is not
+in the learn event); the logged propensity, when there is one, did see it. Corrections
+(summed rewards) move the model exactly, not the member scores (an event is scored on its
+first reward).
 """
 
 from __future__ import annotations
@@ -78,6 +87,9 @@ class AutoLinUCB(RidgePolicy):
     ----------
     alphas
         The members' widths (distinct, ≥ 0, at least one).
+    max_alpha
+        If set, the widest member's width: `alphas` are scaled to it (≥ 0; 0 leaves only
+        greedy). How the server's ``alpha`` setting reaches this policy.
     prior_width
         Until the data choose, the served member is the widest whose width on a typical
         context at the prior, ``α·√(mean xᵀx / λ)``, is at most this (> 0). The default 1
