@@ -106,6 +106,9 @@ def test_live_candidates_replay_the_served_model_and_estimate_their_true_value(
     assert replayed.replay == {"rounds": held, "from_base_model": held, "reproduced": held}
     assert replayed.estimates["ips"].effective_sample_size == pytest.approx(held, rel=1e-9)
     assert replayed.estimates["ips"].value == pytest.approx(result.logging.value, abs=1e-9)
+    # Its lift is DR applied to π − μ = 0: the policy that served is no different from itself.
+    assert replayed.lift is not None and replayed.verdict == "no significant difference"
+    assert max(abs(replayed.lift.ci_low), abs(replayed.lift.ci_high)) <= 1e-9
     for c in result.candidates:
         assert c.error is None, c.error
         if c.label.startswith("live(alpha"):

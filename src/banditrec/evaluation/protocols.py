@@ -61,6 +61,26 @@ class _Held:
     #: The logging policy's full distribution (event logs; uniform logs), else None.
     logging_dist: FloatArray | None = None
 
+    def logging_terms(self, ranking: str) -> FloatArray:
+        """The logging policy's per-round terms under the ranking estimator: the lift's
+        baseline.
+
+        With its full distribution and a reward model, DM and DR evaluate the logging policy
+        itself (DR: ``Σ_a μ(a) q(a) + (r − q(a_logged))``), so the candidate's DR terms minus
+        these are DR applied to ``π − μ``: the reward model's noise the two share cancels
+        round by round (the live policy replayed exactly has a lift of exactly 0). Otherwise
+        the logged rewards (IPS, SNIPS and replay of the logging policy itself).
+        """
+        rounds, mu, q = self.rounds, self.logging_dist, self.q
+        if ranking not in ("dm", "dr") or mu is None or q is None:
+            return rounds.reward
+        expected: FloatArray = (mu * q).sum(axis=1)
+        if ranking == "dm":
+            return expected
+        logged = np.arange(self.n), rounds.action
+        correction: FloatArray = mu[logged] / rounds.propensity * (rounds.reward - q[logged])
+        return expected + correction
+
     @property
     def n(self) -> int:
         return self.rounds.n_rounds
@@ -365,7 +385,8 @@ def _estimate_dist(
             tick(held.n + held.n * j // (len(estimators) + 1))  # the bootstraps take a while
         ranking = config.ranking_estimator
         terms = config.estimator(ranking).round_rewards(**inputs[ranking])
-    result.lift = mean_estimate("lift", terms - rounds.reward, config, rng)
+    baseline = held.logging_terms(ranking)
+    result.lift = mean_estimate("lift", terms - baseline, config, rng)
     result.terms = terms
     match = dist[np.arange(held.n), rounds.action]
     _effective_sizes(dist, match / rounds.propensity, held, result)
