@@ -33,7 +33,7 @@ from banditrec.exploration import (
     sample_action,
     sample_actions,
 )
-from banditrec.features import load_default_schema
+from banditrec.features import FeatureSchema, SchemaError, load_default_schema
 from banditrec.policies import POLICIES, LinUCB, Policy
 from banditrec.sim import AppSimulator
 from banditrec.store import DecisionRecord, RewardRules
@@ -471,3 +471,38 @@ def test_redis_logs_a_batch_as_its_records(redis_server: RedisServer) -> None:
             np.testing.assert_array_equal(logged.scores, record.scores)
     finally:
         store.close()
+
+
+@given(
+    st.lists(
+        st.sampled_from(["US", "AT", "JP", "XX", "", "us", 1, None, 2.5, ("US",), "ios"]),
+        min_size=1, max_size=30,
+    ),
+    st.lists(st.sampled_from(["ios", "android", "web", "tv", ["ios"]]), min_size=30, max_size=30),
+)  # fmt: skip
+@settings(max_examples=200, deadline=None)
+def test_the_batch_encoder_on_lists_gives_the_single_encoders_bits(
+    countries: list[Any], devices: list[Any]
+) -> None:
+    """`vectorize_many` of list columns (what a batch request gives it) equals `vectorize`
+    row by row, bit for bit, unknown, unhashable and non-string values included."""
+    contexts = [
+        {**SEED_CONTEXT, "country": country, "device": device}
+        for country, device in zip(countries, devices, strict=False)
+    ]
+    columns = {name: [c[name] for c in contexts] for name in SCHEMA.field_names}
+    X = SCHEMA.vectorize_many(columns)
+    for row, context in zip(X, contexts, strict=True):
+        assert row.tobytes() == SCHEMA.vectorize(context).tobytes()
+
+
+def test_the_batch_encoder_refuses_an_unknown_value_in_reject_mode_as_the_single_one() -> None:
+    data = SCHEMA.to_dict()
+    data["fields"][0]["on_unknown"] = "reject"
+    strict = FeatureSchema.from_dict(data)
+    contexts = [dict(SEED_CONTEXT), {**SEED_CONTEXT, "country": "XX"}]
+    with pytest.raises(SchemaError) as single:
+        strict.vectorize(contexts[1])
+    with pytest.raises(SchemaError) as batch:
+        strict.vectorize_many({n: [c[n] for c in contexts] for n in strict.field_names})
+    assert str(batch.value) == str(single.value) == "country: unknown value 'XX'."

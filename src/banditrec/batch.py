@@ -21,6 +21,7 @@ one insert and the answer (`render_decisions`).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -255,28 +256,19 @@ class FastBatchValidator:
         if isinstance(f, CategoricalField):
             if types != {str}:
                 return None
-            lengths = list(map(len, column))
-            return column if min(lengths) >= 1 and max(lengths) <= MAX_STRING_LENGTH else None
-        if f.kind == "integer":
-            if types != {int}:
-                return None
-            try:
-                values = np.array(column, dtype=np.int64)
-            except OverflowError:
-                return None
-        else:
-            if not types <= {int, float}:
-                return None
-            try:
-                values = np.array(column, dtype=np.float64)
-            except OverflowError:
-                return None
-            if not np.isfinite(values).all():
-                return None
-        if not (values.min() >= f.min and values.max() <= f.max):
+            shortest, longest = min(map(len, column)), max(map(len, column))
+            return column if shortest >= 1 and longest <= MAX_STRING_LENGTH else None
+        # Python's min and max: exact for integers of any size (no conversion to check).
+        if types != {int} and (f.kind == "integer" or not types <= {int, float}):
+            return None
+        low, high = min(column), max(column)
+        # orjson reads no NaN and no infinity (it refuses them); integers are finite.
+        if types != {int} and not (math.isfinite(low) and math.isfinite(high)):
+            return None
+        if not f.min <= low <= high <= f.max:
             return None
         if f.kind == "real" and int in types:
-            return values.tolist()  # type: ignore[no-any-return]
+            return [float(v) for v in column]  # as the model makes them
         return column
 
 

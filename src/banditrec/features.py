@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -279,6 +280,13 @@ class FeatureSchema:
                 index = self._dictionary_index(f, column)
                 X[np.arange(n), offset + index] = 1.0
                 continue
+            if isinstance(f, CategoricalField) and isinstance(column, list):
+                index = self._list_index(f, column)
+                if f.on_unknown == "reject" and np.any(index == len(f.values)):
+                    bad = column[int(np.argmax(index == len(f.values)))]
+                    raise SchemaError(f"{f.name}: unknown value {bad!r}.")
+                X[np.arange(n), offset + index] = 1.0
+                continue
             raw = np.asarray(column)
             if isinstance(f, CategoricalField):
                 index = np.full(n, len(f.values), dtype=np.intp)
@@ -301,6 +309,16 @@ class FeatureSchema:
         if self.bias:
             X[:, -1] = 1.0
         return X
+
+    def _list_index(self, f: CategoricalField, column: list[Any]) -> NDArray[np.intp]:
+        """Each value's column in the field's one-hot block, looked up as `vectorize` looks
+        it up (a dict of the known values; anything else, unhashable too, is "other")."""
+        other = len(f.values)
+        lookup = {v: i for i, v in enumerate(f.values)}
+        try:
+            return np.fromiter(map(lookup.get, column, repeat(other)), np.intp, len(column))
+        except TypeError:  # an unhashable value: one by one
+            return np.array([_lookup(lookup, v, other) for v in column], dtype=np.intp)
 
     def _dictionary_index(self, f: CategoricalField, column: Dictionary) -> NDArray[np.intp]:
         """Each row's column in the field's one-hot block: every distinct value is looked up
@@ -355,6 +373,14 @@ class FeatureSchema:
             fields=fields,
             bias=bool(data.get("bias", True)),
         )
+
+
+def _lookup(lookup: Mapping[Any, int], value: Any, other: int) -> int:
+    try:
+        k = lookup.get(value)
+    except TypeError:  # unhashable: not a known value
+        return other
+    return other if k is None else k
 
 
 def _sha256(data: Mapping[str, Any]) -> str:
