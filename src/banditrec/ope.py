@@ -25,6 +25,9 @@ importance weights for IPS, SNIPS and DR; match weights for replay (so, the numb
 rounds); all ones for DM (so, ``n``). Below ``min_effective_sample_size`` (default 100) a
 :class:`LowEffectiveSampleSizeWarning` is emitted and recorded in the result's ``warnings``: with
 fewer than about 100 effective rounds neither the estimate nor the bootstrap interval is reliable.
+That ESS is *realized*: it sees only the weights of the actions the log happened to serve. With
+the logging policy's full distribution, :func:`expected_effective_sample_size` counts the large
+weights the log did not draw as well (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "Replay",
     "cross_fit_reward_model",
     "estimate_all",
+    "expected_effective_sample_size",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -464,6 +468,46 @@ class DoublyRobust(_Estimator):
         )
         w = _logged(reward, action, propensity, action_dist)[3]
         return self._summarize(terms, np.ones_like(terms), w, rng)
+
+
+# ------------------------------------------------------------------------------ overlap
+
+
+def expected_effective_sample_size(action_dist: ArrayLike, logging_dist: ArrayLike) -> float:
+    """The ESS the two distributions imply, over every action the logger could serve.
+
+    Per round, over the actions with ``logging_dist > 0``, the importance weight of the
+    action the logger draws has ``E[w] = Σ_a π(a)`` and ``E[w²] = Σ_a π(a)² / μ(a)``; the
+    expected ESS is ``(Σ_i E[w_i])² / Σ_i E[w_i²]``: the realized ``(Σw)²/Σw²`` of a long log
+    drawn alike. Unlike the realized one, it counts the large weights of the actions a
+    logger rarely serves, whether or not the log happened to draw them. Mass the evaluated
+    policy puts where the logger puts none counts for nothing (IPS cannot see it). It is at
+    most ``n``, and ``n`` exactly when the two distributions are equal.
+
+    Parameters
+    ----------
+    action_dist, logging_dist : array_like, shape (n, n_actions)
+        The evaluated and the logging policy's probabilities; rows sum to 1.
+
+    Examples
+    --------
+    >>> mu = [[0.25, 0.25, 0.25, 0.25]] * 8  # uniform logging over 4 actions
+    >>> expected_effective_sample_size([[1.0, 0.0, 0.0, 0.0]] * 8, mu)  # greedy: 1/4 match
+    2.0
+    >>> expected_effective_sample_size(mu, mu)
+    8.0
+    """
+    pi = _action_dist(action_dist, None)
+    mu = _action_dist(logging_dist, pi.shape[0])
+    if mu.shape != pi.shape:
+        raise ValueError(
+            f"logging_dist has shape {mu.shape} but action_dist has shape {pi.shape}; both "
+            "need one column per action."
+        )
+    supported = mu > 0.0
+    first = float(np.where(supported, pi, 0.0).sum())
+    second = float(np.where(supported, np.square(pi) / np.where(supported, mu, 1.0), 0.0).sum())
+    return first * first / second if second > 0.0 else 0.0
 
 
 # ------------------------------------------------------------------------ reward model, all

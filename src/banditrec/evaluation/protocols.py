@@ -285,22 +285,14 @@ def _effective_sizes(
     """
     half = held.n // 2
     if held.logging_dist is None:  # the logged action's propensity alone: realized only
-        per_round_first, per_round_second = weight, np.square(weight)
+        recent = weight[half:]
+        square = float(np.square(recent).sum())
+        rate = float(recent.sum()) ** 2 / square if square > 0.0 else 0.0
     else:
         mu = held.logging_dist
-        supported = mu > 0.0
-        per_round_first = np.where(supported, dist, 0.0).sum(axis=1)
-        per_round_second = np.where(
-            supported, np.square(dist) / np.where(supported, mu, 1.0), 0.0
-        ).sum(axis=1)
-        result.expected_effective_sample_size = _ess(per_round_first, per_round_second)
-    recent = _ess(per_round_first[half:], per_round_second[half:])
-    result.recent_ess_per_round = recent / max(held.n - half, 1)
-
-
-def _ess(first: FloatArray, second: FloatArray) -> float:
-    total = float(second.sum())
-    return float(first.sum()) ** 2 / total if total > 0.0 else 0.0
+        result.expected_effective_sample_size = ope.expected_effective_sample_size(dist, mu)
+        rate = ope.expected_effective_sample_size(dist[half:], mu[half:])
+    result.recent_ess_per_round = rate / max(held.n - half, 1)
 
 
 def _live(
