@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from banditrec import api
 from banditrec.api import create_app
+from banditrec.client import Client, Forbidden
 from banditrec.config import Settings
 from banditrec.engine import Engine, prior_model
 from banditrec.loops import LoopRecord, LoopSpec, loop_settings
@@ -294,6 +295,18 @@ def test_a_key_scoped_to_one_loop_cannot_touch_another(tmp_path: Path) -> None:
             "onboarding",
             "store",
         ]
+        # The Python client on a named loop: the same calls, on the loop's routes.
+        with Client(server.url, ONBOARDING_WRITER, loop="onboarding") as onboarding:
+            decision = onboarding.rank(onboarding_context(rng))
+            assert decision.action_id in ("tour", "video", "skip")
+            assert onboarding.reward(decision.event_id, 1.0).learned
+            assert onboarding.model().n_updates == 1
+        with (
+            Client(server.url, ONBOARDING_WRITER, loop="store") as elsewhere,
+            pytest.raises(Forbidden) as refused,
+        ):
+            elsewhere.rank(store_context(rng))
+        assert refused.value.code == "loop_not_allowed"
     log = open_loop_log("store", STORE, Settings(db_path=tmp_path / "events.db"))
     try:
         assert log.count("decisions") == 1 and log.count("rewards") == 0

@@ -58,7 +58,7 @@ from banditrec.client.models import (
     SnapshotInfo,
 )
 
-__all__ = ["RETRY_STATUSES", "Attempts", "Call", "RetryPolicy", "calls"]
+__all__ = ["RETRY_STATUSES", "Attempts", "Call", "RetryPolicy", "calls", "loop_path"]
 
 T = TypeVar("T")
 
@@ -169,6 +169,21 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+
+
+def loop_path(path: str, loop: str | None) -> str:
+    """The path of a default-loop route on the named loop `loop` (None: `path` itself).
+
+    >>> loop_path("/v1/rank", "onboarding"), loop_path("/health", "onboarding")
+    ('/v1/loops/onboarding/rank', '/v1/loops/onboarding/health')
+    """
+    if loop is None:
+        return path
+    if path == "/health":
+        return f"/v1/loops/{_segment(loop)}/health"
+    if path.startswith("/v1/"):
+        return f"/v1/loops/{_segment(loop)}/{path.removeprefix('/v1/')}"
+    raise ValueError(f"{path} is the default loop's only; on the loop {loop!r} use rank() instead.")
 
 
 def _segment(value: str) -> str:

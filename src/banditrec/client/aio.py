@@ -16,13 +16,14 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 
-from banditrec.client._calls import Attempts, Call, RetryPolicy, _Retry, calls
+from banditrec.client._calls import Attempts, Call, RetryPolicy, _Retry, calls, loop_path
 from banditrec.client.models import (
     ActionInfo,
     Activation,
@@ -63,6 +64,7 @@ class AsyncClient:
         reward_aggregation: Literal["earliest", "sum"] = "earliest",
         max_connections: int = 100,
         trust_env: bool = True,
+        loop: str | None = None,
     ) -> None:
         if reward_aggregation not in ("earliest", "sum"):
             raise ValueError(
@@ -71,6 +73,7 @@ class AsyncClient:
         self.url = url.rstrip("/")
         self.retry_policy = RetryPolicy(retries, backoff, max_backoff)
         self.reward_aggregation = reward_aggregation
+        self.loop = loop
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=client_headers(api_key),
@@ -95,6 +98,8 @@ class AsyncClient:
         await self.aclose()
 
     async def _run(self, call: Call[T]) -> T:
+        if self.loop is not None:  # the same call, on the named loop's route
+            call = dataclasses.replace(call, path=loop_path(call.path, self.loop))
         attempts = Attempts()
         policy = self.retry_policy
         while True:

@@ -126,7 +126,8 @@ class Unauthorized(BanditrecError):
 
 
 class Forbidden(BanditrecError):
-    """403: the key's role is too low for this route (``insufficient_role``)."""
+    """403: the key's role is too low for this route (``insufficient_role``), or the key
+    belongs to another loop (``loop_not_allowed``)."""
 
 
 class NotFound(BanditrecError):

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -22,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from banditrec.client._calls import Attempts, Call, RetryPolicy, _Retry, calls
+from banditrec.client._calls import Attempts, Call, RetryPolicy, _Retry, calls, loop_path
 from banditrec.client.models import (
     ActionInfo,
     Activation,
@@ -76,6 +77,9 @@ class Client:
         Connections kept open to the server (the pool's size).
     trust_env
         Use proxy settings and certificates from the environment (``HTTP_PROXY`` ...).
+    loop
+        A named loop (docs/loops.md): every call goes to its route, ``/v1/loops/<loop>/...``;
+        None: the default loop.
 
     Notes
     -----
@@ -117,6 +121,7 @@ class Client:
         reward_aggregation: Literal["earliest", "sum"] = "earliest",
         max_connections: int = 100,
         trust_env: bool = True,
+        loop: str | None = None,
     ) -> None:
         if reward_aggregation not in ("earliest", "sum"):
             raise ValueError(
@@ -125,6 +130,7 @@ class Client:
         self.url = url.rstrip("/")
         self.retry_policy = RetryPolicy(retries, backoff, max_backoff)
         self.reward_aggregation = reward_aggregation
+        self.loop = loop
         self._http = httpx.Client(
             base_url=self.url,
             headers=client_headers(api_key),
@@ -151,6 +157,8 @@ class Client:
         self.close()
 
     def _run(self, call: Call[T]) -> T:
+        if self.loop is not None:  # the same call, on the named loop's route
+            call = dataclasses.replace(call, path=loop_path(call.path, self.loop))
         attempts = Attempts()
         policy = self.retry_policy
         while True:
