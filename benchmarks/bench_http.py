@@ -746,21 +746,28 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def ceiling_table(results: list[Result], markdown: bool) -> str:
-    """Per setup: the ceiling, the decision routes and /ping side by side, with the ratios."""
+    """Per setup: the ceiling, the decision routes and /ping side by side, with the ratios
+    in requests/s and in CPU per request (which moves less when other jobs share the
+    machine: the ceiling and banditrec are measured one after the other)."""
     ceilings = _ceilings(results)
     by = {(r.setup, r.endpoint): r for r in results}
     header = [
-        "setup", "ceiling req/s", "/recommend_action", "÷ ceiling", "p99 ms", "/v1/rank",
-        "÷ ceiling", "p99 ms", "/ping", "÷ ceiling",
+        "setup", "ceiling req/s", "µs CPU/req", "/recommend_action", "÷ ceiling", "(CPU)",
+        "p99 ms", "/v1/rank", "÷ ceiling", "(CPU)", "p99 ms", "/ping", "÷ ceiling", "(CPU)",
     ]  # fmt: skip
     rows = []
     for setup in dict.fromkeys(r.setup for r in results):
         ceiling = ceilings.get(setup.processes)
-        row = [setup.label, f"{ceiling.rate:,.0f}" if ceiling else "-"]
+        row = [setup.label]
+        row += [f"{ceiling.rate:,.0f}", f"{ceiling.server_cpu_us:.0f}"] if ceiling else ["-"] * 2
         for endpoint in ("decision", "rank", "ping"):
             r = by.get((setup, endpoint))
             row.append(f"{r.rate:,.0f}" if r else "-")
-            row.append(f"{r.rate / ceiling.rate:.2f}" if r and ceiling else "-")
+            if r and ceiling:  # in requests/s, and in the server's CPU per request
+                row.append(f"{r.rate / ceiling.rate:.2f}")
+                row.append(f"{ceiling.server_cpu_us / r.server_cpu_us:.2f}")
+            else:
+                row += ["-", "-"]
             if endpoint != "ping":
                 row.append(f"{r.p99_ms:.1f}" if r else "-")
         rows.append(row)

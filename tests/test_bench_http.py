@@ -35,7 +35,7 @@ def test_ratios_and_targets(bh: ModuleType) -> None:
     redis1, redis2 = bh.Setup("redis", 1), bh.Setup("redis", 2)
     always = bh.Setup("redis", 1, "always")
     results = [
-        result(bh, sqlite1, "ceiling", 10_000, 2.0),
+        result(bh, sqlite1, "ceiling", 10_000, 2.0, cpu_us=50.0),
         result(bh, sqlite1, "ping", 8_000, 3.0),
         result(bh, sqlite1, "decision", 7_000, 4.0),
         result(bh, sqlite1, "rank", 5_000, 12.0),
@@ -71,12 +71,14 @@ def test_ratios_and_targets(bh: ModuleType) -> None:
     )
 
     summary = bh.ceiling_table(results, markdown=True)
+    # Ratios in requests/s, then in CPU per request (the ceiling's 50 µs ÷ the row's 100).
     assert (
-        "| SQLite, 1 worker | 10,000 | 7,000 | 0.70 | 4.0 | 5,000 | 0.50 | 12.0 | 8,000 | 0.80 |"
-        in summary
+        "| SQLite, 1 worker | 10,000 | 50 | 7,000 | 0.70 | 0.50 | 4.0 | 5,000 | 0.50 | 0.50 | 12.0 "
+        "| 8,000 | 0.80 | 0.50 |" in summary
     )
     assert (
-        "| Redis always, 1 replica | 10,000 | 3,500 | 0.35 | 9.0 | - | - | - | - | - |" in summary
+        "| Redis always, 1 replica | 10,000 | 50 | 3,500 | 0.35 | 0.50 | 9.0 | - | - | - | - "
+        "| - | - | - |" in summary
     )
 
     checks = dict(bh.targets(results, 32))
