@@ -26,7 +26,6 @@ still returns only once this process's model includes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -104,6 +103,7 @@ class LogFollower:
                     )
                     self._apply(events)
                 except Exception as exc:
+                    self._release(everyone=True)  # they read the stream themselves
                     await asyncio.sleep(self._failed(exc))
                     continue
                 self._succeeded()
@@ -115,16 +115,16 @@ class LogFollower:
     async def wait_applied(self, seq: int) -> None:
         """Return once the engine has applied the learn event `seq` (and all before it).
 
-        The follower's blocking read returns it as soon as it is appended. Should the
-        follower not get there within `block_seconds` (its reads fail) or stop, the engine
-        reads the stream itself, as it would without a follower.
+        The follower's blocking read returns it as soon as it is appended (a read waits at
+        most `block_seconds`, and within the store's socket timeout). Should a read fail, or
+        the follower stop, the waiting rewards read the stream themselves, as they would
+        without a follower. No timer per reward: this is on every reward's path.
         """
         if self.engine.applied_offset >= seq:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (seq, next(self._tickets), future))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), self.block_seconds)
+        await future
         if self.engine.applied_offset < seq:  # the follower failed, or stopped
             self.engine.catch_up()
 
