@@ -603,7 +603,60 @@ def test_a_cap_holds_across_two_replicas_on_redis(
     try:
         logged = [d.action for d, _ in store.iter_decisions() if d.user_id == "u1"]
         history = store.user_history("u1", since=0.0)
+        logged = store.count("decisions")
     finally:
         store.close()
     assert sorted(logged) == sorted(served)
     assert sorted(a for a, _ in history.serves) == sorted(served)
+
+
+class _RacedStore(SQLiteEventStore):
+    """The real SQLite store, and another worker (a second store on the same file) that
+    serves `action` to the same user just before this one's first claim: the claim is
+    refused, as when two workers decide for one user at once."""
+
+    def __init__(self, path: Path, action: str) -> None:
+        super().__init__(path, SCHEMA.encoding_hash)
+        self.other = SQLiteEventStore(path, SCHEMA.encoding_hash)
+        self.action = action
+        self.claims: list[bool] = []
+
+    def claim_serve(
+        self, user_id: str, action: str, at: float, version: int, keep_after: float
+    ) -> bool:
+        if not self.claims:
+            current = self.other.user_history(user_id, keep_after).version
+            assert self.other.claim_serve(user_id, self.action, at, current, keep_after)
+        self.claims.append(super().claim_serve(user_id, action, at, version, keep_after))
+        return self.claims[-1]
+
+
+def test_a_batch_decides_again_when_another_worker_served_the_user_meanwhile(
+    tmp_path: Path,
+) -> None:
+    caps = {"caps": [{"max": 1, "window_seconds": 3600}]}
+    store = _RacedStore(tmp_path / "e.db", "show_bonus_offer")
+    engine = Engine(prior_model(SCHEMA), np.random.default_rng(3), store=store)
+    engine.constraints = constraints_from_config(caps, SCHEMA, ACTIONS)
+    rules = engine.constraints.frequency
+    assert rules is not None
+    try:
+        records = asyncio.run(
+            engine.rank_batch_capped(rules, [SEED_CONTEXT] * 3, ["u1", "u2", "u1"])
+        )
+        history = store.user_history("u1", since=0.0)
+        logged = store.count("decisions")
+    finally:
+        engine.close()
+        store.other.close()
+        store.close()
+    assert False in store.claims  # the race happened, and was lost once
+    mine = [records[0].action, records[2].action]
+    # The other worker's serve counts: u1 got each action at most once in all.
+    assert sorted(a for a, _ in history.serves) == sorted([*mine, "show_bonus_offer"])
+    assert len(set(mine)) == 2 and "show_bonus_offer" not in mine
+    for record in (records[0], records[2]):  # masked before the probabilities
+        k = ACTIONS.index("show_bonus_offer")
+        assert record.probabilities[k] == 0.0 and "show_bonus_offer" not in record.eligible
+    assert [r.user_id for r in records] == ["u1", "u2", "u1"]
+    assert logged == 3
