@@ -107,7 +107,9 @@ def test_evaluate_a_simulated_log_ranks_candidates_and_covers_the_truth(
     report = load_report(out)
     assert report["counts"]["used"] == 6000 and report["counts"]["evaluation"] == 1800
     assert report["protocol"]["ranking_estimator"] == "dr"
-    assert set(report["protocol"]["estimators"]) == {"dr", "snips", "ips", "dm", "replay"}
+    assert set(report["protocol"]["estimators"]) == {
+        "dr", "snips", "ips", "dm", "switch-dr", "replay"
+    }  # fmt: skip
     ranked = report["candidates"]
     assert [c["rank"] for c in ranked] == [1, 2, 3]
     # A LinUCB that learned from the first 70% beats serving uniformly at random ...

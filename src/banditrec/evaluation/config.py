@@ -27,7 +27,7 @@ FloatArray = NDArray[np.float64]
 #: ``progress(stage, completed, total, detail)``; stages: "read", "reward model", "evaluate".
 ProgressCallback = Callable[[str, int, int, str], None]
 
-ESTIMATORS = ("dr", "snips", "ips", "dm", "replay")
+ESTIMATORS = ("dr", "snips", "ips", "dm", "switch-dr", "replay")
 PROTOCOLS = ("split", "replay")
 #: The held-out part must have at least this many rounds.
 MIN_EVALUATION_ROUNDS = 20
@@ -39,6 +39,7 @@ _ESTIMATOR_CLASSES: dict[str, type[Any]] = {
     "dm": ope.DirectMethod,
     "dr": ope.DoublyRobust,
     "replay": ope.Replay,
+    "switch-dr": ope.SwitchDoublyRobust,
 }
 
 
@@ -102,7 +103,7 @@ class EvaluationConfig:
                 )
             available: tuple[str, ...] = ("replay",)
         else:
-            available = ("dr", "snips", "ips", "dm") + (("replay",) if uniform else ())
+            available = ("dr", "snips", "ips", "dm", "switch-dr") + (("replay",) if uniform else ())
         chosen = self.estimators or available
         for name in (*chosen, self.ranking_estimator):
             if name not in available:

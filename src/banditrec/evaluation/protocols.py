@@ -65,14 +65,15 @@ class _Held:
         """The logging policy's per-round terms under the ranking estimator: the lift's
         baseline.
 
-        With its full distribution and a reward model, DM and DR evaluate the logging policy
-        itself (DR: ``Σ_a μ(a) q(a) + (r − q(a_logged))``), so the candidate's DR terms minus
+        With its full distribution and a reward model, DM, DR and Switch-DR (whose weights
+        are all 1 here) evaluate the logging policy itself (DR: ``Σ_a μ(a) q(a) +
+        (r − q(a_logged))``), so the candidate's DR terms minus
         these are DR applied to ``π − μ``: the reward model's noise the two share cancels
         round by round (the live policy replayed exactly has a lift of exactly 0). Otherwise
         the logged rewards (IPS, SNIPS and replay of the logging policy itself).
         """
         rounds, mu, q = self.rounds, self.logging_dist, self.q
-        if ranking not in ("dm", "dr") or mu is None or q is None:
+        if ranking not in ("dm", "dr", "switch-dr") or mu is None or q is None:
             return rounds.reward
         expected: FloatArray = (mu * q).sum(axis=1)
         if ranking == "dm":
@@ -368,12 +369,16 @@ def _estimate_dist(
         "snips": weighted,
         "dr": {**weighted, "estimated_rewards": held.q},
         "dm": {"action_dist": dist, "estimated_rewards": held.q},
+        "switch-dr": {**weighted, "estimated_rewards": held.q},
         "replay": {**logged, "action_dist": dist},
     }
+    # Switch-DR's estimate also bounds its bias with the logging distribution, when known.
+    extra = {"switch-dr": {"logging_dist": held.logging_dist}}
     with warnings.catch_warnings():  # recorded in each estimate's warnings instead
         warnings.simplefilter("ignore", ope.LowEffectiveSampleSizeWarning)
         for j, name in enumerate(estimators, start=1):
-            result.estimates[name] = config.estimator(name).estimate(**inputs[name], rng=rng)
+            kwargs = {**inputs[name], **extra.get(name, {})}
+            result.estimates[name] = config.estimator(name).estimate(**kwargs, rng=rng)
             tick(held.n + held.n * j // (len(estimators) + 1))  # the bootstraps take a while
         ranking = config.ranking_estimator
         terms = config.estimator(ranking).round_rewards(**inputs[ranking])

@@ -56,6 +56,8 @@ RANKING_TEXT = {
     "ips": "IPS: unbiased, but the most variable of the estimators.",
     "dm": "DM: lowest variance but biased by the reward model's errors; prefer DR.",
     "replay": "replay: unbiased on a uniform-random log; uses only the matching rounds.",
+    "switch-dr": "Switch-DR: DR with the rare large weights left to the reward model; bounded "
+    "variance, at a bias it reports a bound of.",
 }
 
 
@@ -208,6 +210,20 @@ class EvaluationResult:
                     "per decision of the later held-out rounds): "
                     f"{shown}{' …' if len(needs) > 5 else ''}."
                 )
+            bounded = sorted(
+                (c for c in low if "switch-dr" in c.estimates
+                 and c.estimates["switch-dr"].bias_bound is not None),
+                key=lambda c: c.estimates["switch-dr"].bias_bound or 0.0,
+            )  # fmt: skip
+            if bounded:
+                shown = "; ".join(
+                    f"{c.label}: {_switch(c.estimates['switch-dr'])}" for c in bounded[:5]
+                )
+                lines.append(
+                    "Switch-DR leaves their rare large weights to the reward model: variance "
+                    f"bounded, bias at most the bound shown: {shown}"
+                    f"{' …' if len(bounded) > 5 else ''}."
+                )
             hopeless = [c.label for c in low if c.decisions_needed is None]
             if hopeless:
                 lines.append(
@@ -290,6 +306,10 @@ class EvaluationResult:
         return out
 
 
+def _switch(e: ope.PolicyValueEstimate) -> str:
+    return f"{e.value:.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}], |bias| ≤ {e.bias_bound:.4f}"
+
+
 def _estimate_dict(e: ope.PolicyValueEstimate) -> dict[str, Any]:
     return {
         "value": e.value,
@@ -298,6 +318,7 @@ def _estimate_dict(e: ope.PolicyValueEstimate) -> dict[str, Any]:
         "effective_sample_size": e.effective_sample_size,
         "n_rounds": e.n_rounds,
         "warnings": list(e.warnings),
+        "bias_bound": e.bias_bound,
     }
 
 
