@@ -651,3 +651,30 @@ def test_a_loops_admin_routes_act_on_that_loop_only(client: TestClient) -> None:
     gift = client.post("/v1/loops/store/admin/actions", json={"action_id": "gift"}, headers=admin)
     assert [a["action_id"] for a in gift.json()] == ["discount", "bundle", "gift"]
     assert "gift" not in [a["action_id"] for a in client.get("/v1/actions").json()]
+
+
+def test_forgetting_a_user_on_the_default_route_forgets_them_in_every_loop(
+    client: TestClient, tmp_path: Path
+) -> None:
+    store_admin = auth("store-admin-0123456789abcdef")
+    keys = {STORE_WRITER: "writer", "store-admin-0123456789abcdef": "admin"}
+    assert client.put("/v1/loops/store", json=with_changes(STORE, api_keys=keys)).is_success
+    rng = np.random.default_rng(5)
+    for user_id in ("u1", "u2"):
+        body = {"context": store_context(rng), "user_id": user_id}
+        assert client.post("/v1/loops/store/rank", json=body, headers=auth(STORE_WRITER)).is_success
+        assert client.post("/v1/rank", json={"context": CONTEXT, "user_id": user_id}).is_success
+    # A loop's own route forgets in that loop only.
+    only_store = client.delete("/v1/loops/store/admin/users/u2", headers=store_admin).json()
+    assert only_store == {"user_id": "u2", "live": 1, "archive": 0}
+    # The server's route: everywhere, the counts added up.
+    everywhere = client.delete("/v1/admin/users/u1").json()
+    assert everywhere == {"user_id": "u1", "live": 2, "archive": 0}
+    log = open_loop_log(
+        "store", with_changes(STORE, api_keys=keys), Settings(db_path=tmp_path / "events.db")
+    )
+    try:
+        assert [record.user_id for record, _ in log.iter_decisions()] == []
+    finally:
+        log.close()
+    assert client.delete("/v1/admin/users/u2").json()["live"] == 1  # the default loop's

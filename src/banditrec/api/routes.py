@@ -180,17 +180,26 @@ async def forget_user(state: State, user_id: str) -> dict[str, Any]:
     decisions went from each. Decisions are found by the ``user_id`` they were logged with
     (``/recommend_action``, or ``user_id`` in the ``/v1/rank`` body). The model keeps what
     it learned: it holds sums over all users, not their decisions. 503 while the retention
-    job holds its lease for more than 30 s (nothing was removed: retry)."""
-    settings = state.settings
-    work = functools.partial(
-        forget_user_everywhere,
-        state.learner.store,
-        settings.archive_dir,
-        user_id,
-        encoding_hash=settings.feature_schema.encoding_hash,
-    )
-    forgotten = await asyncio.get_running_loop().run_in_executor(None, work)
-    return {"user_id": user_id, "live": forgotten.live, "archive": forgotten.archive}
+    job holds its lease for more than 30 s (nothing was removed: retry). On the default
+    loop's route, the user is forgotten in every named loop too (the counts add up); on a
+    loop's route (``/v1/loops/{loop}/admin/users/...``), in that loop only."""
+    states = [state]
+    registry = getattr(state, "loops", None)  # the app's state; a loop's has none
+    if registry is not None:
+        states += [(await registry.get(r.name)).state for r in registry.records()]
+    live = archive = 0
+    for each in states:
+        settings = each.settings
+        work = functools.partial(
+            forget_user_everywhere,
+            each.learner.store,
+            settings.archive_dir,
+            user_id,
+            encoding_hash=settings.feature_schema.encoding_hash,
+        )
+        forgotten = await asyncio.get_running_loop().run_in_executor(None, work)
+        live, archive = live + forgotten.live, archive + forgotten.archive
+    return {"user_id": user_id, "live": live, "archive": archive}
 
 
 def _actions_body(engine: Engine) -> list[dict[str, Any]]:
