@@ -60,14 +60,14 @@ def run(args: list[str], cwd: Path) -> tuple[float, float, float, int, str]:
     )
 
 
-def in_process(root: Path, rows: int, repeats: int) -> list[list[str]]:
+def in_process(root: Path, rows: int, repeats: int, policy: str) -> list[list[str]]:
     """The same steps called in this process once warm (imports done, kernels loaded):
     the rate of the pipeline itself, without the fixed cost of a process start."""
     import numpy as np
 
     from banditrec.features import load_default_schema
     from banditrec.logged_data import write_logged
-    from banditrec.policies import LinUCB
+    from banditrec.policies import build_policy
     from banditrec.sim import AppSimulator
     from banditrec.training import train_from_file
 
@@ -80,7 +80,7 @@ def in_process(root: Path, rows: int, repeats: int) -> list[list[str]]:
                 AppSimulator().logged_batches(rows, np.random.default_rng(0)), data
             ),
             f"train ← {fmt} (in process)": lambda data=data: train_from_file(
-                data, root / "warm.npz", schema, LinUCB()
+                data, root / "warm.npz", schema, build_policy(policy, schema=schema)
             ),
         }
         for name, step in steps.items():
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-in-process", action="store_true", help="Only the CLI runs (e.g. at 5M rows)."
     )
+    parser.add_argument(
+        "--policy",
+        default="linucb",
+        help="train's --policy: the target is for LinUCB's batched fit (the default `auto` "
+        "learns row by row in one compiled call).",
+    )
     args = parser.parse_args(argv)
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as tmp:
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             "start-up: train": ["train", "--data", str(tiny), "--model", str(root / "t.npz")],
         }
         for name, command in steps.items():
+            command += ["--policy", args.policy] if command[0] == "train" else []
             runs = [run(command, root) for _ in range(args.repeats)]
             walls = sorted(r[0] for r in runs)
             lines.append(
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"train ← {fmt}": ["train", "--data", str(data), "--model", str(root / "m.npz")],
             }
             for name, command in steps.items():
+                command += ["--policy", args.policy] if command[0] == "train" else []
                 runs = [run(command, root) for _ in range(args.repeats)]
                 walls, owns = sorted(r[0] for r in runs), sorted(r[1] for r in runs)
                 size = data.stat().st_size
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(" | ".join(lines[-1]), file=sys.stderr)
         if not args.no_in_process:
-            lines += in_process(root, args.rows, args.repeats)
+            lines += in_process(root, args.rows, args.repeats, args.policy)
     header = [
         "step", "rows", "wall s best / median", "rows/s (wall)", "own s", "rows/s (own)",
         "CPU s", "peak RSS", "file",
