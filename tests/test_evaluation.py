@@ -22,7 +22,7 @@ from banditrec import evaluation as ev
 from banditrec import ope
 from banditrec.cli import app
 from banditrec.engine import Engine, prior_model
-from banditrec.evaluation.ranking import rank
+from banditrec.evaluation.ranking import mean_estimate, rank
 from banditrec.features import load_default_schema
 from banditrec.logged_data import write_logged_csv
 from banditrec.policies import POLICIES, LinUCB
@@ -514,6 +514,35 @@ def test_a_row_worse_than_logging_is_not_tied_with_a_best_that_is_not() -> None:
         ("2", _estimate(0.45, 0.10, 0.90, ess=5.0), _estimate(+0.05, -0.3, +0.5)),
     )
     assert unreliable.low_ess and not unreliable.tied_with_best
+
+
+def test_ties_with_the_best_are_judged_on_the_paired_difference() -> None:
+    # Two candidates whose per-round terms share their noise and differ by 0.02 everywhere:
+    # their marginal intervals overlap widely, but the paired difference is exactly -0.02,
+    # so this log can tell them apart. A third, equal to the best, is tied with it.
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.4, 0.3, size=600)
+    config = ev.EvaluationConfig(n_bootstrap=200, estimators=("dr",))
+    rows = []
+    for alpha, shift in ((1.0, 0.0), (2.0, -0.02), (3.0, 0.0)):
+        terms = noise + shift
+        e = rank_estimate(terms, config)
+        lift = _estimate(shift, shift - 0.01, shift + 0.01)
+        rows.append(ev.CandidateResult(
+            ev.make_candidate("linucb", {"alpha": alpha}), {"dr": e}, lift=lift, terms=terms
+        ))  # fmt: skip
+    rank(rows, config, _estimate(0.40, 0.37, 0.43))
+    best, equal, lower = rows
+    assert lower.label == "linucb(alpha=2)" and lower.vs_best is not None
+    assert lower.estimates["dr"].ci_high > best.estimates["dr"].ci_low  # marginals overlap
+    assert lower.vs_best.value == pytest.approx(-0.02) and lower.vs_best.ci_high < 0
+    assert not lower.tied_with_best
+    assert equal.tied_with_best and equal.vs_best is not None and equal.vs_best.value == 0.0
+
+
+def rank_estimate(terms: np.ndarray, config: ev.EvaluationConfig) -> ope.PolicyValueEstimate:
+    e = mean_estimate("dr", terms, config, [0])
+    return ope.PolicyValueEstimate("dr", e.value, e.ci_low, e.ci_high, e.n_rounds, 500.0)
 
 
 def test_a_candidate_does_not_depend_on_the_other_candidates() -> None:
