@@ -219,6 +219,31 @@ def test_a_loop_created_through_one_worker_is_served_by_every_worker(tmp_path: P
             if len(pids) == 2:
                 break
         assert len(pids) == 2, "both workers must serve the loop"
+        # Rewards posted to either worker are learned by both (each follows the loop's log).
+        rng = np.random.default_rng(9)
+        for _ in range(40):
+            with httpx.Client(base_url=server.url, headers={"Connection": "close"}) as http:
+                assert (
+                    drive(
+                        http,
+                        "/v1/loops/store",
+                        STORE_WRITER,
+                        store_context,
+                        1,
+                        int(rng.integers(1 << 30)),
+                    )
+                    == 1
+                )
+        seen: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 or set(seen.values()) != {40}:
+            assert time.monotonic() < deadline, f"the workers did not all learn 40: {seen}"
+            model = httpx.get(
+                f"{server.url}/v1/loops/store/model",
+                headers={"Connection": "close", **auth(STORE_WRITER)},
+                timeout=30,
+            ).json()
+            seen[model["pid"]] = model["n_updates"]
         # Deleted through one worker, it stops on the other too (its watcher reads the
         # catalog every second): soon 40 requests in a row, on any worker, find no loop.
         assert httpx.delete(f"{server.url}/v1/loops/store", timeout=30).is_success
