@@ -198,7 +198,9 @@ def test_model_route_reports_version_updates_offset_and_schema(client: TestClien
     assert body["n_updates"] == 1 and body["log_offset"] == 1
     assert body["version"].endswith("@1")
     assert body["schema_hash"] == engine_of(client).schema.hash
-    assert body["policy"] == "linucb" and body["policy_params"]["alpha"] == 1.0
+    # The policy served from the prior (the default) with its own parameters, as configured.
+    policy = engine_of(client).policy
+    assert body["policy"] == policy.name and body["policy_params"] == policy.get_params()
 
 
 KEYS = {

@@ -69,8 +69,9 @@ def test_the_command_prints_both_tables_and_the_target(
     out = capsys.readouterr().out
     assert "Progressive validation loss" in out
     assert "cumulative regret" in out
-    assert "| banditrec linucb (default) |" in out
-    assert "| proposed: linucb alpha=0.3, epsilon=0.01 |" in out
+    assert f"| banditrec {bq.DEFAULT_POLICY} (default) |" in out
+    # alpha reaches the default policy as the server's setting does (auto: its widest width)
+    assert f"| proposed: {bq.DEFAULT_POLICY} alpha=0.3, epsilon=0.01 |" in out
     assert "overall:" in out or "Target not checked" in out
     assert f"Seeds: base seed {bq.REPORTING_SEED}: reporting seeds" in out
 

@@ -90,8 +90,19 @@ def test_train_fits_the_simulated_file(tmp_path: Path) -> None:
     assert "Trained on 300 rounds" in flat(result.output)
     loaded = load_model(model, SCHEMA)
     assert loaded.n_updates == 300
-    assert loaded.policy.get_params() | {"alpha": 0.5, "ridge": 2.0} == loaded.policy.get_params()
+    # The default policy (auto) takes --alpha as its widest width, --ridge as its λ.
+    assert loaded.policy.name == "auto"
+    params = loaded.policy.get_params()
+    assert params | {"max_alpha": 0.5, "ridge": 2.0} == params
     assert loaded.policy.exploration.get_params()["epsilon"] == 0.1
+    linucb = tmp_path / "models" / "linucb.npz"
+    result = invoke(
+        "train", "--data", str(data), "--model", str(linucb), "--policy", "linucb",
+        "--alpha", "0.5", "--ridge", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = load_model(linucb, SCHEMA).policy.get_params()
+    assert params | {"alpha": 0.5, "ridge": 2.0} == params
 
 
 def test_default_paths_are_relative_to_the_working_directory(tmp_path: Path) -> None:

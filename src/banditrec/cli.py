@@ -180,7 +180,7 @@ def train(
         int | None,
         typer.Option(min=1, help="Learn only the file's first ROWS rows (all are checked)."),
     ] = None,
-    policy: Annotated[str, typer.Option(help="Policy (`train --help` lists them).")] = "linucb",
+    policy: Annotated[str, typer.Option(help="Policy (`train --help` lists them).")] = "auto",
     param: Annotated[
         list[str] | None,
         typer.Option(help="Policy parameter key=value (repeat), e.g. gamma=0.999."),
@@ -205,7 +205,8 @@ def train(
         float | None, typer.Option(min=0, max=1, help="Exploration floor ε; default: the policy's.")
     ] = None,
 ) -> None:
-    """Train a policy (default LinUCB) on logged data and write the model file atomically.
+    """Train a policy (default auto, the self-tuning LinUCB) on logged data and write the
+    model file atomically.
 
     Rows are learned in file order (which matters only with a forgetting factor gamma < 1).
     --alpha, --ridge and --epsilon are the defaults of the parameters of those names.

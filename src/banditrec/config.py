@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from banditrec.auth import ApiKeys
 from banditrec.features import FeatureSchema, load_default_schema, load_schema
-from banditrec.policies import Policy, build_policy
+from banditrec.policies import DEFAULT_POLICY, Policy, build_policy
 from banditrec.store import RewardRules
 
 __all__ = ["Settings"]
@@ -42,13 +42,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface to bind (`banditrec serve --host`).")
     port: int = Field(8020, ge=1, le=65535, description="Port (`banditrec serve --port`).")
-    # None: the configured policy's own default (LinUCB: α = 1, λ = 10, ε = 0.01).
+    # None: the configured policy's own default (auto: widths 0.3 and 1, λ = 10, ε = 0.01;
+    # for auto, alpha is the widest width).
     alpha: float | None = Field(None, ge=0, description="α of the policy started from the prior.")
     ridge: float | None = Field(None, gt=0, description="Ridge λ of the policy from the prior.")
     epsilon: float | None = Field(None, ge=0, le=1, description="ε-greedy exploration floor.")
     # The policy served when there is no model file (a model file records its own).
     policy: str = Field(
-        "linucb",
+        DEFAULT_POLICY,
         description="linucb, hybrid_linucb, thompson, epsilon_greedy, softmax, squarecb, "
         "uniform, popular, fixed_rule or auto.",
     )

@@ -5,8 +5,8 @@ One interface (`Policy`), one contract test suite, one registry (`POLICIES`):
 ==================  =========================  ==========================================
 name                class                      what it serves
 ==================  =========================  ==========================================
+``auto``            `AutoLinUCB`               LinUCB choosing its own width (the default)
 ``linucb``          `LinUCB`                   ε-greedy over per-action upper bounds
-``auto``            `AutoLinUCB`               LinUCB choosing its own width, shrinking floor
 ``hybrid_linucb``   `HybridLinUCB`             same, with coefficients shared by actions
 ``thompson``        `LinearThompsonSampling`   P(argmax) of posterior draws (Monte Carlo)
 ``epsilon_greedy``  `RidgeEpsilonGreedy`       ε-greedy over ridge means
@@ -26,12 +26,13 @@ from banditrec.policies.base import Policy, Scores
 from banditrec.policies.baselines import MostPopular, UniformRandom
 from banditrec.policies.hybrid import HybridLinUCB
 from banditrec.policies.linear import LinUCB, RidgeEpsilonGreedy, RidgeSoftmax, SquareCB
-from banditrec.policies.registry import POLICIES, build_policy
+from banditrec.policies.registry import DEFAULT_POLICY, POLICIES, build_policy
 from banditrec.policies.ridge import RidgePolicy
 from banditrec.policies.rules import FixedRule
 from banditrec.policies.thompson import LinearThompsonSampling
 
 __all__ = [
+    "DEFAULT_POLICY",
     "POLICIES",
     "AutoLinUCB",
     "FixedRule",

@@ -23,7 +23,11 @@ from banditrec.policies.thompson import LinearThompsonSampling
 if TYPE_CHECKING:
     from banditrec.features import FeatureSchema
 
-__all__ = ["POLICIES", "build_policy"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "build_policy"]
+
+#: The policy served when nothing is configured (``BANDITREC_POLICY``, ``train --policy``):
+#: the self-tuning LinUCB, which picks its own width (docs/benchmarks.md, the tuning table).
+DEFAULT_POLICY = "auto"
 
 #: Every policy by the name recorded in model files and accepted in configuration.
 POLICIES: dict[str, type[Policy]] = {
