@@ -286,31 +286,26 @@ class RedisEventStore:
     ) -> RewardResult:
         return self.record_rewards([(event_id, value, now)], rules)[0]
 
-    @_available
     def record_rewards(
         self, posted: Sequence[tuple[str, float, float]], rules: RewardRules
     ) -> list[RewardResult]:
-        """`record_reward` for each (event id, value, time), in order, in one round trip.
+        """`record_reward` for each (event id, value, time), in order, in one script.
 
-        Each reward is its own atomic script; rewards of other replicas may come between.
+        The group is one atomic script (``RECORD_REWARDS``): one call to Redis, and its
+        learn events are appended together, so the replicas' blocking reads of the stream
+        wake once for the group. Each reward keeps its own replay token.
         """
-        pipe = self._redis.pipeline(transaction=False)
+        if not posted:
+            return []
+        args: list[Any] = [
+            rules.aggregation, repr(float(rules.min_reward)), repr(float(rules.max_reward))
+        ]  # fmt: skip
         for event_id, value, now in posted:
-            self._run(
-                "RECORD_REWARD",
-                event_id,
-                repr(float(value)),
-                repr(float(now)),
-                rules.aggregation,
-                repr(float(rules.min_reward)),
-                repr(float(rules.max_reward)),
-                uuid.uuid4().hex,
-                client=pipe,
-            )
+            args += [event_id, repr(float(value)), repr(float(now)), uuid.uuid4().hex]
+        flat = self._run("RECORD_REWARDS", *args)
         results = []
-        for (event_id, value, _), (outcome, total, action, *seq) in zip(
-            posted, pipe.execute(), strict=True
-        ):
+        for i, (event_id, value, _) in enumerate(posted):
+            outcome, total, action, seq = flat[4 * i : 4 * i + 4]
             results.append(
                 RewardResult(
                     event_id,
@@ -318,9 +313,7 @@ class RedisEventStore:
                     value,
                     _float_or_none(total),
                     action.decode() or None,
-                    # An integer reply; '' for none (a replay token kept by an older
-                    # version has no seq at all).
-                    seq[0] if seq and isinstance(seq[0], int) else None,
+                    seq if isinstance(seq, int) else None,  # an integer reply; '' for none
                 )
             )
         return results

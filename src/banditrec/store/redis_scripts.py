@@ -43,6 +43,7 @@ __all__ = [
     "OPEN",
     "PUT_SNAPSHOT",
     "RECORD_REWARD",
+    "RECORD_REWARDS",
     "RELEASE",
     "SNAPSHOTS",
     "USER_EVENT",
@@ -127,47 +128,75 @@ return out
 """
 )
 
+#: One reward, as the scripts below call it: its event id, value and time (as sent), the
+#: aggregation, reward range and replay token. Returns {outcome, total ('' for none), action
+#: ('' for none), seq of the learn event appended ('' for none)}; mirrors
+#: rewards.join_reward.
+_RECORD = """
+local function record(id, value_s, now_s, aggregation, lo, hi, token)
+  local before = replay(token)
+  if before then return before end
+  local value, now = tonumber(value_s), tonumber(now_s)
+  local key = P .. 'd:' .. id
+  local h = redis.call('HMGET', key, 'st', 'dl', 'tot', 'ai', 'a', 'x', 'p')
+  local state, deadline, total, index, action, x = h[1], h[2], h[3], h[4], h[5], h[6]
+  local propensity = h[7] or ''
+  local outcome
+  local seq = ''  -- the learn event appended, if any
+  if not state then
+    outcome, total, action = 'unknown', false, false
+  elseif state == 'inactive' then
+    outcome, total = 'not_activated', false
+  elseif state == 'defaulted' or now > tonumber(deadline) then
+    outcome = 'late'
+  elseif state == 'pending' then
+    outcome, total = 'learned', fmt(clip(value, lo, hi))
+    seq = learn(id, 'reward', index, x, total, '1', now_s, propensity)
+    redis.call('HSET', key, 'st', 'rewarded', 'tot', total)
+    redis.call('ZREM', P .. 'pending', id)
+  elseif aggregation == 'earliest' then
+    outcome = 'duplicate'
+  else
+    outcome = 'summed'
+    local old = tonumber(total)
+    local new = clip(old + value, lo, hi)
+    if new ~= old then  -- the correction moves b only (see LinUCB.correct)
+      seq = learn(id, 'correction', index, x, fmt(new - old), '1', now_s, propensity)
+      total = fmt(new)
+      redis.call('HSET', key, 'tot', total)
+    end
+  end
+  redis.call('XADD', P .. 'rewards', '*', 'e', id, 't', now_s, 'v', value_s, 'o', outcome)
+  return remember(token, {outcome, total or '', action or '', seq})
+end
+"""
+
 #: ARGV: prefix, event id, value, now, aggregation, min reward, max reward, token.
-#: Returns {outcome, total ('' for none), action ('' for none), seq of the learn event
-#: appended ('' for none)}; mirrors rewards.join_reward.
+#: Returns the reward's {outcome, total, action, seq} (see _RECORD).
 RECORD_REWARD = (
     _COMMON
+    + _RECORD
     + """
-local id, value, now = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local aggregation, lo, hi, token = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-local before = replay(token)
-if before then return before end
-local key = P .. 'd:' .. id
-local h = redis.call('HMGET', key, 'st', 'dl', 'tot', 'ai', 'a', 'x', 'p')
-local state, deadline, total, index, action, x = h[1], h[2], h[3], h[4], h[5], h[6]
-local propensity = h[7] or ''
-local outcome
-local seq = ''  -- the learn event appended, if any
-if not state then
-  outcome, total, action = 'unknown', false, false
-elseif state == 'inactive' then
-  outcome, total = 'not_activated', false
-elseif state == 'defaulted' or now > tonumber(deadline) then
-  outcome = 'late'
-elseif state == 'pending' then
-  outcome, total = 'learned', fmt(clip(value, lo, hi))
-  seq = learn(id, 'reward', index, x, total, '1', ARGV[4], propensity)
-  redis.call('HSET', key, 'st', 'rewarded', 'tot', total)
-  redis.call('ZREM', P .. 'pending', id)
-elseif aggregation == 'earliest' then
-  outcome = 'duplicate'
-else
-  outcome = 'summed'
-  local old = tonumber(total)
-  local new = clip(old + value, lo, hi)
-  if new ~= old then  -- the correction moves b only (see LinUCB.correct)
-    seq = learn(id, 'correction', index, x, fmt(new - old), '1', ARGV[4], propensity)
-    total = fmt(new)
-    redis.call('HSET', key, 'tot', total)
-  end
+return record(ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]),
+  ARGV[8])
+"""
+)
+
+#: A group of rewards in one script, in order. ARGV: prefix, aggregation, min reward, max
+#: reward, then per reward its event id, value, now and token. Returns the 4 values of
+#: each reward (see _RECORD), one after the other. Their learn events are appended by one
+#: script, so a replica's blocking read of the stream wakes once for the whole group.
+RECORD_REWARDS = (
+    _COMMON
+    + _RECORD
+    + """
+local aggregation, lo, hi = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV, 4 do
+  local one = record(ARGV[i], ARGV[i + 1], ARGV[i + 2], aggregation, lo, hi, ARGV[i + 3])
+  for j = 1, 4 do out[#out + 1] = one[j] end
 end
-redis.call('XADD', P .. 'rewards', '*', 'e', id, 't', ARGV[4], 'v', ARGV[3], 'o', outcome)
-return remember(token, {outcome, total or '', action or '', seq})
+return out
 """
 )
 
