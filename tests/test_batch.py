@@ -506,3 +506,21 @@ def test_the_batch_encoder_refuses_an_unknown_value_in_reject_mode_as_the_single
     with pytest.raises(SchemaError) as batch:
         strict.vectorize_many({n: [c[n] for c in contexts] for n in strict.field_names})
     assert str(batch.value) == str(single.value) == "country: unknown value 'XX'."
+
+
+def test_the_fastapi_path_answers_a_batch_as_the_hot_path(model_file: Path, tmp_path: Path) -> None:
+    """The batch's pre-rendered answer goes out alike through FastAPI's route (its
+    response class) and through the hot path: the same decisions with the same seed."""
+    contexts = _contexts(30)
+    answers = []
+    for hot in (True, False):
+        settings = Settings(model_path=model_file, db_path=tmp_path / f"{hot}.db", seed=0)
+        with TestClient(create_app(settings, hot_path=hot)) as client:
+            response = client.post("/v1/rank/batch", json={"contexts": contexts})
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "application/json"
+            answers.append(response.json()["decisions"])
+    for d in answers:
+        for decision in d:
+            del decision["event_id"]
+    assert answers[0] == answers[1]
