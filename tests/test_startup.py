@@ -117,3 +117,14 @@ def test_train_and_simulate_processes_exit_with_their_status_and_full_output(
     usage = _cli("train", "--bogus", cwd=tmp_path)
     assert usage.returncode == 2
     assert "No such option: --bogus" in usage.stderr
+
+
+def test_train_help_lists_every_policy_though_the_cli_imports_none_up_front() -> None:
+    from typer.testing import CliRunner
+
+    from banditrec.cli import app
+    from banditrec.policies import POLICIES
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert f"Policy: {', '.join(POLICIES)}." in " ".join(result.output.split())
