@@ -244,6 +244,25 @@ def test_a_loop_created_through_one_worker_is_served_by_every_worker(tmp_path: P
                 timeout=30,
             ).json()
             seen[model["pid"]] = model["n_updates"]
+        # Redefined through one worker (a new key), the other reopens it too: soon 40
+        # requests in a row, on any worker, take the new key and refuse the old one.
+        new_key = "store-new-writer-0123456789"
+        redefined = with_changes(STORE, api_keys={new_key: "writer"})
+        assert httpx.put(f"{server.url}/v1/loops/store", json=redefined, timeout=30).is_success
+        deadline, in_a_row = time.monotonic() + 60, 0
+        while in_a_row < 40:
+            assert time.monotonic() < deadline, "a worker still has the old definition"
+            statuses = [
+                httpx.get(
+                    f"{server.url}/v1/loops/store/model",
+                    headers={"Connection": "close", **auth(key)},
+                    timeout=30,
+                ).status_code
+                for key in (new_key, STORE_WRITER)
+            ]
+            in_a_row = in_a_row + 1 if statuses == [200, 401] else 0
+        model = httpx.get(f"{server.url}/v1/loops/store/model", headers=auth(new_key)).json()
+        assert model["n_updates"] == 40  # its log, replayed
         # Deleted through one worker, it stops on the other too (its watcher reads the
         # catalog every second): soon 40 requests in a row, on any worker, find no loop.
         assert httpx.delete(f"{server.url}/v1/loops/store", timeout=30).is_success
@@ -438,7 +457,7 @@ def test_a_bad_definition_is_refused_and_creates_nothing(
     assert unknown.status_code == 404
 
 
-def test_a_loop_exists_once(client: TestClient) -> None:
+def test_a_loop_keeps_its_schema_and_takes_new_settings_and_keys(client: TestClient) -> None:
     assert client.put("/v1/loops/onboarding", json=ONBOARDING).status_code == 201
     again = client.put("/v1/loops/onboarding", json=ONBOARDING)
     assert again.status_code == 200  # the same definition: nothing changes
@@ -446,12 +465,27 @@ def test_a_loop_exists_once(client: TestClient) -> None:
     assert other.status_code == 409
     assert other.json() == {
         "error": "loop_exists",
-        "message": "The loop 'onboarding' exists with another definition; a loop's "
-        "definition cannot change while it runs (delete it first, or choose another name).",
+        "message": "The loop 'onboarding' exists with another schema; a loop's schema cannot "
+        "change (its log is written under it): choose another name, or delete the loop and "
+        "remove its files first.",
         "detail": [],
     }
     served = client.get("/v1/loops/onboarding", headers=auth(ONBOARDING_READER)).json()
     assert served["actions"] == ["tour", "video", "skip"]
+    assert drive(client, "/v1/loops/onboarding", ONBOARDING_WRITER, onboarding_context, 3, 4) == 3
+    # New settings and keys for the same schema: reopened with them, its log replayed.
+    new_key = "onboarding-new-writer-0123456789"
+    changed = with_changes(
+        ONBOARDING, settings={"policy": "linucb", "alpha": 2.0}, api_keys={new_key: "writer"}
+    )
+    replaced = client.put("/v1/loops/onboarding", json=changed)
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["settings"] == {"policy": "linucb", "alpha": 2.0}
+    model = client.get("/v1/loops/onboarding/model", headers=auth(new_key)).json()
+    assert model["n_updates"] == 3 and model["policy_params"]["alpha"] == 2.0
+    old_key = client.get("/v1/loops/onboarding/model", headers=auth(ONBOARDING_WRITER))
+    assert old_key.status_code == 401
+    assert drive(client, "/v1/loops/onboarding", new_key, onboarding_context, 2, 5) == 2
 
 
 def test_unknown_loops_and_contexts_of_another_schema(client: TestClient, tmp_path: Path) -> None:
@@ -647,10 +681,14 @@ def test_the_loops_file_wins_at_start_up_and_the_log_is_replayed(tmp_path: Path)
     write_loops_file(loops_file, "store", STORE)
     with TestClient(create_app(settings)) as http:
         assert drive(http, "/v1/loops/store", STORE_WRITER, store_context, 4, 1) == 4
-        # Through the API, the file's loop cannot be redefined while it runs.
-        changed = with_changes(STORE, settings={"policy": "linucb", "ridge": 3.0})
-        assert http.put("/v1/loops/store", json=changed).status_code == 409
-    write_loops_file(loops_file, "store", changed)  # the operator edits the file
+        # Redefined through the API: it serves with the new settings...
+        through_api = with_changes(STORE, settings={"policy": "linucb", "ridge": 5.0})
+        assert http.put("/v1/loops/store", json=through_api).status_code == 200
+        model = http.get("/v1/loops/store/model", headers=auth(STORE_WRITER)).json()
+        assert model["policy_params"]["ridge"] == 5.0 and model["n_updates"] == 4
+    # ...until a start-up reads the file, which the operator has edited meanwhile.
+    changed = with_changes(STORE, settings={"policy": "linucb", "ridge": 3.0})
+    write_loops_file(loops_file, "store", changed)
     with TestClient(create_app(settings)) as http:
         store = http.get("/v1/loops/store", headers=auth(STORE_WRITER)).json()
         assert store["settings"] == {"policy": "linucb", "ridge": 3.0}

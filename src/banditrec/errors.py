@@ -136,12 +136,13 @@ class LoopNotFoundError(LookupError):
 
 
 class LoopExistsError(Exception):
-    """A loop of this name exists with another definition: 409 ``loop_exists``."""
+    """A loop of this name exists with another schema: 409 ``loop_exists``."""
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"The loop {name!r} exists with another definition; a loop's definition cannot "
-            "change while it runs (delete it first, or choose another name)."
+            f"The loop {name!r} exists with another schema; a loop's schema cannot change "
+            "(its log is written under it): choose another name, or delete the loop and "
+            "remove its files first."
         )
 
 

@@ -212,11 +212,12 @@ async def get_loop(state: State) -> dict[str, Any]:
 
 
 async def put_loop(state: State, body: LoopSpec, loop: str) -> FastJSONResponse:
-    """Create the loop: its schema (context fields and actions), its settings (policy,
-    exploration, rewards, constraints, lifecycle) and its own API keys. 201 when created;
-    200 when a loop of that name has this very definition (nothing changes); 409 when it
-    has another one. It serves at once, from the prior (or ``loops/<name>.npz`` beside the
-    model file), on every worker."""
+    """Create or redefine the loop: its schema (context fields and actions), its settings
+    (policy, exploration, rewards, constraints, lifecycle) and its own API keys. 201 when
+    created: it serves at once, from the prior (or ``loops/<name>.npz`` beside the model
+    file), on every worker. 200 when a loop of that name exists: with this very definition
+    nothing changes; with new settings or keys it is reopened with them on every worker
+    (its log replayed). 409 when it exists with another schema."""
     registry: LoopRegistry = state.loops
     created, outcome = await registry.create(loop, body)
     return FastJSONResponse(created.describe(), 201 if outcome == "created" else 200)

@@ -35,8 +35,9 @@ class LoopCatalog(Protocol):
         """Every loop's record, by name."""
 
     def put(self, record: LoopRecord, *, replace: bool = False) -> PutOutcome:
-        """Keep `record`; an existing loop of that name with another definition is kept
-        (`LoopExistsError`) unless `replace`. The same definition again is ``unchanged``."""
+        """Keep `record`, replacing the definition of a loop of that name with the same
+        schema; one with another schema is kept (`LoopExistsError`) unless `replace`. The
+        same definition again is ``unchanged``."""
 
     def delete(self, name: str) -> bool:
         """Forget the loop `name`'s definition; whether there was one."""
@@ -50,7 +51,7 @@ def _decide(old: LoopRecord | None, new: LoopRecord, replace: bool) -> PutOutcom
         return "created"
     if old.same_definition(new):
         return None
-    if not replace:
+    if not replace and old.schema != new.schema:  # its log is written under its schema
         raise LoopExistsError(new.name)
     return "replaced"
 

@@ -198,8 +198,10 @@ class LoopRegistry:
         return loop
 
     async def create(self, name: str, spec: LoopSpec) -> tuple[Loop, PutOutcome]:
-        """Create the loop `name` as `spec` defines it and open it; the same definition
-        again changes nothing (``unchanged``).
+        """Create the loop `name` as `spec` defines it and open it (``created``); the same
+        definition again changes nothing (``unchanged``); new settings or keys for the same
+        schema reopen it with them (``replaced``: its log is replayed, and every worker
+        follows within `WATCH_SECONDS`).
 
         Raises
         ------
@@ -207,26 +209,33 @@ class LoopRegistry:
             For a name or definition that cannot serve, or a log or model file left under
             its name that does not fit it (nothing is kept).
         LoopExistsError
-            For a loop of that name with another definition.
+            For a loop of that name with another schema.
         StoreUnavailableError
             The store cannot be reached now (nothing is kept).
         """
         record = LoopRecord.from_spec(check_loop_name(name), spec, time.time())
         async with self._lock:
+            before = self.catalog.get(name)
             outcome = self.catalog.put(record)
             loop = self.loops.get(name)
-            if loop is None:
-                stored = self.catalog.get(name) if outcome == "unchanged" else record
-                try:
-                    loop = self._start(self._open(stored or record))
-                except BaseException as exc:
-                    if outcome == "created":  # a definition that does not open is not kept
-                        self.catalog.delete(name)
-                    if isinstance(exc, StoreUnavailableError):
-                        raise  # 503: the store is down, not the definition wrong
-                    if isinstance(exc, StoreError | ModelFileError | SchemaError):
-                        raise LoopError(f"Loop {name!r} cannot open: {exc}") from None
-                    raise
+            if loop is not None and outcome == "unchanged":
+                return loop, outcome
+            try:
+                if loop is not None:
+                    loop = await self._reopen(loop, record)
+                else:
+                    loop = self._start(self._open(self.catalog.get(name) or record))
+            except BaseException as exc:
+                # A definition that does not open is not kept: the catalog as it was.
+                if outcome == "created":
+                    self.catalog.delete(name)
+                elif outcome == "replaced" and before is not None:
+                    self.catalog.put(before, replace=True)
+                if isinstance(exc, StoreUnavailableError):
+                    raise  # 503: the store is down, not the definition wrong
+                if isinstance(exc, StoreError | ModelFileError | SchemaError):
+                    raise LoopError(f"Loop {name!r} cannot open: {exc}") from None
+                raise
         return loop, outcome
 
     async def delete(self, name: str) -> None:
@@ -269,6 +278,15 @@ class LoopRegistry:
         self.loops[record.name] = loop
         return loop
 
+    async def _reopen(self, old: Loop, record: LoopRecord) -> Loop:
+        # The new runtime replays the log while the old one serves; then requests go to the
+        # new one (`_open` swaps it in) and the old one stops. Decisions the old one logs
+        # meanwhile are in the log, which the new one follows.
+        loop = self._start(self._open(record))
+        await old.runtime.stop()
+        logger.info("Loop %s reopened with its new definition.", record.name)
+        return loop
+
     def _start(self, loop: Loop) -> Loop:
         if self._started:
             loop.runtime.start()
@@ -278,9 +296,20 @@ class LoopRegistry:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             try:
-                names = {record.name for record in self.catalog.records()}
+                records = {record.name: record for record in self.catalog.records()}
             except Exception:  # the store is down: the learners say so; try again
                 continue
+            names = set(records)
+            for name, record in records.items():
+                if self._redefined(name, record) is None:
+                    continue
+                async with self._lock:  # redefined through another worker
+                    current = self._redefined(name, record)  # still, now that we hold it
+                    if current is not None:
+                        try:
+                            await self._reopen(current, record)
+                        except Exception:
+                            logger.exception("Cannot reopen the loop %r.", name)
             for name in names - set(self.loops):
                 try:
                     await self.get(name)
@@ -288,10 +317,17 @@ class LoopRegistry:
                     logger.exception("Cannot open the loop %r.", name)
             for name in set(self.loops) - names:
                 async with self._lock:
-                    loop = self.loops.pop(name, None)
-                if loop is not None:
+                    gone = self.loops.pop(name, None)
+                if gone is not None:
                     logger.info("Loop %s was deleted; it is stopped.", name)
-                    await loop.runtime.stop()
+                    await gone.runtime.stop()
+
+    def _redefined(self, name: str, record: LoopRecord) -> Loop | None:
+        """The open loop `name` if the catalog's `record` defines it otherwise."""
+        loop = self.loops.get(name)
+        if loop is None or loop.record.same_definition(record):
+            return None
+        return loop
 
 
 def read_loops_file(path: Path) -> dict[str, LoopSpec]:
