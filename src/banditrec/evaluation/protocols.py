@@ -144,7 +144,7 @@ def evaluate(
     estimators = config.estimators_for(uniform)
     train, evaluated = rounds.part(0, n_train), rounds.part(n_train, n)
     q = None
-    if {"dm", "dr"} & set(estimators):
+    if {"dm", "dr", "switch-dr"} & set(estimators):
         notify("reward model", 0, 1, "cross-fitting")
         q = ope.cross_fit_reward_model(
             evaluated.X, evaluated.action, evaluated.reward, len(rounds.actions),
