@@ -198,7 +198,7 @@ class FastBatchValidator:
         self._names = schema.field_names
         # orjson reads integers beyond 64 bits as floats, `json` as integers: only where a
         # real's range reaches that far could the two differ in what is accepted.
-        self._sure = all(
+        self._sure = bool(schema.fields) and all(
             isinstance(f, CategoricalField) or max(abs(f.min), abs(f.max)) < 2.0**63
             for f in schema.fields
         )

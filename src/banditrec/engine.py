@@ -704,8 +704,9 @@ def new_event_ids(n: int) -> list[str]:
     raw[:, :6] = np.frombuffer((time.time_ns() // 1_000_000).to_bytes(6, "big"), np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x70  # version 7
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 9562 variant
-    text = raw.tobytes().hex()
-    return sorted([text[i : i + 32] for i in range(0, 32 * n, 32)])
+    # Sorted as 16-byte strings (byte by byte: the order of their hex), in C.
+    text = np.sort(raw.view("S16").ravel()).tobytes().hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def new_event_id() -> str:
