@@ -163,8 +163,10 @@ def test_an_epoch_whose_model_is_gone_is_replayed_from_the_prior(tmp_path: Path)
 def test_live_candidates_without_the_model_file_say_how_to_give_it(tmp_path: Path) -> None:
     log, model_path, _ = _served_log(tmp_path, LinUCB(), n=200, seed=5)
     model_path.rename(tmp_path / "elsewhere.bin")  # not a .npz beside the log any more
+    (tmp_path / "junk.npz").write_text("not a model")  # passed over, not an error
+    np.savez(tmp_path / "arrays.npz", a=np.ones(3))
     rounds = ev.load_event_log(log, SCHEMA)
-    assert ev.find_live_model(rounds, SCHEMA) is None
+    assert ev.find_live_model(rounds, SCHEMA, [tmp_path / "missing.npz"]) is None
     config = ev.EvaluationConfig(n_bootstrap=20, estimators=("dr",))
     candidates = [ev.make_candidate("live", {}), ev.make_candidate("linucb", {})]
     result = ev.evaluate(rounds, candidates, config, schema=SCHEMA)
