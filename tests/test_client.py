@@ -49,6 +49,7 @@ from banditrec.client import (
     WindowClosed,
 )
 from banditrec.client.errors import error_from_response
+from banditrec.policies import DEFAULT_POLICY, build_policy
 from conftest import ACTIONS, SEED_CONTEXT, SEED_REQUEST
 from serving import Server, free_port, running_process, running_server, server_env
 
@@ -216,7 +217,9 @@ def test_health_model_actions_and_metrics_are_typed(open_server: Served) -> None
         assert health.n_actions == 4 and not health.model_loaded
 
         model = client.model()
-        assert model.policy == "linucb" and model.schema_hash == health.schema_hash
+        # Served from the prior: the default policy, its parameters as JSON values.
+        assert model.policy == DEFAULT_POLICY and model.schema_hash == health.schema_hash
+        assert model.policy_params == build_policy(DEFAULT_POLICY).get_params()
         assert set(model.n_updates_by_action) == set(ACTIONS)
         assert model.version == health.model_version
 
@@ -429,7 +432,7 @@ def test_keys_roles_window_and_body_limit(strict_server: Served) -> None:
         wrong.model()
     assert caught.value.code == "invalid_api_key"
     with Client(url, "r-key", trust_env=False) as reader:
-        assert reader.model().policy == "linucb"
+        assert reader.model().policy == DEFAULT_POLICY
         with pytest.raises(Forbidden) as denied:
             reader.rank(SEED_CONTEXT)
     assert (denied.value.status, denied.value.code) == (403, "insufficient_role")
@@ -635,7 +638,7 @@ def test_async_client_every_call_and_retries(open_server: Served) -> None:
     async def main(proxy: FaultyProxy) -> None:
         async with AsyncClient(proxy.url, backoff=0.01, trust_env=False) as client:
             assert (await client.health()).ok
-            assert (await client.model()).policy == "linucb"
+            assert (await client.model()).policy == DEFAULT_POLICY
             assert len(await client.actions()) >= 4
             assert "banditrec_rewards_total" in await client.metrics()
 

@@ -415,7 +415,8 @@ class ModelInfo:
     applied_at: float
     schema_hash: str
     policy: str
-    policy_params: dict[str, float]
+    #: JSON values: numbers for most policies, lists for auto's widths, rules for fixed_rule.
+    policy_params: dict[str, Any]
     exploration: str
     exploration_params: dict[str, float]
 
@@ -433,7 +434,7 @@ class ModelInfo:
             applied_at=_get(body, "applied_at", _number),
             schema_hash=_get(body, "schema_hash", _string),
             policy=_get(body, "policy", _string),
-            policy_params=_get(body, "policy_params", _number_map, {}),
+            policy_params=_get(body, "policy_params", lambda v: dict(_object(v)), {}),
             exploration=_get(body, "exploration", _string, ""),
             exploration_params=_get(body, "exploration_params", _number_map, {}),
         )
