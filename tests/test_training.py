@@ -392,6 +392,45 @@ def test_training_streams_a_file_in_bounded_memory(tmp_path: Path) -> None:
     assert growth < in_memory / 3, f"peak RSS grew by {growth / 2**20:.0f} MB"
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_training_memory_follows_the_batch_size_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    # The NumPy side of training (the encoded batch, its feature matrix), traced by
+    # tracemalloc: with small batches its peak is the same for a file 10x longer, and far
+    # below the longer file's matrix. The long file's model equals the one learned in a
+    # single batch (one `update_batch` of all rows) to 1e-9.
+    import tracemalloc
+
+    short, long = tmp_path / f"short{suffix}", tmp_path / f"long{suffix}"
+    write_logged(AppSimulator().simulate_logged(20_000, np.random.default_rng(3)), short)
+    write_logged(AppSimulator().logged_batches(200_000, np.random.default_rng(4)), long)
+    monkeypatch.setattr(logged_data, "READ_BLOCK_BYTES", 64 * 1024)
+    monkeypatch.setattr(logged_data, "PARQUET_BATCH_ROWS", 1000)
+    train_from_file(short, tmp_path / "warm.npz", SCHEMA, LinUCB())  # imports, kernels, pools
+
+    def traced_peak(path: Path) -> tuple[int, Any]:
+        tracemalloc.start()
+        try:
+            model = train_from_file(path, tmp_path / "m.npz", SCHEMA, LinUCB())
+            return tracemalloc.get_traced_memory()[1], model
+        finally:
+            tracemalloc.stop()
+
+    short_peak, _ = traced_peak(short)
+    long_peak, model = traced_peak(long)
+    long_matrix = 200_000 * SCHEMA.n_features * 8  # 35 MB
+    assert long_peak < 2 * short_peak + 1_000_000, (short_peak, long_peak)
+    assert long_peak < long_matrix / 4, long_peak
+    data = read_logged(long, SCHEMA)
+    at_once = LinUCB().reset(SCHEMA.n_actions, SCHEMA.n_features)
+    at_once.update_batch(data.X, data.action, data.reward)
+    for name in ("A_", "b_", "theta_"):
+        np.testing.assert_allclose(
+            getattr(model.policy, name), getattr(at_once, name), rtol=1e-9, atol=1e-9
+        )
+
+
 def test_simulate_and_train_with_parquet_files_from_the_command_line(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
