@@ -288,9 +288,12 @@ def test_metrics_show_the_lifecycle() -> None:
             assert time.monotonic() < deadline, "the lifecycle never scored the rounds"
             time.sleep(0.02)
         text = client.get("/metrics").text
-    assert "banditrec_lifecycle_apprentice 1.0" in text
+    assert 'banditrec_lifecycle_apprentice{loop="default"} 1.0' in text
     for bound in ("value", "low", "high"):
-        assert f'banditrec_lifecycle_lift{{bound="{bound}",policy="apprentice"}}' in text
+        assert (
+            f'banditrec_lifecycle_lift{{bound="{bound}",loop="default",policy="apprentice"}}'
+            in text
+        )
 
 
 # -- real server processes --------------------------------------------------------------

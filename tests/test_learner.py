@@ -251,7 +251,7 @@ def test_one_sweep_defaults_the_whole_backlog_in_batches_between_decisions(
             clock.now += 0.5
         clock.now += 2.0
         assert learner.store.pending_backlog(clock.now) == n
-        assert value(metrics, "banditrec_default_reward_backlog") == n
+        assert value(metrics, "banditrec_default_reward_backlog", loop="default") == n
         order: list[str] = []
 
         async def sweep() -> None:
@@ -269,7 +269,7 @@ def test_one_sweep_defaults_the_whole_backlog_in_batches_between_decisions(
     # The decision made during the sweep waits for one batch, not for all 13.
     assert asyncio.run(run()) == ["decision", "sweep"]
     assert learner.store.pending_backlog(clock.now) == 0
-    assert value(metrics, "banditrec_default_reward_backlog") == 0
+    assert value(metrics, "banditrec_default_reward_backlog", loop="default") == 0
     assert engine.policy.n_updates_.sum() == n
     assert (
         sum(

@@ -47,6 +47,11 @@ LOOP_LABELLED = (
     "banditrec_model_updates",
     "banditrec_learner_faults_total",
     "banditrec_learner_fault",
+    "banditrec_model_info",
+    "banditrec_default_reward_backlog",
+    "banditrec_http_request_duration_seconds_bucket",
+    "banditrec_http_request_duration_seconds_count",
+    "banditrec_http_request_duration_seconds_sum",
 )
 
 
@@ -118,7 +123,9 @@ def test_model_version_and_updates() -> None:
     assert value(body, "banditrec_model_updates") == 11
     # Only the current version: a version per learn event must not pile up series.
     info = {k: v for k, v in samples(body).items() if k[0] == "banditrec_model_info"}
-    assert info == {("banditrec_model_info", frozenset({("version", "v2")})): 1.0}
+    assert info == {
+        ("banditrec_model_info", frozenset({("version", "v2"), ("loop", "default")})): 1.0
+    }
 
 
 def test_two_instances_do_not_share_counts() -> None:

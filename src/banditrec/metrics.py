@@ -1,7 +1,7 @@
 """Prometheus metrics: what was decided, what was rewarded, how fast requests were served.
 
 A `Metrics` object owns the metric families and offers one cheap method per event;
-`MetricsMiddleware` times every HTTP request by route template; `metrics_response` renders
+`MetricsMiddleware` times every HTTP request by route template and loop; `metrics_response` renders
 ``GET /metrics`` in the Prometheus text format.
 
 Single process (the default): each `Metrics` has its own `CollectorRegistry`, so several
@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from typing import Literal, get_args
 
 from prometheus_client import (
@@ -121,10 +122,11 @@ class _Families:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # `loop`: admin-created, so bounded; a name no open loop has is labelled "".
         self.request_seconds = Histogram(
             "banditrec_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template, method and status code.",
-            ["route", "method", "status"],
+            "Time to answer an HTTP request, by route template, method, status code and loop.",
+            ["route", "method", "status", "loop"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -145,50 +147,61 @@ def _process_families() -> _Families:
         return _shared_families
 
 
-class _ModelInfo(Collector):
-    """``banditrec_model_info{version="..."} 1``, computed when scraped.
+class _LoopGauges(Collector):
+    """The gauges computed when scraped, one series per open loop (label ``loop``):
+    ``banditrec_model_info{loop, version}``, ``banditrec_default_reward_backlog{loop}`` and
+    the families of each loop's watched collectors (the lifecycle's), relabelled.
 
     Collected, not stored: the version changes with every learn event, and a stored label
-    per version would grow without end (in multiprocess mode labels cannot be removed).
+    per version would grow without end (in multiprocess mode labels cannot be removed). The
+    backlog belongs to the log, not to a worker: whichever worker answers the scrape counts
+    it, so there is nothing to add up across processes.
     """
 
     def __init__(self) -> None:
-        self.version: str | None = None
+        #: Each loop's current `Metrics` (the one that last reported for it); see `_claim`.
+        self.views: dict[str, Metrics] = {}
+        #: Every loop that reported in this process: request timings name only these.
+        self.loops: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
+        views = sorted(self.views.items())
+        info = GaugeMetricFamily(
             "banditrec_model_info",
             "The served model's version (in multiprocess mode, as seen by the scraped worker).",
-            labels=["version"],
+            labels=["loop", "version"],
         )
-        if self.version is not None:
-            family.add_metric([self.version], 1.0)
-        yield family
-
-
-class _Backlog(Collector):
-    """``banditrec_default_reward_backlog``, counted in the event log when scraped.
-
-    The backlog belongs to the log, not to a worker: whichever worker answers the scrape
-    counts it, so there is nothing to add up across processes.
-    """
-
-    def __init__(self) -> None:
-        self.source: Callable[[], int] | None = None
-
-    def collect(self) -> Iterator[Metric]:
-        if self.source is None:
-            return
-        try:
-            count = self.source()
-        except Exception:  # the log is unreachable: the other metrics still answer
-            return
-        yield GaugeMetricFamily(
+        backlog = GaugeMetricFamily(
             "banditrec_default_reward_backlog",
             "Decisions whose reward window closed without a reward and that still wait for "
             "their default reward.",
-            value=float(count),
+            labels=["loop"],
         )
+        merged: dict[str, Metric] = {}
+        for loop, view in views:
+            if view._version is not None:
+                info.add_metric([loop, view._version], 1.0)
+            if view._backlog_source is not None:
+                # An unreachable log leaves its backlog out; the other metrics still answer.
+                with suppress(Exception):
+                    backlog.add_metric([loop], float(view._backlog_source()))
+            for collector in view._collectors:
+                try:
+                    families = list(collector.collect())
+                except Exception:  # one loop's failing gauges must not fail the scrape
+                    continue
+                for family in families:
+                    into = merged.get(family.name)
+                    if into is None:
+                        into = merged[family.name] = Metric(
+                            family.name, family.documentation, family.type, family.unit
+                        )
+                    for sample in family.samples:
+                        into.add_sample(sample.name, {**sample.labels, "loop": loop}, sample.value)
+        yield info
+        if backlog.samples:
+            yield backlog
+        yield from merged.values()
 
 
 class Metrics:
@@ -220,31 +233,37 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         loop: str = "default",
         _families: _Families | None = None,
+        _gauges: _LoopGauges | None = None,
     ) -> None:
         self.multiprocess = _multiprocess_mode()
         self.loop = loop
         self.registry: CollectorRegistry | None
-        self._model_info = _ModelInfo()
-        self._backlog = _Backlog()
+        self._version: str | None = None
+        self._backlog_source: Callable[[], int] | None = None
+        self._collectors: list[Collector] = []
         if _families is not None:  # a named loop's view (`for_loop`): nothing to register
+            assert _gauges is not None
             self.registry = None
             families = _families
+            self._gauges = _gauges
         elif self.multiprocess:
             self.registry = None
             families = _process_families()
         else:
             self.registry = registry if registry is not None else _default_registry()
             families = _Families(self.registry)
+        if _families is None:
+            self._gauges = _LoopGauges()
+            self._gauges.loops.add(loop)
         self._families = families
         if self.registry is not None:
-            self.registry.register(self._model_info)
-            self.registry.register(self._backlog)
+            self.registry.register(self._gauges)
 
         # Children cached by label values: `Counter.labels` validates and locks on every call.
         self._decisions: dict[str, Counter] = {}
         self._rewards: dict[tuple[str, str], Counter] = {}
         self._default_rewards: dict[str, Counter] = {}
-        self._requests: dict[tuple[str, str, int], Histogram] = {}
+        self._requests: dict[tuple[str, str, int, str], Histogram] = {}
         self._joins = families.joins.labels(loop)
         self._learner_faults = families.learner_faults.labels(loop)
         self._learner_fault = families.learner_fault.labels(loop)
@@ -261,9 +280,10 @@ class Metrics:
         """The metrics of the named loop `loop`: the same families, labelled ``loop``.
 
         The request timings stay with this object (`MetricsMiddleware` labels them by
-        route template); the model-info and backlog gauges are the default loop's only.
+        route template and loop); the model-info, backlog and watched gauges are shown
+        per loop once the returned object reports them.
         """
-        return Metrics(actions, loop=loop, _families=self._families)
+        return Metrics(actions, loop=loop, _families=self._families, _gauges=self._gauges)
 
     def decision(self, action: str, n: int = 1) -> None:
         """Count `n` decisions that served `action` (a batch counts each action once)."""
@@ -300,8 +320,9 @@ class Metrics:
 
     def model(self, version: str, n_updates: int) -> None:
         """Record the served model's version and its number of learn events."""
-        self._model_info.version = version
+        self._version = version
         self._model_updates.set(n_updates)
+        self._claim()
 
     def learner_failed(self) -> None:
         """Count a learner step or snapshot attempt that failed."""
@@ -313,16 +334,42 @@ class Metrics:
 
     def watch_backlog(self, count: Callable[[], int]) -> None:
         """Report ``count()`` as the default-reward backlog whenever metrics are scraped."""
-        self._backlog.source = count
+        self._backlog_source = count
+        self._claim()
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record an HTTP request's duration by route template, method and status code."""
-        key = (route, method, status)
+    def watch_collector(self, collector: Collector) -> None:
+        """Show `collector`'s families (e.g. the lifecycle's gauges) whenever metrics are
+        scraped, each sample labelled with this loop."""
+        self._collectors.append(collector)
+        self._claim()
+
+    def release(self) -> None:
+        """Stop showing this loop's model-info, backlog and watched gauges (its loop was
+        stopped); a newer object reporting for the same loop (a reopened loop) keeps its."""
+        if self._gauges.views.get(self.loop) is self:
+            del self._gauges.views[self.loop]
+
+    def _claim(self) -> None:
+        # The loop's gauges are this object's from now on: a loop reopened with a new
+        # definition reports through a new object while the old one still serves.
+        self._gauges.views[self.loop] = self
+        self._gauges.loops.add(self.loop)
+
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, loop: str | None = None
+    ) -> None:
+        """Record an HTTP request's duration by route template, method, status code and
+        loop (None: the default loop; a name no loop of this process has: ``""``)."""
+        if loop is None:
+            loop = "default"
+        elif loop not in self._gauges.loops:
+            loop = ""  # an unknown name (404, 422) must not mint a series
+        key = (route, method, status, loop)
         try:
             child = self._requests[key]
         except KeyError:
             label_method = method if method in _METHODS else "other"
-            child = self._families.request_seconds.labels(route, label_method, str(status))
+            child = self._families.request_seconds.labels(route, label_method, str(status), loop)
             # Only well-known methods are cached, so odd ones cannot grow the cache either.
             if label_method == method:
                 self._requests[key] = child
@@ -336,8 +383,7 @@ class Metrics:
         # collector reads every process's files afresh each time.
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
-        registry.register(self._model_info)
-        registry.register(self._backlog)
+        registry.register(self._gauges)
         return registry
 
     def _decision_child(self, action: str) -> Counter:
@@ -398,7 +444,9 @@ class MetricsMiddleware:
 
     Requests are labelled by route template (``/v1/events/{event_id}/reward``), never by
     raw path, so the number of series stays bounded; requests no route matches are
-    labelled ``unmatched``. Add it last (outermost) so it also times requests that other
+    labelled ``unmatched``. A named loop's routes (``/v1/loops/{loop}/...``) are also
+    labelled with the loop, when it is one this process has opened (else ``""``); the
+    other routes with ``default``. Add it last (outermost) so it also times requests that other
     middleware rejects before routing.
 
     Parameters
@@ -431,21 +479,25 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             seconds = time.perf_counter() - start
-            self.metrics.observe_request(_route_template(scope), scope["method"], status, seconds)
+            route, params = _route_template(scope)
+            loop = params.get("loop") if params else None
+            self.metrics.observe_request(route, scope["method"], status, seconds, loop)
 
 
-def _route_template(scope: Scope) -> str:
+def _route_template(scope: Scope) -> tuple[str, dict[str, str] | None]:
+    """The request's route template and path parameters (``{loop}`` names its loop)."""
     # The router records the matched route in the (shared) scope as it dispatches.
     route = scope.get("route")
+    params = scope.get("path_params")
     if route is None:
         # Not routed: rejected by a middleware before the router ran, or no route matched.
         # Match the routes ourselves; this costs only on such requests.
         for candidate in getattr(scope.get("app"), "routes", ()):
-            match, _ = candidate.matches(scope)
+            match, child = candidate.matches(scope)
             if match is not Match.NONE:
-                route = candidate
+                route, params = candidate, child.get("path_params")
                 break
         else:
-            return "unmatched"
+            return "unmatched", None
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return str(template) if template else "unmatched"
+    return (str(template) if template else "unmatched"), params

@@ -26,7 +26,7 @@ from banditrec.engine import Engine, prior_model
 from banditrec.exploration import sample_action
 from banditrec.features import CategoricalField, SchemaError
 from banditrec.learner import Learner, recover_model
-from banditrec.lifecycle.service import Lifecycle, lifecycle_from_settings
+from banditrec.lifecycle.service import Lifecycle, LifecycleCollector, lifecycle_from_settings
 from banditrec.metrics import Metrics
 from banditrec.retention import retention_of
 from banditrec.snapshot import Model, ModelFileError, load_model
@@ -85,6 +85,7 @@ class LoopRuntime:
     lifecycle: Lifecycle
     learner: Learner
     model_loaded: bool
+    metrics: Metrics | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -105,6 +106,8 @@ class LoopRuntime:
         self.engine.close()
         self.lifecycle.records.close()
         self.store.close()
+        if self.metrics is not None:  # its model, backlog and lifecycle gauges go too
+            self.metrics.release()
 
 
 def open_runtime(
@@ -175,9 +178,10 @@ def open_runtime(
     )
     learners.append(learner)
     metrics.model(engine.model_version, engine.model.n_updates)
+    metrics.watch_collector(LifecycleCollector(lifecycle))  # banditrec_lifecycle_*{loop}
     # Compile (or load) the decision path's kernels now, so the first request does not.
     warm_up(engine)
-    return LoopRuntime(settings, store, engine, lifecycle, learner, loaded)
+    return LoopRuntime(settings, store, engine, lifecycle, learner, loaded, metrics)
 
 
 def warm_up(engine: Engine) -> None:

@@ -20,7 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from banditrec.auth import log_auth_mode
 from banditrec.config import Settings
 from banditrec.features import SchemaError
-from banditrec.lifecycle.service import LifecycleCollector
 from banditrec.loops import LoopError, LoopRegistry
 from banditrec.runtime import DEFAULT_MODEL_PATH, base_model, open_runtime
 from banditrec.snapshot import ModelFileError
@@ -45,9 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = open_runtime(settings, state.metrics, require_file=state.serving)
     engine, lifecycle = runtime.engine, runtime.lifecycle
     state.engine, state.learner, state.model_loaded = engine, runtime.learner, runtime.model_loaded
-    state.lifecycle = lifecycle
-    if state.metrics.registry is not None:
-        state.metrics.registry.register(LifecycleCollector(lifecycle))
+    state.lifecycle = lifecycle  # its gauges are on the metrics (`open_runtime`)
     loops = LoopRegistry(settings, state.metrics, runtime.store, serving=state.serving)
     try:
         loops.open()
