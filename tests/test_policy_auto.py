@@ -446,3 +446,28 @@ def test_training_learns_the_files_propensities(data_file: Path, tmp_path: Path)
     # Batch by batch in the file equals one batch (the same row kernel, row by row).
     np.testing.assert_allclose(trained.value_, logged.value_, rtol=1e-9)
     assert not np.allclose(trained.value_, recomputed.value_, rtol=1e-6)
+
+
+def test_each_decision_records_the_width_it_was_made_with() -> None:
+    """``/recommend_action`` reports the record's α: the width under the engine's lock at the
+    decision, not whatever a learn event applied since made it."""
+    from banditrec.engine import Engine
+    from conftest import SEED_REQUEST
+
+    schema = load_default_schema()
+    policy = AutoLinUCB().reset(schema.n_actions, schema.n_features)
+    engine = Engine(
+        Model(policy, schema, "2026-01-01T00:00:00+00:00", "v1"), np.random.default_rng(0)
+    )
+    context = {k: v for k, v in SEED_REQUEST.items() if k != "user_id"}
+    wide = engine.decide(context)
+    policy.served_[:] = (0, 1)  # as a learn event choosing the narrow member would
+    narrow = engine.decide(context)
+    assert (wide.alpha, narrow.alpha) == (1.0, 0.3)
+    x = schema.vectorize(context)
+    for record in (wide, narrow):
+        twin = LinUCB(alpha=record.alpha, ridge=policy.ridge).reset(
+            schema.n_actions, schema.n_features
+        )
+        twin.A_inv_, twin.theta_ = policy.A_inv_, policy.theta_
+        np.testing.assert_array_equal(record.scores, twin.score(x).score)

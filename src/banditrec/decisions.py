@@ -58,7 +58,9 @@ class DecisionWork:
         context: dict[str, Any] = body.model_dump()
         user_id = context.pop("user_id")
         record = await self._decide(engine, context, user_id=user_id)
-        return recommend_body(record, user_id, self.alpha(engine))
+        # The α of this decision (a learn event applied since may have changed auto's).
+        alpha = self.alpha(engine) if record.alpha is None else record.alpha
+        return recommend_body(record, user_id, alpha)
 
     async def rank(self, engine: Engine, body: Any) -> dict[str, Any]:
         """The Personalizer-shaped decision: `body` is a validated ``RankRequest``.

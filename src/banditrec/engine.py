@@ -191,6 +191,7 @@ class Engine:
                 allowed = self.constraints.mask(x, len(actions.names))
                 mask = self.constraints.restrict(allowed, mask, actions.names)
             scores, probabilities = self.policy.distribution(x, mask, self.rng)
+            alpha = getattr(self.policy, "alpha", None)  # under the lock: this decision's
             version = self._version
             if self.serving is not None:  # apprentice: the app's baseline, mostly
                 probabilities = self.serving.serve(probabilities, mask, baseline, x, actions.names)
@@ -210,6 +211,7 @@ class Engine:
             scores=scores.score,
             deferred=deferred,
             user_id=user_id,
+            alpha=None if alpha is None else float(alpha),
         )
 
     async def rank(

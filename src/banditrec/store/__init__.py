@@ -97,6 +97,9 @@ class DecisionRecord:
     scores: NDArray[np.float64]
     deferred: bool = False
     user_id: str | None = None  # whose decision (privacy requests delete by it); optional
+    #: The width α the policy decided with (policies that have one; auto's changes with the
+    #: learn stream): what ``/recommend_action`` reports. Not logged.
+    alpha: float | None = None
 
     @property
     def action(self) -> str:
