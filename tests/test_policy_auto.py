@@ -471,3 +471,17 @@ def test_each_decision_records_the_width_it_was_made_with() -> None:
         )
         twin.A_inv_, twin.theta_ = policy.A_inv_, policy.theta_
         np.testing.assert_array_equal(record.scores, twin.score(x).score)
+
+
+def test_a_batch_of_decisions_with_a_row_without_eligible_action_is_refused() -> None:
+    from banditrec.exploration import NoEligibleActionError
+
+    policy = AutoLinUCB().reset(3, 4)
+    eligible = np.ones((3, 3), dtype=bool)
+    eligible[1] = False
+    with pytest.raises(
+        NoEligibleActionError, match=r"No eligible action is left to serve \(row 1\)"
+    ):
+        policy.distribution_batch(np.ones((3, 4)), eligible)
+    with pytest.raises(ValueError, match=r"eligible must have shape \(3, 3\)"):
+        policy.distribution_batch(np.ones((3, 4)), np.ones((2, 3), dtype=bool))

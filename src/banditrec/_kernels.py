@@ -46,6 +46,7 @@ __all__ = [
     "auto_choose",
     "auto_credit",
     "auto_epsilon_greedy",
+    "auto_epsilon_greedy_batch",
     "auto_learn",
     "auto_learn_rows",
     "discounted_update",
@@ -853,3 +854,16 @@ def auto_epsilon_greedy(A_inv, theta, x, alpha, eligible, settings, out):  # typ
         out[2, k] = alpha * out[2, k]
         out[0, k] = out[1, k] + out[2, k]
     return epsilon_greedy_probabilities(out[0], eligible, floor, settings[3], out[3])
+
+
+@njit(cache=True, nogil=True)
+def auto_epsilon_greedy_batch(A_inv, theta, X, alpha, eligible, settings, out):  # type: ignore[no-untyped-def]
+    """`auto_epsilon_greedy` of every row of X (n, d) under ``eligible[i]``, in one call.
+
+    out (4, n, K) receives the score, mean and width rows and the probabilities. Returns −1,
+    or the first row with no eligible action (the rows after it are not computed).
+    """
+    for i in range(X.shape[0]):
+        if not auto_epsilon_greedy(A_inv, theta, X[i], alpha, eligible[i], settings, out[:, i]):
+            return i
+    return -1
