@@ -5,8 +5,9 @@ One command, one table::
     .venv/bin/python -m benchmarks.bench_auto            # K = 4, d = 22 (the default schema)
     .venv/bin/python -m benchmarks.bench_auto --actions 10 --features 50 --rows 100000
 
-Rows: deciding one context (`distribution`), learning one event (`update`) and learning a
-batch (`update_batch`, what ``banditrec train`` calls), for LinUCB (α = 1, the fixed
+Rows: deciding one context (`distribution`), deciding a batch (`distribution_batch`, what
+``/v1/rank/batch`` calls; µs per row), learning one event (`update`) and learning a batch
+(`update_batch`, what ``banditrec train`` calls), for LinUCB (α = 1, the fixed
 reference), `auto` through its compiled kernels (`_kernels.auto_epsilon_greedy`, `auto_learn`,
 `auto_learn_rows`) and `auto` learning through its Python reference (`_credit`, the path of
 softmax/igw rules and γ < 1; it decides through the same kernel). Per
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in _machine.machine_notes(["numpy", "numba"]):
         print(f"  {line}")
     print(f"K = {K}, d = {d}; per call: best of {args.repeats} × {n:,} calls, CPU time")
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[tuple[str, float, float, float, float]] = []
+    batch_eligible = np.ones((n, K), dtype=bool)
     for label, make in contenders().items():
         policy = make().reset(K, d)
         policy.update_batch(X[:2000], actions[:2000], rewards[:2000])  # warm: compiled, learned
@@ -87,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(n):
                 policy.update(X[i], int(actions[i]), float(rewards[i]))
 
+        def decide_batch(policy: Policy = policy) -> None:
+            policy.distribution_batch(X[:n], batch_eligible)
+
         decide_s = best_seconds(decide, args.repeats) / n
+        decide_batch_s = best_seconds(decide_batch, args.repeats) / n
         learn_s = best_seconds(learn, args.repeats) / n
         batch_rows = args.rows if "Python" not in label else min(args.rows, 20_000)
 
@@ -95,16 +101,20 @@ def main(argv: list[str] | None = None) -> int:
             make().reset(K, d).update_batch(X[:m], actions[:m], rewards[:m])
 
         batch(make, 100)  # compile outside the timing
-        rows.append((label, decide_s, learn_s, batch_rows / best_seconds(batch, args.repeats)))
+        rate = batch_rows / best_seconds(batch, args.repeats)
+        rows.append((label, decide_s, decide_batch_s, learn_s, rate))
     base = rows[0]
     print(
-        "\n| policy | decide (µs) | × LinUCB | learn (µs) | × LinUCB | batch (rows/s) | × LinUCB |"
+        "\n| policy | decide (µs) | × LinUCB | decide batch (µs/row) | × LinUCB | learn (µs) "
+        "| × LinUCB | learn batch (rows/s) | × LinUCB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, decide_s, learn_s, rate in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, decide_s, decide_batch_s, learn_s, rate in rows:
         print(
-            f"| {label} | {decide_s * 1e6:.2f} | {decide_s / base[1]:.2f} | {learn_s * 1e6:.2f} "
-            f"| {learn_s / base[2]:.2f} | {rate:,.0f} | {rate / base[3]:.2f} |"
+            f"| {label} | {decide_s * 1e6:.2f} | {decide_s / base[1]:.2f} "
+            f"| {decide_batch_s * 1e6:.2f} | {decide_batch_s / base[2]:.2f} "
+            f"| {learn_s * 1e6:.2f} | {learn_s / base[3]:.2f} "
+            f"| {rate:,.0f} | {rate / base[4]:.2f} |"
         )
     return 0
 
