@@ -24,14 +24,17 @@ from rich.console import Console
 # (`train` needs no web framework, `simulate` no numba), so `banditrec simulate` starts in
 # ~0.2 s, not the ~1 s of importing everything (`python -X importtime -m banditrec`).
 if TYPE_CHECKING:
+    from banditrec.config import Settings
     from banditrec.logged_data import Progress
+    from banditrec.retention import Forgotten
 
 app = typer.Typer(
     help="banditrec: a self-hosted contextual-bandit decision engine.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+# No emoji codes: a Redis prefix such as "shop:loop:store:" must print as it is.
+console = Console(stderr=True, emoji=False)
 
 DEFAULT_DATA = Path("data/bandit_simulated.csv")
 DEFAULT_MODEL = Path("data/linucb_model.npz")
@@ -40,8 +43,48 @@ SchemaOption = Annotated[
 ]
 LogOption = Annotated[
     Path | None,
-    typer.Option(help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH)."),
+    typer.Option(
+        help="SQLite event log (default: BANDITREC_STORE_URL, else BANDITREC_DB_PATH); with "
+        "--loop, the server's log, beside which the loop's is."
+    ),
 ]
+LoopOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A named loop (docs/loops.md): its own log (loops/NAME/events.db beside the "
+        "server's log, or its Redis keys), archive and schema, from the loop catalog."
+    ),
+]
+
+
+def _base_settings(log: Path | None, archive: Path | None) -> Settings:
+    """The server's settings, with --log and --archive standing for BANDITREC_DB_PATH (a
+    SQLite file: no store URL then) and BANDITREC_ARCHIVE_DIR."""
+    from banditrec.config import Settings
+
+    update: dict[str, Any] = {}
+    if log is not None:
+        update.update(db_path=log, store_url=None)
+    if archive is not None:
+        update["archive_dir"] = archive
+    return Settings().model_copy(update=update)
+
+
+def _loop_settings(
+    name: str, log: Path | None, archive: Path | None, schema: Path | None
+) -> Settings:
+    """The settings of the named loop `name`, derived as the server derives them: its log,
+    archive and model beside the server's (`_base_settings`), its schema its definition's.
+
+    Reads the loop catalog read-only (`banditrec.loops.offline`); raises `LoopError` for a
+    loop the catalog does not hold, or when --schema is given too.
+    """
+    from banditrec.errors import LoopError
+    from banditrec.loops.offline import offline_loop_settings
+
+    if schema is not None:
+        raise LoopError("Give --loop or --schema, not both: a loop's schema is its definition's.")
+    return offline_loop_settings(_base_settings(log, archive), name)
 
 
 def _show_version(value: bool) -> None:
@@ -572,11 +615,13 @@ def evaluate(
             "and the .npz files beside the log): live candidates are replayed from it."
         ),
     ] = None,
+    loop: LoopOption = None,
 ) -> None:
     """Estimate the logging policy's value and candidates' (CIs), rank them, write a report.
 
     Default candidates: the live policy and its neighbours replayed along the log (when the
     model that served it is found), a LinUCB grid of α and ε, every other registered policy.
+    With --loop, the named loop's log (and its archive under --archive's loops/NAME).
     """
     from rich.console import Console as StdoutConsole
     from rich.progress import (
@@ -591,16 +636,40 @@ def evaluate(
 
     from banditrec import evaluation as ev
     from banditrec.config import Settings
+    from banditrec.errors import LoopError
     from banditrec.features import SchemaError, load_default_schema, load_schema
+    from banditrec.loops.offline import loop_of
     from banditrec.report import ranking_table, write_report
+    from banditrec.store import StoreError
 
+    loop = loop_of(loop)
+    model_path = None
     try:
-        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        if loop is not None:
+            if data is not None:
+                raise ev.EvaluationError("--loop reads a loop's event log; give it without --data.")
+            looped = _loop_settings(loop, log, archive, schema)
+            feature_schema, model_path = looped.feature_schema, looped.model_path
+            archive = None if archive is None else looped.archive_dir
+            if looped.store_url:
+                if archive is None:
+                    raise ev.EvaluationError(
+                        f"The loop {loop!r} logs to Redis, and evaluate reads SQLite logs and "
+                        f"archives: export it first (banditrec export --loop {loop} --out DIR), "
+                        f"then run evaluate --loop {loop} --archive DIR."
+                    )
+                log = None
+            else:
+                log = looped.db_path
+        else:
+            feature_schema = load_default_schema() if schema is None else load_schema(schema)
         if log is not None and data is not None:
             raise ev.EvaluationError("Give either --log or --data, not both.")
         if archive is not None and data is not None:
             raise ev.EvaluationError("Give --archive with --log (or alone), not with --data.")
-        if log is None and data is None and archive is not None:
+        if loop is not None:
+            pass  # the loop's log (and archive) were found above
+        elif log is None and data is None and archive is not None:
             log = Settings().db_path if Settings().db_path.exists() else None
         elif log is None and data is None:
             log = Settings().db_path
@@ -653,7 +722,7 @@ def evaluate(
             else:
                 assert data is not None
                 rounds = ev.load_csv(data, feature_schema)
-            model_files = [*(model or ()), Settings().model_path]
+            model_files = [*(model or ()), model_path or Settings().model_path]
             result = ev.evaluate(
                 rounds,
                 ev.unique(chosen) or None,
@@ -662,7 +731,7 @@ def evaluate(
                 schema=feature_schema,
                 live=ev.find_live_model(rounds, feature_schema, model_files),
             )
-    except (ev.EvaluationError, SchemaError) as exc:
+    except (ev.EvaluationError, SchemaError, LoopError, StoreError) as exc:
         raise _fail(str(exc)) from None
     if out is None:
         out = Path("reports") / f"evaluate-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -700,28 +769,46 @@ def export(
         Path | None, typer.Option(help="Also export this archive directory's decisions.")
     ] = None,
     schema: SchemaOption = None,
+    loop: LoopOption = None,
 ) -> None:
     """Write a range of the event log (and of an archive) to Parquet files, on demand.
 
     The files have the archive's layout (docs/retention.md), so `evaluate --archive` and any
     Parquet reader read them. A SQLite log is read read-only while a server may write to it.
+    With --loop, the named loop's log (and its archive under --archive's loops/NAME) go to
+    OUT/loops/NAME, where `evaluate --loop NAME --archive OUT` reads them.
     """
     from banditrec.archive import Archive, ArchiveError, export_log
     from banditrec.config import Settings
+    from banditrec.errors import LoopError
     from banditrec.features import SchemaError, load_default_schema, load_schema
+    from banditrec.loops.offline import loop_of
     from banditrec.store import StoreError
     from banditrec.store.factory import describe_store, open_store
     from banditrec.store.sqlite_reader import ReadOnlyEventLog
 
     start, end = _time_option(since, "--since"), _time_option(until, "--until")
     settings = Settings()
+    loop = loop_of(loop)
     try:
-        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        if loop is not None:
+            settings = _loop_settings(loop, log, archive, schema)
+            feature_schema, out = settings.feature_schema, out / "loops" / loop
+            log = None if settings.store_url else settings.db_path
+            archive = None if archive is None else settings.archive_dir
+        else:
+            feature_schema = load_default_schema() if schema is None else load_schema(schema)
         code = feature_schema.encoding_hash
         written: list[Any] = []
         if log is None and settings.store_url:
             where = describe_store(settings.store_url, settings.db_path)
-            store = open_store(settings.store_url, db_path=settings.db_path, encoding_hash=code)
+            where += f" (keys {settings.store_prefix}:*)"
+            store = open_store(
+                settings.store_url,
+                db_path=settings.db_path,
+                encoding_hash=code,
+                prefix=settings.store_prefix,
+            )
             try:
                 written.append(export_log(store, out, start, end, encoding_hash=code))
             finally:
@@ -735,7 +822,7 @@ def export(
             where += f" and {archive}"
             stored = Archive(archive, code)
             written.append(export_log(stored, out, start, end, encoding_hash=code))
-    except (StoreError, ArchiveError, SchemaError) as exc:
+    except (StoreError, ArchiveError, SchemaError, LoopError) as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"Cannot write {out}: {exc.strerror or exc}.") from None
@@ -755,39 +842,81 @@ def forget_user(
         Path | None, typer.Option(help="Archive directory (default BANDITREC_ARCHIVE_DIR).")
     ] = None,
     schema: SchemaOption = None,
+    loop: Annotated[
+        str | None,
+        typer.Option(help="Only in this named loop (default: the default loop and every loop)."),
+    ] = None,
 ) -> None:
     """Delete every decision of a user, and their rewards, from the live log and the archive.
 
-    The same as DELETE /v1/admin/users/{user_id}; a server may be running meanwhile.
+    The same as DELETE /v1/admin/users/{user_id}: in the default loop and every named loop
+    (their logs and archives beside the default's), or with --loop in that loop only. A
+    server may be running meanwhile.
     """
     from banditrec.archive import ArchiveError
-    from banditrec.config import Settings
+    from banditrec.errors import LoopError
     from banditrec.features import SchemaError, load_default_schema, load_schema
+    from banditrec.loops.definition import loop_settings
+    from banditrec.loops.offline import catalog_records, loop_of
+    from banditrec.store import StoreError
+
+    loop = loop_of(loop)
+    try:
+        if loop is not None:
+            looped = _loop_settings(loop, log, archive, schema)
+            where, forgotten = _forget_in(looped, looped.feature_schema.encoding_hash, user_id)
+            console.print(
+                f"Removed {forgotten.live:,} decisions of user {user_id!r} from the loop "
+                f"{loop!r}'s live log {where} and {forgotten.archive:,} from its archive "
+                f"{looped.archive_dir}."
+            )
+            return
+        base = _base_settings(log, archive)
+        feature_schema = load_default_schema() if schema is None else load_schema(schema)
+        where, forgotten = _forget_in(base, feature_schema.encoding_hash, user_id)
+        loops = {record.name: loop_settings(base, record) for record in catalog_records(base)}
+        in_loops = [
+            _forget_in(each, each.feature_schema.encoding_hash, user_id, must_exist=False)[1]
+            for each in loops.values()
+        ]
+    except (StoreError, ArchiveError, SchemaError, LoopError) as exc:
+        raise _fail(str(exc)) from None
+    summary = (
+        f"Removed {forgotten.live:,} decisions of user {user_id!r} from the live log {where} "
+        f"and {forgotten.archive:,} from the archive {base.archive_dir}"
+    )
+    if loops:  # as the server's route: every named loop too
+        names = ", ".join(map(repr, loops))
+        summary += (
+            f"; from the loops {names}: {sum(f.live for f in in_loops):,} from their live logs "
+            f"and {sum(f.archive for f in in_loops):,} from their archives"
+        )
+    console.print(summary + ".")
+
+
+def _forget_in(
+    settings: Settings, encoding_hash: str, user_id: str, *, must_exist: bool = True
+) -> tuple[str, Forgotten]:
+    """Forget `user_id` in the log and archive `settings` name: (where, `Forgotten`)."""
+    from banditrec.retention import Forgotten
     from banditrec.retention import forget_user as forget_everywhere
     from banditrec.store import StoreError
     from banditrec.store.factory import describe_store, open_store
 
-    settings = Settings()
-    archive_dir = archive or settings.archive_dir
-    try:
-        feature_schema = load_default_schema() if schema is None else load_schema(schema)
-        url = None if log is not None else settings.store_url
-        path = log or settings.db_path
-        where = describe_store(url, path)
-        if not url and not path.exists():
+    url, path = settings.store_url, settings.db_path
+    where = describe_store(url, path) + (f" (keys {settings.store_prefix}:*)" if url else "")
+    if not url and not path.exists():
+        if must_exist:
             raise StoreError(f"The event log {path} does not exist.")
-        code = feature_schema.encoding_hash
-        store = open_store(url, db_path=path, encoding_hash=code)
-        try:
-            forgotten = forget_everywhere(store, archive_dir, user_id, encoding_hash=code)
-        finally:
-            store.close()
-    except (StoreError, ArchiveError, SchemaError) as exc:
-        raise _fail(str(exc)) from None
-    console.print(
-        f"Removed {forgotten.live:,} decisions of user {user_id!r} from the live log {where} "
-        f"and {forgotten.archive:,} from the archive {archive_dir}."
-    )
+        return where, Forgotten(0, 0)  # a loop that never logged has nothing to forget
+    store = open_store(url, db_path=path, encoding_hash=encoding_hash, prefix=settings.store_prefix)
+    try:
+        forgotten = forget_everywhere(
+            store, settings.archive_dir, user_id, encoding_hash=encoding_hash
+        )
+    finally:
+        store.close()
+    return where, forgotten
 
 
 #: Commands whose process ends the moment they return, without the interpreter's clean-up:
