@@ -338,14 +338,21 @@ def render_decisions(batch: DecisionBatch) -> bytes:
     pieces = np.empty((n, end + 1), dtype=object)
     pieces[:, 0] = b'{"event_id":"'
     pieces[:, 1] = [event_id.encode() for event_id in batch.event_ids]
+    # Every number in one orjson call: the ranked probabilities, the ranked scores, then
+    # the served action's probability.
+    numbers = np.empty((n, 2 * k + 1))
+    numbers[:, :k] = probabilities[rows, orders]
+    numbers[:, k : 2 * k] = scores[rows, orders]
+    numbers[:, 2 * k] = batch.probability
+    text = _numbers(numbers)
     pieces[:, 2] = served[batch.action_index]
-    pieces[:, 3] = _numbers(batch.probability[:, None])[:, 0]
+    pieces[:, 3] = text[:, 2 * k]
     pieces[:, 4] = b',"ranking":['
     pieces[:, 5] = first[orders[:, 0]]
     pieces[:, 9:end:4] = later[orders[:, 1:]]
-    pieces[:, 6:end:4] = _numbers(probabilities[rows, orders])
+    pieces[:, 6:end:4] = text[:, :k]
     pieces[:, 7:end:4] = b',"score":'
-    pieces[:, 8:end:4] = _numbers(scores[rows, orders])
+    pieces[:, 8:end:4] = text[:, k : 2 * k]
     pieces[:, end] = (
         b'}],"model_version":' + orjson.dumps(batch.model_version)
         + b',"deferred":false,"replayed":false,"context_mismatch":false},'
