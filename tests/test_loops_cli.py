@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class Served:
 
     root: Path
     metrics: str  # with every loop open
-    metrics_after_delete: str  # after the loop "temp" was deleted
+    metrics_after_delete: str  # after the loop "temp" was deleted, and "store" reopened
 
     def env(self, root: Path | None = None) -> dict[str, str]:
         root = root or self.root
@@ -109,6 +110,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
         assert temp.status_code == 201, temp.text
         metrics = scrape(http)
         assert http.delete("/v1/loops/temp", headers=auth(ADMIN)).status_code == 200
+        # New settings: "store" is reopened (a new runtime replays its log), the old one stops.
+        settings = {**STORE["settings"], "reward_window_seconds": 7200}
+        reopened = http.put(
+            "/v1/loops/store", json={**STORE, "settings": settings}, headers=auth(ADMIN)
+        )
+        assert reopened.status_code == 200, reopened.text
         after = scrape(http)
     return Served(root, metrics, after)
 
@@ -150,7 +157,7 @@ def test_model_backlog_and_lifecycle_gauges_are_labelled_by_loop(served: Served)
     assert set(backlog.values()) == {0.0}
 
 
-def test_a_deleted_loop_leaves_the_gauges_that_need_it_open(served: Served) -> None:
+def test_a_deleted_loop_leaves_the_gauges_and_a_reopened_one_keeps_them(served: Served) -> None:
     rest = ["default", "onboarding", "store"]
     for name in (
         "banditrec_model_info",
@@ -158,6 +165,11 @@ def test_a_deleted_loop_leaves_the_gauges_that_need_it_open(served: Served) -> N
         "banditrec_lifecycle_apprentice",
     ):
         assert loops_of(served.metrics_after_delete, name) == rest, name
+    # The reopened loop replayed its log: the same model, shown once.
+    before = samples(served.metrics, "banditrec_model_info")
+    after = samples(served.metrics_after_delete, "banditrec_model_info")
+    store = [labels for labels in after if dict(labels)["loop"] == "store"]
+    assert len(store) == 1 and store[0] in before
 
 
 def test_request_latency_is_labelled_by_the_loop_it_served(served: Served) -> None:
@@ -177,6 +189,27 @@ def test_request_latency_is_labelled_by_the_loop_it_served(served: Served) -> No
     assert labelled == {"default", "onboarding", "store", "temp", ""}
     assert count("/v1/loops/{loop}/rank", "", "404") == 1
     assert count("/v1/loops/{loop}/rank", "", "422") == 1
+
+
+def test_with_workers_each_loops_lifecycle_gauges_are_shown(tmp_path: Path) -> None:
+    # Multiprocess metrics: the scrape-time gauges are the answering worker's, per loop.
+    with (
+        running_server(tmp_path, "--workers", "2", api_keys=SERVER_KEYS) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        created = http.put("/v1/loops/onboarding", json=ONBOARDING, headers=auth(ADMIN))
+        assert created.status_code == 201, created.text
+        decide(http, "onboarding", 5, 0)
+        # Either worker may answer; the other opens the loop within a second (its watcher).
+        for _ in range(200):
+            text = http.get("/metrics", headers={**auth(ADMIN), "Connection": "close"}).text
+            if loops_of(text, "banditrec_lifecycle_apprentice") == ["default", "onboarding"]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"No scrape showed both loops' lifecycle:\n{text}")
+    assert loops_of(text, "banditrec_model_info") == ["default", "onboarding"]
+    assert loops_of(text, "banditrec_default_reward_backlog") == ["default", "onboarding"]
 
 
 # -- evaluate ------------------------------------------------------------------------------
