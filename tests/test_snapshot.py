@@ -26,6 +26,28 @@ def test_a_snapshot_records_the_log_it_summarises(tmp_path: Path) -> None:
     assert read_metadata(tmp_path / "model.npz")["log_id"] == "a" * 32
 
 
+def test_one_model_is_one_file_whatever_the_clock_says(tmp_path: Path) -> None:
+    # Two replicas write the same model at a switch, an export now and one later: the bytes
+    # must agree (np.savez dated each member by the clock, so they did not across seconds).
+    import time
+    import zipfile
+
+    from banditrec.snapshot import model_bytes
+
+    model = prior_model(SCHEMA)
+    first = model_bytes(model)
+    time.sleep(2.1)  # zip dates have a 2-second resolution
+    assert model_bytes(model) == first
+    path = tmp_path / "model.npz"
+    path.write_bytes(first)
+    with zipfile.ZipFile(path) as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    loaded = load_model(path, SCHEMA)
+    for name, value in model.policy.get_state().items():
+        if name != "shape_":
+            np.testing.assert_array_equal(getattr(loaded.policy, name), value)
+
+
 def test_a_model_file_without_a_log_still_loads(tmp_path: Path) -> None:
     save_model(prior_model(SCHEMA), tmp_path / "model.npz")  # a base model, trained offline
     loaded = load_model(tmp_path / "model.npz", SCHEMA)

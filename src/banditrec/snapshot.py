@@ -129,6 +129,10 @@ def save_model(model: Model, path: str | Path) -> None:
     _fsync_directory(path.parent)
 
 
+#: The date of every member of a model file (the earliest a zip file can hold).
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
 def model_bytes(model: Model) -> bytes:
     """The model file's content: an ``.npz`` of the learned arrays plus JSON metadata."""
     policy = model.policy
@@ -155,8 +159,15 @@ def model_bytes(model: Model) -> bytes:
     # The policy's shape (`shape_`) is not stored: the metadata's actions and schema give it.
     arrays: dict[str, Any] = {k: v for k, v in policy.get_state().items() if k != "shape_"}
     arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
+    # As `np.savez` writes it (stored, zip64), but every member dated at zip's epoch: savez
+    # dates members by the clock, so one model written twice (two replicas at a switch, an
+    # export now and later) gave different bytes. The same model is now the same file.
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     return buffer.getvalue()
 
 
