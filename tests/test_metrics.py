@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import timeit
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -148,6 +150,73 @@ def test_latency_histogram_buckets() -> None:
     assert value(body, f"{name}_bucket", le="0.25", **labels) == 2
     assert value(body, f"{name}_count", **labels) == 2
     assert value(body, f"{name}_sum", **labels) == pytest.approx(0.2007)
+
+
+def test_tallied_histogram_matches_prometheus_observe_at_every_bucket_edge() -> None:
+    # The hot path tallies observations in plain ints and adds them in one go; each must
+    # land in the bucket prometheus-client's own `observe` picks, edges included.
+    seconds = [0.0, 1e-9, *LATENCY_BUCKETS, *(b * (1 + 1e-12) for b in LATENCY_BUCKETS), 5.0]
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    histogram = Histogram(
+        "reference", "the same buckets", buckets=LATENCY_BUCKETS, registry=reference
+    )
+    for s in seconds:
+        metrics.observe_request("/r", "POST", 200, s)
+        histogram.observe(s)
+    body = exposition(metrics)
+    name = "banditrec_http_request_duration_seconds"
+    labels = {"route": "/r", "method": "POST", "status": "200"}
+    for bound in (*LATENCY_BUCKETS, float("inf")):
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        expected = reference.get_sample_value("reference_bucket", {"le": le})
+        assert value(body, f"{name}_bucket", le=le, **labels) == expected, le
+    assert value(body, f"{name}_count", **labels) == len(seconds)
+    assert value(body, f"{name}_sum", **labels) == pytest.approx(sum(seconds))
+
+
+def test_counts_are_exact_at_every_scrape_after_a_burst() -> None:
+    metrics = Metrics(ACTIONS)
+    loop_metrics = metrics.for_loop("checkout", ACTIONS)
+    total = 0
+    for burst in (1, 999, 5_000):
+        for _ in range(burst):
+            metrics.decision("invite_friend")
+            loop_metrics.decision("show_bonus_offer", 2)
+            metrics.observe_request("/recommend_action", "POST", 200, 0.002)
+        total += burst
+        body = exposition(metrics)  # no wait: the scraping process's own counts are exact
+        assert value(body, "banditrec_decisions_total", action="invite_friend") == total
+        assert value(body, "banditrec_decisions_total", action="show_bonus_offer") == 0
+        assert (
+            value(body, "banditrec_decisions_total", action="show_bonus_offer", loop="checkout")
+            == 2 * total
+        )
+        assert request_count(body, "/recommend_action", "POST", 200) == total
+
+
+def test_counts_from_other_threads_during_scrapes_are_never_lost() -> None:
+    metrics = Metrics(ACTIONS)
+    n_threads, n_each = 4, 20_000
+
+    def count() -> None:
+        for _ in range(n_each):
+            metrics.decision("invite_friend")
+            metrics.observe_request("/recommend_action", "POST", 200, 0.002)
+
+    threads = [threading.Thread(target=count) for _ in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    seen: list[float] = []
+    while any(thread.is_alive() for thread in threads):  # scrapes while the threads count
+        body = exposition(metrics)
+        seen.append(value(body, "banditrec_decisions_total", action="invite_friend") or 0.0)
+    for thread in threads:
+        thread.join()
+    body = exposition(metrics)
+    assert seen == sorted(seen)  # a count once shown never goes away
+    assert value(body, "banditrec_decisions_total", action="invite_friend") == n_threads * n_each
+    assert request_count(body, "/recommend_action", "POST", 200) == n_threads * n_each
 
 
 class Reject413:

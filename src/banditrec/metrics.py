@@ -15,6 +15,15 @@ to memory-mapped files in that directory, and ``/metrics``, whichever worker ans
 adds up the counters and histograms of all of them. Per-process metrics (CPU, memory) are
 not available in this mode; that is a limitation of prometheus-client.
 
+The two counts every decision makes (``banditrec_decisions_total`` and the request-duration
+histogram) are kept in plain integers by the process and added into prometheus-client in
+one go: when the process answers ``/metrics`` (so its own counts are exact at every
+scrape), at exit, and, in multiprocess mode, every 0.1 s from a background thread (so a
+scrape answered by *another* worker misses at most this worker's last 0.1 s; a worker
+killed with ``kill -9`` loses at most that much of its counts). prometheus-client takes a
+lock and, in multiprocess mode, writes a memory-mapped file on every increment; this costs
+about 3 µs of every decision with one process and 6 µs with several.
+
 Examples
 --------
 >>> metrics = Metrics(actions=["a", "b"])
@@ -25,9 +34,12 @@ True
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from typing import Literal, get_args
@@ -71,10 +83,99 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+#: How often a multiprocess worker adds its tallied counts into the shared files (seconds).
+FLUSH_INTERVAL = 0.1
+
+
+class _Tally:
+    """The hot path's counts in plain ints, until `flush` adds them into prometheus-client.
+
+    Counting a decision is then a dict update under an uncontended lock instead of
+    prometheus-client's lock and, in multiprocess mode, a write to a memory-mapped file per
+    increment. The lock makes a flush from another thread (the scrape, the flusher) exact:
+    a count lands either in the flush or in the next one, never in neither.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[Counter, int] = {}
+        # Per histogram child: [sum of the observations, count in bucket 0, 1, ..., +Inf].
+        self._observations: dict[Histogram, list[float]] = {}
+
+    def count(self, child: Counter, n: int) -> None:
+        with self._lock:
+            counts = self._counts
+            counts[child] = counts.get(child, 0) + n
+
+    def observe(self, child: Histogram, seconds: float) -> None:
+        # The first bucket whose upper bound is >= seconds, as `Histogram.observe` picks it.
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds) + 1
+        with self._lock:
+            tally = self._observations.get(child)
+            if tally is None:
+                tally = self._observations[child] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            tally[0] += seconds
+            tally[bucket] += 1
+
+    def flush(self) -> None:
+        """Add every count tallied so far into prometheus-client."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            observations, self._observations = self._observations, {}
+        for counter, n in counts.items():
+            counter.inc(n)
+        for histogram, tally in observations.items():
+            # prometheus-client keeps a histogram as its sum and one (non-cumulative) value
+            # per bucket; adding to those is what `observe` does, n observations at once.
+            histogram._sum.inc(tally[0])
+            for bucket, hits in zip(histogram._buckets, tally[1:], strict=True):
+                if hits:
+                    bucket.inc(hits)
+
+
+class _Flusher:
+    """Flushes the process's tallies every `FLUSH_INTERVAL` seconds (multiprocess mode), so
+    that a scrape answered by another worker sees them; and once more at exit."""
+
+    def __init__(self) -> None:
+        self.tallies: weakref.WeakSet[_Tally] = weakref.WeakSet()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, tally: _Tally) -> None:
+        self.tallies.add(tally)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="banditrec-metrics", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL):
+            self.flush()
+
+    def flush(self) -> None:
+        for tally in list(self.tallies):
+            tally.flush()
+
+
+_flusher = _Flusher()
+# Every tally of the process reaches prometheus-client at exit (a worker shut down cleanly
+# leaves no count behind in its multiprocess files).
+_exit_tallies: weakref.WeakSet[_Tally] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for tally in list(_exit_tallies):
+        with suppress(Exception):
+            tally.flush()
+
+
 class _Families:
     """The metric families themselves, on `registry` (None: not registered anywhere)."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.tally = _Tally()
+        _exit_tallies.add(self.tally)
         self.decisions = Counter(
             "banditrec_decisions",
             "Decisions served, by the action served.",
@@ -249,6 +350,7 @@ class Metrics:
         elif self.multiprocess:
             self.registry = None
             families = _process_families()
+            _flusher.add(families.tally)
         else:
             self.registry = registry if registry is not None else _default_registry()
             families = _Families(self.registry)
@@ -256,6 +358,7 @@ class Metrics:
             self._gauges = _LoopGauges()
             self._gauges.loops.add(loop)
         self._families = families
+        self._tally = families.tally
         if self.registry is not None:
             self.registry.register(self._gauges)
 
@@ -291,7 +394,7 @@ class Metrics:
             child = self._decisions[action]
         except KeyError:
             child = self._decision_child(action)
-        child.inc(n)
+        self._tally.count(child, n)
 
     def reward(self, action: str | None, outcome: RewardOutcome) -> None:
         """Count a reported reward by its decision's action and what became of it.
@@ -373,10 +476,12 @@ class Metrics:
             # Only well-known methods are cached, so odd ones cannot grow the cache either.
             if label_method == method:
                 self._requests[key] = child
-        child.observe(seconds)
+        self._tally.observe(child, seconds)
 
     def collector(self) -> Collector:
         """What ``/metrics`` shows: this registry, or the sum over all worker processes."""
+        # This process's own counts are exact in every scrape it answers.
+        self._tally.flush()
         if self.registry is not None:
             return self.registry
         # A fresh registry per scrape, as prometheus-client's multiprocess docs require: the
