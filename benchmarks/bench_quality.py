@@ -61,7 +61,9 @@ and first by mean rank (`check_tuning`). ``--datasets all`` runs the nine in the
 
 Optional ``--variant 'alpha=0.3,ridge=2,epsilon=0.02'`` adds the default policy with other
 parameters as a separately labelled row ("proposed"): it is never the default, and its target
-verdict is printed apart. ``--only KEYS`` keeps some contenders (plus the variants).
+verdict is printed apart (with ``--tuning``: each variant against ``auto``, paired, per data
+set; the tuning verdict itself leaves the variants out). ``--only KEYS`` keeps some
+contenders (plus the variants), ``--datasets`` some data sets.
 
 Seeds. ``--seeds report`` (the default) runs on seeds that were never used to choose
 banditrec's defaults (base seed `REPORTING_SEED`); ``--seeds choose`` runs on the base seed the
@@ -535,6 +537,30 @@ def check_tuning(
     return ok
 
 
+def compare_variants(
+    subject: Contender,
+    contenders: Sequence[Contender],
+    names: Sequence[str],
+    data: dict[tuple[str, str], Cell],
+) -> None:
+    """Print each variant ("proposed") against `subject` on every data set, paired.
+
+    The question a variant answers is whether it should replace the subject's defaults: it
+    must not be significantly worse than the subject anywhere (paired Δ ≤ 2 s.e.).
+    """
+    for variant in (c for c in contenders if c.family == "proposed"):
+        print(f"\nVariant {variant.label} vs {subject.label} (paired Δ = variant − subject)")
+        for name in names:
+            ours, theirs = data.get((variant.key, name)), data.get((subject.key, name))
+            if ours is None or theirs is None:
+                continue
+            comparison = paired(ours, theirs)
+            print(
+                f"  {name:<14} {ours.mean:.4f} vs {theirs.mean:.4f}: "
+                f"{comparison.verdict} ({comparison.text(4)})"
+            )
+
+
 def _ranks(means: dict[str, float]) -> dict[str, float]:
     """Rank 1 for the lowest mean; tied means share the average of their ranks."""
     ordered = sorted(means.values())
@@ -1000,7 +1026,10 @@ def main(argv: list[str] | None = None) -> int:
             simulator_table(contenders, sim, args.sim_rounds, checkpoints, args.markdown)
     print(f"(total {time.perf_counter() - t_start:.0f} s)")
     if args.tuning:
-        check_tuning(contenders[0], contenders, names, data)
+        # The verdict is about the fixed settings and peers; variants are compared apart.
+        fixed = [c for c in contenders if c.family != "proposed"]
+        check_tuning(contenders[0], fixed, names, data)
+        compare_variants(contenders[0], contenders, names, data)
         return 0
     subjects = [c for c in contenders if c.key == DEFAULT_POLICY]
     subjects += [c for c in contenders if c.family == "proposed"]

@@ -158,6 +158,29 @@ def test_the_tuning_target_needs_no_significant_loss_and_the_first_mean_rank(
     assert "WORSE" in capsys.readouterr().out
 
 
+def test_a_variant_is_compared_with_the_subject_paired(
+    bq: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subject = bq.Contender("auto", "banditrec auto", "banditrec", lambda stream, seed: None, "")
+    variant = bq.Contender("v", "proposed: auto ridge=1", "proposed", lambda s, seed: None, "")
+    base = [0.30, 0.28, 0.33, 0.27, 0.31]  # the shuffles spread by ±0.03
+
+    def shifted(deltas: list[float]) -> list[float]:
+        return [b + d for b, d in zip(base, deltas, strict=True)]
+
+    # Worse by 0.02 on every shuffle (±0.0001): paired, far beyond two s.e., although the
+    # shuffles' own spread is larger than the gap.
+    worse = _cells(bq, {"auto": base, "v": shifted([0.0201, 0.0199, 0.02, 0.0201, 0.0199])})
+    bq.compare_variants(subject, [subject, variant], ["set"], worse)
+    out = capsys.readouterr().out
+    assert "Variant proposed: auto ridge=1 vs banditrec auto" in out
+    assert "set" in out and ": worse (paired Δ +0.0200" in out
+    # Differences that average zero: a tie.
+    tied = _cells(bq, {"auto": base, "v": shifted([0.01, -0.01, 0.0, 0.0, 0.0])})
+    bq.compare_variants(subject, [subject, variant], ["set"], tied)
+    assert ": tie (paired Δ +0.0000" in capsys.readouterr().out
+
+
 def test_ranks_share_ties(bq: ModuleType) -> None:
     assert bq._ranks({"a": 0.1, "b": 0.2, "c": 0.1}) == {"a": 1.5, "b": 3.0, "c": 1.5}
 
