@@ -1,0 +1,170 @@
+"""CPU per decision in process: banditrec's app against the bare ASGI ceiling, no server.
+
+`bench_http` measures rates over loopback, which a shared 2-core machine makes noisy: the
+servers, wrk and every other job compete for the same cores. This benchmark drives the
+ASGI apps directly (requests built as uvicorn would hand them over, `--in-flight` of them at
+once on a uvloop event loop, as `banditrec serve` runs) and reads the process's CPU time, so
+it measures the cost of a decision in banditrec's own code and its durable log (the SQLite
+writer thread included) against `benchmarks.http_ceiling.CeilingApp` (the same model and
+encoder, no framework, no log). The HTTP server's own share (uvicorn, httptools, the socket)
+is not in these figures: it is about the same for both apps, so the ratio here is lower than
+the one over HTTP, where both carry that share.
+
+Rounds alternate between the apps, and the table gives medians, so a burst of load from
+another job moves both columns alike.
+
+Run::
+
+    python -m benchmarks.bench_asgi_cpu               # 5 rounds of 6,000 requests each
+    python -m benchmarks.bench_asgi_cpu --in-flight 4 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+#: The rows of the table: what is driven, and the path and body file it is driven with.
+TARGETS = {
+    "ceiling": ("/recommend_action", "ceiling"),
+    "/recommend_action": ("/recommend_action", "decision"),
+    "/v1/rank": ("/v1/rank", "rank"),
+}
+
+
+async def drive(app: ASGIApp, path: str, bodies: list[bytes], n: int, in_flight: int) -> None:
+    """`n` POST requests to `path`, `in_flight` at a time, each checked to answer 200."""
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+
+    async def one(body: bytes) -> None:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2), "state": {},
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }  # fmt: skip
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        if sent[0].get("status") != 200:
+            raise RuntimeError(f"{path} answered {sent}")
+
+    async def client(k: int) -> None:
+        for i in range(k, n, in_flight):
+            await one(bodies[i % len(bodies)])
+
+    await asyncio.gather(*(client(k) for k in range(in_flight)))
+
+
+async def start(app: ASGIApp) -> None:
+    """Run the app's lifespan start-up (opens the log, loads the model) and leave it open."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    asyncio.get_running_loop().create_task(app(scope, inbox.get, outbox.put))
+    message = await outbox.get()
+    if message["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"The app did not start: {message}")
+
+
+async def measure(args: argparse.Namespace, root: Path) -> dict[str, list[float]]:
+    from banditrec.api import create_app
+    from banditrec.config import Settings
+    from benchmarks.bench_http import train_model, write_scripts
+    from benchmarks.http_ceiling import CeilingApp
+
+    model = train_model(root, args.seed)
+    _, files = write_scripts(root, args.contexts, args.seed)
+    bodies = {name: path.read_bytes().splitlines() for name, path in files.items()}
+    settings = Settings(
+        db_path=root / "events.db", snapshot_dir=root / "snapshots", model_path=model
+    )
+    apps: dict[str, ASGIApp] = {"ceiling": CeilingApp(model)}
+    banditrec = create_app(settings)
+    await start(banditrec)
+    apps["/recommend_action"] = apps["/v1/rank"] = banditrec
+    for name, (path, body) in TARGETS.items():  # warm-up: kernels, caches, the log's pages
+        await drive(apps[name], path, bodies[body], args.requests // 3, args.in_flight)
+    cpu: dict[str, list[float]] = {name: [] for name in TARGETS}
+    for r in range(args.rounds):
+        for name, (path, body) in TARGETS.items():
+            started = time.process_time()  # every thread: the SQLite writer's commits too
+            await drive(apps[name], path, bodies[body], args.requests, args.in_flight)
+            cpu[name].append(1e6 * (time.process_time() - started) / args.requests)
+        if not args.quiet:
+            line = ", ".join(f"{k} {v[-1]:.1f} µs" for k, v in cpu.items())
+            print(f"  round {r + 1}/{args.rounds}: {line}", file=sys.stderr)
+    return cpu
+
+
+def table(cpu: dict[str, list[float]], markdown: bool) -> str:
+    ceiling = statistics.median(cpu["ceiling"])
+    header = ["app", "µs CPU/decision (median)", "min", "max", "÷ ceiling (rate)"]
+    rows = [
+        [
+            name,
+            f"{statistics.median(v):.1f}",
+            f"{min(v):.1f}",
+            f"{max(v):.1f}",
+            f"{ceiling / statistics.median(v):.2f}",
+        ]
+        for name, v in cpu.items()
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="Alternating rounds per app.")
+    parser.add_argument("--requests", type=int, default=6000, help="Requests per round.")
+    parser.add_argument("--in-flight", type=int, default=32, help="Requests at once.")
+    parser.add_argument("--contexts", type=int, default=2000, help="Distinct request bodies.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="Print the table as markdown.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="No progress lines.")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.requests < 1 or args.in_flight < 1:
+        parser.error("--rounds, --requests and --in-flight must be at least 1.")
+    for name in [k for k in os.environ if k.startswith("BANDITREC_")]:
+        del os.environ[name]  # the benchmark's own settings only
+    started = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="banditrec-bench-asgi-") as tmp:
+        cpu = uvloop.run(measure(args, Path(tmp)))  # the event loop uvicorn serves on
+    print(
+        f"# CPU per decision in process, {started:%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}; {args.rounds} rounds × {args.requests:,} requests, "
+        f"{args.in_flight} in flight; SQLite log (banditrec), no log (ceiling)"
+    )
+    print(table(cpu, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
