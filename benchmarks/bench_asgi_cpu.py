@@ -88,7 +88,9 @@ async def start(app: ASGIApp) -> None:
         raise RuntimeError(f"The app did not start: {message}")
 
 
-async def measure(args: argparse.Namespace, root: Path) -> dict[str, list[float]]:
+async def measure(
+    args: argparse.Namespace, root: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from banditrec.api import create_app
     from banditrec.config import Settings
     from benchmarks.bench_http import train_model, write_scripts
@@ -107,20 +109,27 @@ async def measure(args: argparse.Namespace, root: Path) -> dict[str, list[float]
     for name, (path, body) in TARGETS.items():  # warm-up: kernels, caches, the log's pages
         await drive(apps[name], path, bodies[body], args.requests // 3, args.in_flight)
     cpu: dict[str, list[float]] = {name: [] for name in TARGETS}
+    rate: dict[str, list[float]] = {name: [] for name in TARGETS}
     for r in range(args.rounds):
         for name, (path, body) in TARGETS.items():
             started = time.process_time()  # every thread: the SQLite writer's commits too
+            wall = time.perf_counter()
             await drive(apps[name], path, bodies[body], args.requests, args.in_flight)
             cpu[name].append(1e6 * (time.process_time() - started) / args.requests)
+            rate[name].append(args.requests / (time.perf_counter() - wall))
         if not args.quiet:
             line = ", ".join(f"{k} {v[-1]:.1f} µs" for k, v in cpu.items())
             print(f"  round {r + 1}/{args.rounds}: {line}", file=sys.stderr)
-    return cpu
+    return cpu, rate
 
 
-def table(cpu: dict[str, list[float]], markdown: bool) -> str:
+def table(cpu: dict[str, list[float]], rate: dict[str, list[float]], markdown: bool) -> str:
+    """Medians per app: CPU per decision (and its range) and the wall-clock rate, with the
+    ratios to the ceiling (of rates: the ceiling's CPU over the app's, and rate over rate)."""
     ceiling = statistics.median(cpu["ceiling"])
-    header = ["app", "µs CPU/decision (median)", "min", "max", "÷ ceiling (rate)"]
+    ceiling_rate = statistics.median(rate["ceiling"])
+    header = ["app", "µs CPU/decision", "min", "max", "÷ ceiling (CPU)", "decisions/s"]
+    header.append("÷ ceiling (wall)")
     rows = [
         [
             name,
@@ -128,6 +137,8 @@ def table(cpu: dict[str, list[float]], markdown: bool) -> str:
             f"{min(v):.1f}",
             f"{max(v):.1f}",
             f"{ceiling / statistics.median(v):.2f}",
+            f"{statistics.median(rate[name]):,.0f}",
+            f"{statistics.median(rate[name]) / ceiling_rate:.2f}",
         ]
         for name, v in cpu.items()
     ]
@@ -156,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         del os.environ[name]  # the benchmark's own settings only
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="banditrec-bench-asgi-") as tmp:
-        cpu = uvloop.run(measure(args, Path(tmp)))  # the event loop uvicorn serves on
+        cpu, rate = uvloop.run(measure(args, Path(tmp)))  # the event loop uvicorn serves on
     print(
         f"# CPU per decision in process, {started:%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}; {args.rounds} rounds × {args.requests:,} requests, "
         f"{args.in_flight} in flight; SQLite log (banditrec), no log (ceiling)"
     )
-    print(table(cpu, args.markdown))
+    print(table(cpu, rate, args.markdown))
     return 0
 
 
