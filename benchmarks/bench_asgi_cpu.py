@@ -76,16 +76,23 @@ async def drive(app: ASGIApp, path: str, bodies: list[bytes], n: int, in_flight:
     await asyncio.gather(*(client(k) for k in range(in_flight)))
 
 
-async def start(app: ASGIApp) -> None:
-    """Run the app's lifespan start-up (opens the log, loads the model) and leave it open."""
+async def start(app: ASGIApp) -> Callable[[], Awaitable[None]]:
+    """Run the app's lifespan start-up (opens the log, loads the model); return its shutdown."""
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    asyncio.get_running_loop().create_task(app(scope, inbox.get, outbox.put))
+    task = asyncio.get_running_loop().create_task(app(scope, inbox.get, outbox.put))
     message = await outbox.get()
     if message["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"The app did not start: {message}")
+
+    async def stop() -> None:  # closes the log (the writer thread's last commit) as uvicorn
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
+
+    return stop
 
 
 async def measure(
@@ -104,7 +111,7 @@ async def measure(
     )
     apps: dict[str, ASGIApp] = {"ceiling": CeilingApp(model)}
     banditrec = create_app(settings)
-    await start(banditrec)
+    stop = await start(banditrec)
     apps["/recommend_action"] = apps["/v1/rank"] = banditrec
     for name, (path, body) in TARGETS.items():  # warm-up: kernels, caches, the log's pages
         await drive(apps[name], path, bodies[body], args.requests // 3, args.in_flight)
@@ -120,6 +127,7 @@ async def measure(
         if not args.quiet:
             line = ", ".join(f"{k} {v[-1]:.1f} µs" for k, v in cpu.items())
             print(f"  round {r + 1}/{args.rounds}: {line}", file=sys.stderr)
+    await stop()
     return cpu, rate
 
 
