@@ -17,19 +17,21 @@ Run::
 
     python -m benchmarks.bench_asgi_cpu               # 5 rounds of 6,000 requests each
     python -m benchmarks.bench_asgi_cpu --in-flight 4 --markdown
+    python -m benchmarks.bench_asgi_cpu --skip-log   # diagnostic: what the log's hand-off costs
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,26 @@ def table(cpu: dict[str, list[float]], rate: dict[str, list[float]], markdown: b
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _log_skipped(skip: bool) -> Iterator[None]:
+    """With `skip`, the group-commit log answers every decision at once, unlogged, until the
+    block ends: the difference to a normal run is what logging (the hand-off to the writer
+    thread and the commit) costs."""
+    from banditrec.group_commit import GroupCommitLog
+
+    original = GroupCommitLog.log_decision
+
+    async def log_decision(self: GroupCommitLog, record: Any) -> Any:
+        return record
+
+    if skip:
+        GroupCommitLog.log_decision = log_decision  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        GroupCommitLog.log_decision = original  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="Alternating rounds per app.")
@@ -166,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=32, help="Requests at once.")
     parser.add_argument("--contexts", type=int, default=2000, help="Distinct request bodies.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-log",
+        action="store_true",
+        help="Diagnostic: answer decisions without logging them (the rest of the path as is).",
+    )
     parser.add_argument("--markdown", action="store_true", help="Print the table as markdown.")
     parser.add_argument("-q", "--quiet", action="store_true", help="No progress lines.")
     args = parser.parse_args(argv)
@@ -174,12 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in [k for k in os.environ if k.startswith("BANDITREC_")]:
         del os.environ[name]  # the benchmark's own settings only
     started = dt.datetime.now(dt.UTC)
-    with tempfile.TemporaryDirectory(prefix="banditrec-bench-asgi-") as tmp:
+    with (
+        _log_skipped(args.skip_log),
+        tempfile.TemporaryDirectory(prefix="banditrec-bench-asgi-") as tmp,
+    ):
         cpu, rate = uvloop.run(measure(args, Path(tmp)))  # the event loop uvicorn serves on
     print(
         f"# CPU per decision in process, {started:%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}; {args.rounds} rounds × {args.requests:,} requests, "
-        f"{args.in_flight} in flight; SQLite log (banditrec), no log (ceiling)"
+        f"{args.in_flight} in flight; "
+        + ("log SKIPPED (diagnostic)" if args.skip_log else "SQLite log (banditrec)")
+        + ", no log (ceiling)"
     )
     print(table(cpu, rate, args.markdown))
     return 0

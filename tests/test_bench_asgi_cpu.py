@@ -30,6 +30,18 @@ def test_one_small_round_drives_both_apps_and_prints_their_ratios(
         assert float(row[1]) > 0 and float(row[5].replace(",", "")) > 0
 
 
+def test_skip_log_is_a_diagnostic_of_that_run_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from banditrec.group_commit import GroupCommitLog
+
+    before = GroupCommitLog.log_decision
+    argv = ["--rounds", "1", "--requests", "40", "--in-flight", "4", "-q", "--skip-log"]
+    assert _bench().main(argv) == 0
+    assert "log SKIPPED (diagnostic)" in capsys.readouterr().out.splitlines()[0]
+    assert GroupCommitLog.log_decision is before  # later tests log as ever
+
+
 def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         _bench().main(["--in-flight", "0"])
