@@ -277,15 +277,8 @@ class AutoLinUCB(RidgePolicy):
         if type(self.exploration) is not EpsilonGreedy:
             return super().distribution_batch(X, eligible, rng)
         # Every row as `distribution` decides it, in one compiled call (`/v1/rank/batch`).
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        n_actions, n_features = self.n_actions_, self.n_features_
-        if X.ndim != 2 or X.shape[1] != n_features:
-            raise ValueError(f"X must have shape (n, {n_features}), got {X.shape}.")
-        if eligible.shape != (X.shape[0], n_actions):
-            raise ValueError(
-                f"eligible must have shape ({X.shape[0]}, {n_actions}), got {eligible.shape}."
-            )
-        out = np.empty((4, X.shape[0], n_actions))
+        X = self._batch_input(X, eligible)
+        out = np.empty((4, X.shape[0], self.n_actions_))
         row = _kernels.auto_epsilon_greedy_batch(
             self.A_inv_, self.theta_, X, self.alpha, eligible, self._settings(), out
         )

@@ -218,6 +218,19 @@ class Policy(ABC):
             out[0, i], out[1, i], out[2, i], out[3, i] = (*scores, probabilities)
         return Scores(out[0], out[1], out[2]), out[3]
 
+    def _batch_input(self, X: Array, eligible: NDArray[np.bool_]) -> Array:
+        """`X` as a C-contiguous float64 (n, d), checked with `eligible` (n, K): what a
+        compiled `distribution_batch` kernel takes."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        n_actions, n_features = self.n_actions_, self.n_features_
+        if X.ndim != 2 or X.shape[1] != n_features:
+            raise ValueError(f"X must have shape (n, {n_features}), got {X.shape}.")
+        if eligible.shape != (X.shape[0], n_actions):
+            raise ValueError(
+                f"eligible must have shape ({X.shape[0]}, {n_actions}), got {eligible.shape}."
+            )
+        return X
+
     # -- learning ----------------------------------------------------------------------
 
     @abstractmethod

@@ -211,15 +211,8 @@ def _epsilon_greedy_batch(
 ) -> tuple[Scores, Array]:
     """`RidgePolicy._epsilon_greedy_distribution` of every row of X (n, d), in one compiled
     call (`_kernels.linear_epsilon_greedy_batch`)."""
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    n_actions, n_features = policy.n_actions_, policy.n_features_
-    if X.ndim != 2 or X.shape[1] != n_features:
-        raise ValueError(f"X must have shape (n, {n_features}), got {X.shape}.")
-    if eligible.shape != (X.shape[0], n_actions):
-        raise ValueError(
-            f"eligible must have shape ({X.shape[0]}, {n_actions}), got {eligible.shape}."
-        )
-    out = np.empty((4, X.shape[0], n_actions))
+    X = policy._batch_input(X, eligible)
+    out = np.empty((4, X.shape[0], policy.n_actions_))
     row = _kernels.linear_epsilon_greedy_batch(
         policy.A_inv_, policy.theta_, X, alpha, eligible, rule.epsilon, rule.tie_tolerance, out
     )

@@ -501,24 +501,8 @@ class SQLiteEventStore:
 
     def learn_events_after(self, offset: int, limit: int = 10_000) -> list[LearnEvent]:
         with self._read_lock:
-            rows = self._read.execute(
-                "SELECT seq, event_id, kind, action_index, x, reward, weight, propensity "
-                "FROM learn_events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (offset, limit),
-            ).fetchall()
-        return [
-            LearnEvent(
-                seq=seq,
-                event_id=event_id,
-                action_index=action_index,
-                x=np.frombuffer(x, dtype=np.float64),
-                reward=reward,
-                weight=weight,
-                kind=LearnKind(kind),
-                propensity=propensity,
-            )
-            for seq, event_id, kind, action_index, x, reward, weight, propensity in rows
-        ]
+            rows = self._read.execute(LEARN_EVENTS_AFTER, (offset, limit)).fetchall()
+        return [learn_event_from_row(row) for row in rows]
 
     def append_action_change(self, kind: LearnKind, action: str, now: float) -> int:
         # The index of an added action is decided when replicas apply the event (the next
@@ -803,6 +787,28 @@ def _row_bytes(matrix: NDArray[np.float64], n: int) -> list[bytes]:
 def _names_json(names: tuple[str, ...]) -> str:
     # Every decision logs the same few action lists; encode each once.
     return orjson.dumps(names).decode()
+
+
+#: The learn stream after an offset, in seq order (the live log and the read-only reader).
+LEARN_EVENTS_AFTER = (
+    "SELECT seq, event_id, kind, action_index, x, reward, weight, propensity "
+    "FROM learn_events WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def learn_event_from_row(row: Sequence[Any]) -> LearnEvent:
+    """A row of `LEARN_EVENTS_AFTER` as the `LearnEvent` it stores."""
+    seq, event_id, kind, action_index, x, reward, weight, propensity = row
+    return LearnEvent(
+        seq=seq,
+        event_id=event_id,
+        action_index=action_index,
+        x=np.frombuffer(x, dtype=np.float64),
+        reward=reward,
+        weight=weight,
+        kind=LearnKind(kind),
+        propensity=propensity,
+    )
 
 
 def decision_from_row(row: Sequence[Any]) -> DecisionRecord:

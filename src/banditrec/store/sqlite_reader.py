@@ -14,11 +14,14 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
-import numpy as np
-
 from banditrec.archive import ArchivedDecision, ArchivedReward
-from banditrec.store import DecisionRecord, LearnEvent, LearnKind, StoreError
-from banditrec.store.sqlite import DECISION_COLUMNS, decision_from_row
+from banditrec.store import DecisionRecord, LearnEvent, StoreError
+from banditrec.store.sqlite import (
+    DECISION_COLUMNS,
+    LEARN_EVENTS_AFTER,
+    decision_from_row,
+    learn_event_from_row,
+)
 
 __all__ = ["ReadOnlyEventLog"]
 
@@ -155,24 +158,8 @@ class ReadOnlyEventLog:
         """The learn stream after `offset`, in seq order, as `EventStore.learn_events_after`."""
         if "learn_events" not in self._tables:
             return []
-        rows = self._db.execute(
-            "SELECT seq, event_id, kind, action_index, x, reward, weight, propensity "
-            "FROM learn_events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (offset, limit),
-        ).fetchall()
-        return [
-            LearnEvent(
-                seq=seq,
-                event_id=event_id,
-                action_index=action_index,
-                x=np.frombuffer(x, dtype=np.float64),
-                reward=reward,
-                weight=weight,
-                kind=LearnKind(kind),
-                propensity=propensity,
-            )
-            for seq, event_id, kind, action_index, x, reward, weight, propensity in rows
-        ]
+        rows = self._db.execute(LEARN_EVENTS_AFTER, (offset, limit)).fetchall()
+        return [learn_event_from_row(row) for row in rows]
 
     def epochs(self) -> dict[str, int]:
         """Each base model version that served from this log and the offset it started at."""
