@@ -1,10 +1,18 @@
-"""Group commit: every write of a process on one thread, decisions and rewards in groups.
+"""Group commit: every write of a process in order, decisions and rewards in groups.
 
 Under load, committing each decision in its own transaction would cost one commit (and, with
 ``synchronous=FULL`` or Redis's ``appendfsync always``, one fsync) per request. Instead the
 requests that arrive while a commit is in flight wait, and go together in the next one; each
 request still returns only once its own write is committed, so nothing acknowledged is lost
-in a crash. The store's calls run on one thread of their own, never on the event loop.
+in a crash.
+
+Where a store's call may wait (a network round trip to Redis, an fsync, a lock another
+process holds), it runs on a writer thread of its own, never on the event loop. A group of
+decisions and rewards that the store can commit *now without waiting* (SQLite with
+``synchronous=NORMAL`` whose locks are free: `SQLiteEventStore.try_write_group`) is
+committed by the event loop itself: the thread's hand-off (its wake-ups, and its turns at the
+GIL with the loop) cost more than such a commit, a third of a decision's server CPU over HTTP
+(docs/benchmarks.md, "HTTP at the ceiling").
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -27,16 +35,29 @@ T = TypeVar("T")
 #: A job for the writer thread; None tells it to stop.
 _Job = Callable[[], None] | None
 
+#: Commits the group (decisions, rewards) now if it can without waiting, else returns None.
+TryWriteGroup = Callable[
+    [Sequence[DecisionRecord], Sequence[tuple[str, float, float]], RewardRules],
+    tuple[list[DecisionRecord], list[RewardResult]] | None,
+]
+
+#: Groups larger than this always go to the writer thread: their commit would hold up the
+#: event loop (every other request of the process) for more than about a millisecond.
+_MAX_ROWS_ON_LOOP = 128
+
 
 class GroupCommitLog:
-    """Runs every write of this process on one thread, committing decisions and rewards in
+    """Runs every write of this process in order, committing decisions and rewards in
     groups.
 
-    Decisions (and rewards) that arrive while a commit is in flight wait and go together in
-    the next transaction: one commit serves many requests under load, and each request still
-    returns only after its own write is committed (durable against a process crash). After a
-    group of rewards, `on_rewards` runs once (the engine applies the new learn events) before
-    any of them returns.
+    Decisions (and rewards) that arrive in one turn of the event loop, or while a commit is
+    in flight, go together in the next transaction: one commit serves many requests under
+    load, and each request still returns only after its own write is committed (durable
+    against a process crash). After a group of rewards, `on_rewards` runs once (the engine
+    applies the new learn events) before any of them returns. A group is committed on the
+    loop when the store can do it without waiting (see the module's docstring) and nothing
+    handed to the writer thread is still unanswered; anything else runs on the thread, in
+    the order it came.
     """
 
     def __init__(
@@ -62,6 +83,11 @@ class GroupCommitLog:
         self._batches: list[tuple[list[DecisionRecord], asyncio.Future[Any]]] = []
         self._rewards: list[tuple[tuple[str, float, float], asyncio.Future[RewardResult]]] = []
         self._flushing = False
+        #: The store's commit without waiting, if it has one (`TryWriteGroup`).
+        self._try_now: TryWriteGroup | None = getattr(store, "try_write_group", None)
+        # Jobs handed to the thread and not yet answered on the loop: while there are any,
+        # a group goes to the thread too, after them (every write in the order it came).
+        self._in_thread = 0
 
     async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
         loop = asyncio.get_running_loop()
@@ -106,6 +132,15 @@ class GroupCommitLog:
         for batch, _ in batches:
             records.extend(batch)
         items = [item for item, _ in rewards]
+        if (
+            self._try_now is not None
+            and self._in_thread == 0
+            and len(records) + len(items) <= _MAX_ROWS_ON_LOOP
+        ):
+            written = self._try_now(records, items, self.rules)
+            if written is not None:
+                self._group_committed(*written, singles, batches, rewards)
+                return
         try:
             self._put(partial(self._write_group, loop, records, items, singles, batches, rewards))
         except Exception as exc:  # closed: every waiting request learns of it
@@ -135,7 +170,7 @@ class GroupCommitLog:
                 rewarded = self.store.record_rewards(items, self.rules)
             except Exception as exc:
                 rewarded = exc
-        _call_back(loop, self._group_committed, decided, rewarded, *waiting)
+        _call_back(loop, self._answered, self._group_committed, decided, rewarded, *waiting)
 
     def _group_committed(
         self,
@@ -182,8 +217,28 @@ class GroupCommitLog:
         """``fn(*args)`` on the writer thread, after every write handed to it before."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._put(partial(_run_call, loop, future, fn, args))
+        self._put(partial(self._run_call, loop, future, fn, args))
         return await future
+
+    def _run_call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        """Run a `call` (on the writer thread) and hand its outcome to the loop."""
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the caller, as an executor does
+            _call_back(loop, self._answered, _settle, future, None, exc)
+        else:
+            _call_back(loop, self._answered, _settle, future, result, None)
+
+    def _answered(self, fn: Callable[..., None], *args: Any) -> None:
+        """A job of the thread is answered (on the event loop): `fn(*args)`."""
+        self._in_thread -= 1
+        fn(*args)
 
     def _put(self, job: Callable[[], None]) -> None:
         if self._closed:
@@ -198,6 +253,7 @@ class GroupCommitLog:
             self._thread = thread
             weakref.finalize(self, _stop_writer, self._jobs, thread)
         self._jobs.put(job)
+        self._in_thread += 1
 
     def close(self) -> None:
         """Stop the writer thread once the work handed to it is done."""
@@ -216,20 +272,6 @@ def _stop_writer(jobs: queue.SimpleQueue[_Job], thread: threading.Thread) -> Non
     jobs.put(None)
     if thread is not threading.current_thread():
         thread.join()
-
-
-def _run_call(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-) -> None:
-    try:
-        result = fn(*args)
-    except BaseException as exc:  # handed to the caller, as an executor does
-        _call_back(loop, _settle, future, None, exc)
-    else:
-        _call_back(loop, _settle, future, result, None)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -133,9 +133,9 @@ _INSERT_DECISION = (
 _ROWS_PER_INSERT = 100
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=128)  # a group holds 1 to _ROWS_PER_INSERT rows
 def _insert_rows(n: int) -> str:
-    """The INSERT of `n` new decisions (a batch's ids are new: no ON CONFLICT)."""
+    """The INSERT of `n` new decisions (no ON CONFLICT: a repeated id fails it whole)."""
     row = "(" + ", ".join("?" * (DECISION_COLUMNS.count(",") + 1)) + ")"
     return f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES " + ", ".join([row] * n)
 
@@ -308,25 +308,97 @@ class SQLiteEventStore:
     def log_decisions(
         self, records: Sequence[DecisionRecord], rules: RewardRules
     ) -> list[DecisionRecord]:
-        rows = [_decision_row(r, rules.window_seconds) for r in records]
         with self._transaction() as db:
-            # All rows in one statement; if an event id was logged before (a client repeated
-            # it), undo that and go row by row, so the first decision of each id stands.
-            db.execute("SAVEPOINT decisions")
-            if db.executemany(_INSERT_DECISION, rows).rowcount == len(rows):
-                db.execute("RELEASE decisions")
-                return list(records)
+            return self._insert_decisions(db, records, rules)
+
+    def _insert_decisions(
+        self, db: sqlite3.Connection, records: Sequence[DecisionRecord], rules: RewardRules
+    ) -> list[DecisionRecord]:
+        """Insert `records` in the open transaction; a repeated event id keeps its first."""
+        rows = [_decision_row(r, rules.window_seconds) for r in records]
+        # Many rows a statement (as a batch's): executemany steps, and hands the GIL back
+        # and forth with the event loop, once a row. If an event id was logged before (a
+        # client repeated it), the statement fails whole: undo it and go row by row, so the
+        # first decision of each id stands.
+        db.execute("SAVEPOINT decisions")
+        try:
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                db.execute(_insert_rows(len(chunk)), tuple(chain.from_iterable(chunk)))
+        except sqlite3.IntegrityError:
             db.execute("ROLLBACK TO decisions")
+        else:
             db.execute("RELEASE decisions")
-            results: list[DecisionRecord] = []
-            for record, row in zip(records, rows, strict=True):
-                if db.execute(_INSERT_DECISION, row).rowcount == 1:
-                    results.append(record)
-                else:
-                    existing = self._select_decision(db, record.event_id)
-                    assert existing is not None
-                    results.append(existing)
+            return list(records)
+        db.execute("RELEASE decisions")
+        results: list[DecisionRecord] = []
+        for record, row in zip(records, rows, strict=True):
+            if db.execute(_INSERT_DECISION, row).rowcount == 1:
+                results.append(record)
+            else:
+                existing = self._select_decision(db, record.event_id)
+                assert existing is not None
+                results.append(existing)
         return results
+
+    def try_write_group(
+        self,
+        records: Sequence[DecisionRecord],
+        rewards: Sequence[tuple[str, float, float]],
+        rules: RewardRules,
+    ) -> tuple[list[DecisionRecord], list[RewardResult]] | None:
+        """`log_decisions` then `record_rewards`, in one transaction, if that can be done now
+        without waiting for anything; else None, and nothing is written.
+
+        This is what lets the event loop commit a group itself (`GroupCommitLog`): handing
+        each group to a writer thread cost more than the commit (the thread's wake-ups and
+        its turns at the GIL with the loop; docs/benchmarks.md, "HTTP at the ceiling"). It
+        declines whenever the commit could block: another thread of this process or another
+        process is writing (their locks are tried, not waited for; SQLite's busy timeout is
+        0 meanwhile), or ``synchronous=FULL`` (an fsync per commit). Also when a statement
+        fails: the caller then goes the usual way, which reports the error as it always did.
+        """
+        if self._synchronous != "NORMAL" or not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._turn_fd is not None:
+                try:
+                    fcntl.flock(self._turn_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None
+            try:
+                return self._write_group_now(records, rewards, rules)
+            finally:
+                if self._turn_fd is not None:
+                    fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+        finally:
+            self._write_lock.release()
+
+    def _write_group_now(
+        self,
+        records: Sequence[DecisionRecord],
+        rewards: Sequence[tuple[str, float, float]],
+        rules: RewardRules,
+    ) -> tuple[list[DecisionRecord], list[RewardResult]] | None:
+        db = self._write
+        try:
+            # Another tool (a backup, the CLI) may hold SQLite's lock without our flock.
+            db.execute("PRAGMA busy_timeout=0")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            finally:
+                db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        except sqlite3.Error:
+            return None
+        try:
+            decided = self._insert_decisions(db, records, rules) if records else []
+            rewarded = self._record_rewards(db, rewards, rules) if rewards else []
+            db.execute("COMMIT")
+        except Exception:  # nothing written: the usual way reports it (see the docstring)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return None
+        return decided, rewarded
 
     def log_decision_batch(self, batch: DecisionBatch, rules: RewardRules) -> None:
         # The rows are built column by column (one bytes slice per vector, each list of
@@ -396,16 +468,23 @@ class SQLiteEventStore:
         self, rewards: Sequence[tuple[str, float, float]], rules: RewardRules
     ) -> list[RewardResult]:
         """`record_reward` for each (event id, value, time), in order, in one transaction."""
-        results: list[RewardResult] = []
         with self._transaction() as db:
-            for event_id, value, now in rewards:
-                outcome, total, action = self._join(db, event_id, value, now, rules)
-                db.execute(
-                    "INSERT INTO rewards (event_id, received_at, value, outcome) "
-                    "VALUES (?, ?, ?, ?)",
-                    (event_id, now, value, outcome.value),
-                )
-                results.append(RewardResult(event_id, outcome, value, total, action))
+            return self._record_rewards(db, rewards, rules)
+
+    def _record_rewards(
+        self,
+        db: sqlite3.Connection,
+        rewards: Sequence[tuple[str, float, float]],
+        rules: RewardRules,
+    ) -> list[RewardResult]:
+        results: list[RewardResult] = []
+        for event_id, value, now in rewards:
+            outcome, total, action = self._join(db, event_id, value, now, rules)
+            db.execute(
+                "INSERT INTO rewards (event_id, received_at, value, outcome) VALUES (?, ?, ?, ?)",
+                (event_id, now, value, outcome.value),
+            )
+            results.append(RewardResult(event_id, outcome, value, total, action))
         return results
 
     def _join(
