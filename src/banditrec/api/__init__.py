@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from banditrec.api.docs import docs_app, install_openapi
 from banditrec.api.guard import RequestGuard
-from banditrec.api.hot_path import FrontDoorApp, HotRoutes
+from banditrec.api.hot_path import FrontDoorApp, HotLane, HotRoutes
 from banditrec.api.lifespan import StartupFailure, base_model, lifespan
 from banditrec.api.routes import ROUTES
 from banditrec.config import Settings
@@ -80,7 +80,8 @@ def create_app(
             "*/rank/batch": settings.max_batch_body_bytes,  # /v1/loops/{loop}/rank/batch
         },
     )
-    app.front = MetricsMiddleware(guard, metrics=metrics)  # outer: 413/415 are timed too
+    general = MetricsMiddleware(guard, metrics=metrics)  # outer: 413/415 are timed too
+    app.front = HotLane(hot_routes, guard, metrics, general) if hot_path else general
     app.add_middleware(StartupFailure)
     for error in ANSWERED_ERRORS:
         app.add_exception_handler(error, handle_error)

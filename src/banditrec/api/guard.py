@@ -63,15 +63,19 @@ class RequestGuard:
         self.path_limits = {k: v for k, v in (path_limits or {}).items() if k[:1] != "*"}
         self.suffix_limits = [(k[1:], v) for k, v in (path_limits or {}).items() if k[:1] == "*"]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
+    def limit(self, path: str) -> int:
+        """The largest body accepted on `path`, in bytes."""
         limit = self.path_limits.get(path, self.max_body_bytes)
         for suffix, suffix_limit in self.suffix_limits:
             if path.endswith(suffix):
                 limit = suffix_limit
+        return limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["path"])
         length = header(scope, b"content-length")
         if length and (not length.isdigit() or int(length) > limit):
             await _error(send, 413, "payload_too_large", _too_large(limit))
