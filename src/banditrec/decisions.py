@@ -147,25 +147,39 @@ def recommend_body(record: DecisionRecord, user_id: str, alpha: float) -> dict[s
 
 def rank_body(record: DecisionRecord) -> dict[str, Any]:
     """The rank answer: the chosen action, then every action, most probable first."""
-    # Most probable first, then the highest score, then the action's position: one stable
-    # numpy sort (as `batch.render_decisions` sorts), not `sorted` with a Python key, which
-    # cost 0.35 ms more at K = 1,000 (~15% of a request).
-    order = np.lexsort((-record.scores, -record.probabilities))
     actions = record.actions
-    probabilities, scores = record.probabilities[order].tolist(), record.scores[order].tolist()
+    if len(actions) <= _PYTHON_SORT_MAX:
+        # Few actions: `sorted` over the lists costs less than numpy's calls (~2 µs a request).
+        probabilities, scores = record.probabilities.tolist(), record.scores.tolist()
+        order = sorted(range(len(actions)), key=lambda k: (-probabilities[k], -scores[k]))
+        ranking = [
+            {"action_id": actions[k], "probability": probabilities[k], "score": scores[k]}
+            for k in order
+        ]
+    else:
+        # Most probable first, then the highest score, then the action's position: one
+        # stable numpy sort (as `batch.render_decisions` sorts), not `sorted` with a Python
+        # key, which cost 0.35 ms more at K = 1,000 (~15% of a request).
+        by = np.lexsort((-record.scores, -record.probabilities))
+        sorted_p, sorted_s = record.probabilities[by].tolist(), record.scores[by].tolist()
+        ranking = [
+            {"action_id": actions[k], "probability": p, "score": s}
+            for k, p, s in zip(by.tolist(), sorted_p, sorted_s, strict=True)
+        ]
     return {
         "event_id": record.event_id,
         "action_id": record.action,
         "probability": record.probability,
-        "ranking": [
-            {"action_id": actions[k], "probability": p, "score": s}
-            for k, p, s in zip(order.tolist(), probabilities, scores, strict=True)
-        ],
+        "ranking": ranking,
         "model_version": record.model_version,
         "deferred": record.deferred,
         "replayed": False,
         "context_mismatch": False,
     }
+
+
+#: Up to this many actions `rank_body` sorts in Python; above, with numpy (the same order).
+_PYTHON_SORT_MAX = 64
 
 
 #: Why an action got its probability (see `explain_ranking`).
