@@ -176,7 +176,8 @@ class SQLiteEventStore:
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         # One connection for writes and one for reads, each behind a lock: the API writes
-        # from a single writer thread and reads from the event loop, tests from anywhere.
+        # from its event loop (`try_write_group`) or its writer thread and reads from the
+        # event loop, tests from anywhere.
         self._write = self._connect()
         self._read = self._connect()
         self._write_lock = threading.Lock()
