@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,13 +18,13 @@ from pathlib import Path
 import pytest
 import redis
 
-__all__ = ["RedisServer", "redis_server"]
+from ports import free_port
+
+__all__ = ["RedisServer", "free_port", "redis_server"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class _PortTakenError(RuntimeError):
+    """redis-server could not bind its port: another process took it first."""
 
 
 class RedisServer:
@@ -33,6 +32,9 @@ class RedisServer:
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
+        # A port picked here may be taken by another program before redis-server binds it:
+        # the first start then moves to another one. A given port, or a restart, keeps it.
+        self._may_move = port is None
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -41,11 +43,24 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                break
+            except _PortTakenError:
+                if attempt == 2:
+                    pytest.fail("redis-server found its port taken three times in a row.")
+                self.port = free_port()
+        self._may_move = False  # restarts keep the port the clients know
+
+    def _start(self, timeout: float) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             pytest.fail("redis-server is not installed (apt-get install redis-server).")
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "redis.log"
+        # redis-server appends to its log: only what this start writes tells why it stopped.
+        start_of_log = len(log.read_text()) if log.exists() else 0
         # `--save ""` turns RDB snapshots off: the append-only file alone holds the data.
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
@@ -58,7 +73,11 @@ class RedisServer:
         try:
             while True:
                 if self.process.poll() is not None:
-                    pytest.fail(f"redis-server exited at start: {log.read_text()[-2000:]}")
+                    output = log.read_text()[start_of_log:][-2000:] if log.exists() else ""
+                    if self._may_move and "Address already in use" in output:
+                        self.process = None
+                        raise _PortTakenError(output)
+                    pytest.fail(f"redis-server exited at start: {output}")
                 try:
                     if client.ping():
                         return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from ports import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "PortTakenError", "Server", "clean_env", "fetch_live_model", "free_port",
+    "running_process", "running_server", "server_env",
+]  # fmt: skip
+
+
+class PortTakenError(RuntimeError):
+    """The server exited at start because another process had taken its port meanwhile."""
 
 
 @dataclass
@@ -55,15 +59,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | {"COLUMNS": "200", "PYTHONUNBUFFERED": "1"} | extra
 
 
-@contextmanager
-def running_process(
+def start_process(
     command: list[str], cwd: Path, url: str, env: dict[str, str], timeout: float = 90.0
-) -> Iterator[Server]:
-    """Run `command` (a server), ready when `url`/health answers; always stop it.
-
-    The process gets its own process group, so a test can SIGKILL it with its workers. Its
-    output goes to a file, not a pipe: a full pipe would block the server.
-    """
+) -> Server:
+    """Start `command` (a server) and return it once `url`/health answers; stop it and
+    raise if it exits first or does not answer in `timeout` seconds (`PortTakenError`
+    when it exited because its port was taken)."""
     log_path = cwd / f"server-{url.rsplit(':', 1)[-1]}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -75,24 +76,50 @@ def running_process(
         deadline = time.monotonic() + timeout  # a cold numba cache compiles at start-up
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"The server exited early:\n{server.log()}")
+                output = server.log()
+                # banditrec's own check before it starts ("Port ... is already in use"), or
+                # uvicorn's bind error after it ("... address already in use").
+                if "already in use" in output:
+                    raise PortTakenError(f"The server's port was taken:\n{output}")
+                raise RuntimeError(f"The server exited early:\n{output}")
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+                    return server
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The server did not answer in {timeout} s:\n{server.log()}")
             time.sleep(0.1)
+    except BaseException:
+        stop_process(process)
+        raise
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL it if it has not stopped 15 s later."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+
+
+@contextmanager
+def running_process(
+    command: list[str], cwd: Path, url: str, env: dict[str, str], timeout: float = 90.0
+) -> Iterator[Server]:
+    """Run `command` (a server), ready when `url`/health answers; always stop it.
+
+    The process gets its own process group, so a test can SIGKILL it with its workers. Its
+    output goes to a file, not a pipe: a full pipe would block the server.
+    """
+    server = start_process(command, cwd, url, env, timeout)
+    try:
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        stop_process(server.process)
 
 
 @contextmanager
@@ -105,17 +132,30 @@ def running_server(
 ) -> Iterator[Server]:
     """`banditrec serve` on a free loopback port with its log, snapshots and `settings`
     (``BANDITREC_<NAME>``) in `tmp_path`, ready when /health answers."""
-    port = free_port()
     # An explicit --model must exist; without one the server starts from the prior when the
     # configured model path is absent.
     model_args = [] if model is None else ["--model", str(model)]
-    command = [
-        sys.executable, "-m", "banditrec", "serve", *model_args,
-        "--port", str(port), "--log-level", "warning", *args,
-    ]  # fmt: skip
     env = server_env(tmp_path, **settings)  # no model: the default path, absent in tmp_path
-    with running_process(command, tmp_path, f"http://127.0.0.1:{port}", env, timeout) as server:
-        yield server
+    # The port is free when picked (see `ports`), but another program can bind it before
+    # the server does: then the server is started again on another port.
+    for attempt in range(3):
+        port = free_port()
+        command = [
+            sys.executable, "-m", "banditrec", "serve", *model_args,
+            "--port", str(port), "--log-level", "warning", *args,
+        ]  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            server = start_process(command, tmp_path, url, env, timeout)
+        except PortTakenError:
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            stop_process(server.process)
+        return
 
 
 def fetch_live_model(

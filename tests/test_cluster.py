@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 import pytest
 
+import banditrec.cluster
 from banditrec.cluster import Cluster
 from banditrec.engine import Engine
 from banditrec.features import load_default_schema
@@ -44,7 +45,9 @@ from banditrec.store.redis import RedisEventStore
 from conftest import SEED_CONTEXT
 from serving import clean_env, free_port
 
-pytestmark = pytest.mark.timeout(300)
+# Serial: a failed request must have been sent within 1 s of its replica's kill (a wall-clock
+# bound), and the three tests share one cluster, so they run together in one process.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
 
 N_THREADS = 6
 SCHEMA = load_default_schema()
@@ -59,9 +62,14 @@ def model_path(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def cluster(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    # No BANDITREC_* setting of the developer's shell reaches the replicas.
-    with Cluster(tmp_path_factory.mktemp("cluster"), model_path, env=clean_env()) as running:
-        yield running
+    # No BANDITREC_* setting of the developer's shell reaches the replicas. Its ports come
+    # from this test process's own block (see tests/ports.py), not from the kernel's
+    # ephemeral range: Redis is killed and restarted on its port, which a client's source
+    # port or another test worker's server could otherwise take in between.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(banditrec.cluster, "free_port", free_port)
+        with Cluster(tmp_path_factory.mktemp("cluster"), model_path, env=clean_env()) as running:
+            yield running
 
 
 @pytest.fixture(scope="module")
