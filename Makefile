@@ -104,8 +104,19 @@ lint: install-dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# The suite runs in two phases. First every test not marked serial, on TEST_WORKERS pytest
+# processes (pytest-xdist): one per core, as many tests wait on servers and subprocesses
+# rather than compute, but at most 4, because many tests start a server with two workers,
+# wrk, redis-server or chromium beside them, so more processes than cores would only slow
+# each test down, and with more than 4 the phase is bound by its longest test files anyway.
+# --dist loadfile keeps a file's tests on one process: they share module fixtures (a
+# running server, a Redis) and some run in file order. Then the serial tests (they measure
+# time or rate, or assert wall-clock bounds; see the marker in pyproject.toml), alone.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 test: install-dev lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.bench_speed

@@ -17,6 +17,7 @@ def _bench() -> ModuleType:
     return importlib.import_module("benchmarks.bench_asgi_cpu")
 
 
+@pytest.mark.serial
 def test_one_small_round_drives_both_apps_and_prints_their_ratios(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -30,6 +31,7 @@ def test_one_small_round_drives_both_apps_and_prints_their_ratios(
         assert float(row[1]) > 0 and float(row[5].replace(",", "")) > 0
 
 
+@pytest.mark.serial
 def test_skip_log_is_a_diagnostic_of_that_run_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

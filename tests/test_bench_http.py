@@ -104,6 +104,7 @@ def test_ratios_and_targets(bh: ModuleType) -> None:
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.serial
 def test_a_tiny_run_end_to_end(bh: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     """SQLite with one worker, and Redis with two replicas each loaded by its own wrk; the
     run checks itself that every answered decision and reward is in the log (else it raises).

@@ -549,6 +549,7 @@ def test_504_and_503_are_retried_then_succeed(open_server: Served) -> None:
         assert open_server.decisions(decision.event_id) == 1
 
 
+@pytest.mark.serial
 def test_a_stalled_reply_times_out_and_the_retry_replays(open_server: Served) -> None:
     # The server logs the decision at once; only its reply is held past the timeout.
     with FaultyProxy(open_server.url) as proxy, fast(proxy.url, timeout=1.0) as client:

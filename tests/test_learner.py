@@ -294,6 +294,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
 # -- the snapshot lease ---------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_the_lease_is_released_when_the_learner_stops(tmp_path: Path) -> None:
     learner = start(tmp_path, lease_seconds=900.0)
 
@@ -313,6 +314,7 @@ def test_the_lease_is_released_when_the_learner_stops(tmp_path: Path) -> None:
     stop(learner)
 
 
+@pytest.mark.serial
 def test_the_holder_renews_its_short_lease_while_it_runs(tmp_path: Path) -> None:
     learner = start(tmp_path, lease_seconds=0.4)
 
@@ -352,6 +354,7 @@ asyncio.run(learner.run())
 """
 
 
+@pytest.mark.serial
 def test_a_killed_holder_is_replaced_within_the_lease_time(tmp_path: Path) -> None:
     ttl = 4.0  # renewed every second: a loaded machine does not let it lapse by itself
     SQLiteEventStore(tmp_path / "events.db", SCHEMA.encoding_hash).close()
@@ -445,6 +448,7 @@ def test_a_crashed_snapshot_write_leaves_a_file_named_after_its_writer(tmp_path:
 # -- failures: backoff, one traceback, a fault to report --------------------------------------
 
 
+@pytest.mark.serial
 def test_failing_snapshots_back_off_log_once_and_report_a_fault(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -493,6 +497,7 @@ def test_failing_snapshots_back_off_log_once_and_report_a_fault(
     stop(learner)
 
 
+@pytest.mark.serial
 def test_a_failing_step_backs_off_and_reports_a_fault(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -380,6 +380,7 @@ def test_multiprocess_mode_needs_a_directory(tmp_path: Path) -> None:
     assert "must name an existing directory" in done.stderr
 
 
+@pytest.mark.serial
 def test_decision_is_cheap() -> None:
     # A coarse guard against an accidental slow path (the decision route targets >5k req/s);
     # about 1 µs on a laptop, so 20 µs leaves room for a loaded CI machine.

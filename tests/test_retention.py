@@ -374,6 +374,7 @@ def live_bytes(store: Any, redis_client: Any) -> tuple[int, int]:
     return path.stat().st_size, wal.stat().st_size if wal.exists() else 0
 
 
+@pytest.mark.serial
 def test_soak_the_live_log_stays_flat_with_retention(store: Any, tmp_path: Path) -> None:
     """300 decisions a second for 13 s, every other one rewarded; retention 2 s, window 1 s.
 

@@ -129,6 +129,7 @@ def test_a_connection_that_never_sends_is_closed(server: Server) -> None:
         assert status(read_until_closed(sock)) == 408
 
 
+@pytest.mark.serial
 def test_a_slow_but_steady_request_within_the_timeout_is_served(server: Server) -> None:
     with connect(server) as sock:
         for line in (b"GET /health HTTP/1.1\r\n", b"Host: test\r\n", b"Connection: close\r\n"):

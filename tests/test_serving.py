@@ -129,6 +129,7 @@ def worker_states(url: str, pids: set[int], offset: int, timeout: float = 60.0) 
     return seen
 
 
+@pytest.mark.serial
 def test_two_workers_learn_from_each_others_rewards(tmp_path: Path) -> None:
     with running_server(tmp_path, "--workers", "2", seed="3") as server:
         pids: set[int] = set()
@@ -183,6 +184,7 @@ def backlog_of(url: str) -> float:
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.serial
 def test_soak_the_default_reward_backlog_stays_flat_at_full_decision_rate(
     tmp_path: Path,
 ) -> None:
@@ -253,6 +255,7 @@ def test_a_log_restored_from_an_older_copy_learns_every_new_reward(tmp_path: Pat
     np.testing.assert_array_equal(live_model["n_updates_"], expected["n_updates_"])
 
 
+@pytest.mark.serial
 def test_a_stopped_server_releases_the_snapshot_lease(tmp_path: Path) -> None:
     settings = {"seed": "6", "snapshot_every_events": "20"}
     with running_server(tmp_path, **settings) as server, httpx.Client(base_url=server.url) as http:
@@ -297,6 +300,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.serial
 def test_a_killed_servers_lease_lapses_within_its_lifetime(tmp_path: Path) -> None:
     ttl = 4.0  # renewed every second: a loaded machine does not let it lapse by itself
     with running_server(tmp_path, seed="7", snapshot_lease_seconds=str(ttl)) as server:

@@ -170,6 +170,7 @@ def wait_into(store: RedisEventStore, offset: int, got: list[Any]) -> None:
     got.extend(store.wait_learn_events(offset, 10.0))
 
 
+@pytest.mark.serial
 def test_a_waiting_replica_hears_of_another_ones_reward_at_once(
     redis_server: RedisServer,
 ) -> None:
@@ -193,6 +194,7 @@ def test_a_waiting_replica_hears_of_another_ones_reward_at_once(
     poster.close()
 
 
+@pytest.mark.serial
 def test_an_unreachable_redis_raises_store_unavailable_with_a_sentence(
     redis_server: RedisServer,
 ) -> None:

@@ -71,6 +71,7 @@ def test_traffic_learns_from_the_prior(server: str) -> None:
     assert last.uniform < last.served <= last.oracle
 
 
+@pytest.mark.serial
 def test_duration_bounds_a_run_and_delayed_rewards_are_all_reported(server: str) -> None:
     start = time.monotonic()
     report = run_traffic(server, duration=1.0, reward_delay=0.3, seed=1, display="none")
@@ -118,6 +119,7 @@ def test_the_display_shows_no_nan_before_the_first_round() -> None:
     assert "0.4000" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
+@pytest.mark.serial
 def test_rate_paces_the_users_and_the_reference_is_reported(server: str, model_file: Path) -> None:
     start = time.monotonic()
     report = run_traffic(
@@ -130,6 +132,7 @@ def test_rate_paces_the_users_and_the_reference_is_reported(server: str, model_f
     assert report.total.uniform < report.total.reference <= report.total.oracle
 
 
+@pytest.mark.serial
 def test_waiting_stops_when_the_server_process_is_gone(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
