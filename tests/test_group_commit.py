@@ -178,6 +178,23 @@ def test_a_group_waits_behind_the_threads_unanswered_job(store: SQLiteEventStore
     log.close()
 
 
+def test_a_decision_over_a_thousand_actions_is_committed_on_the_thread(
+    store: SQLiteEventStore,
+) -> None:
+    """Its row (~40 KB) would hold up the loop: the group goes to the thread."""
+    log = GroupCommitLog(store, RULES, on_rewards=lambda: None)
+    names = tuple(f"a{k}" for k in range(1000))
+    wide = DecisionRecord(
+        event_id=new_event_id(), created_at=1_000.0, model_version="v1", context={"i": 0},
+        x=np.ones(2), actions=names, eligible=names, action_index=0, probability=0.001,
+        probabilities=np.full(1000, 0.001), scores=np.zeros(1000),
+    )  # fmt: skip
+    asyncio.run(log_many(log, [wide]))
+    assert [e for e, _ in logged(store.path)] == [wide.event_id]
+    assert log._thread is not None
+    log.close()
+
+
 def test_synchronous_full_always_commits_on_the_thread(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "events.db", "hash", synchronous="FULL")
     log = GroupCommitLog(store, RULES, on_rewards=lambda: None)

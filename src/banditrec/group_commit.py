@@ -41,9 +41,12 @@ TryWriteGroup = Callable[
     tuple[list[DecisionRecord], list[RewardResult]] | None,
 ]
 
-#: Groups larger than this always go to the writer thread: their commit would hold up the
-#: event loop (every other request of the process) for more than about a millisecond.
-_MAX_ROWS_ON_LOOP = 128
+#: A group goes to the writer thread when its decisions log more probabilities than this in
+#: all (a reward counts as 4): a longer commit would hold up the event loop, so every other
+#: request of the process, by more than about half a millisecond. 128 decisions over 4
+#: actions commit on the loop; one over 1,000 actions (~40 KB a row) never does: on the
+#: loop, such commits added 5-10 ms to the p99 at 4-8 connections (bench_many_actions).
+_MAX_PROBABILITIES_ON_LOOP = 512
 
 
 class GroupCommitLog:
@@ -135,7 +138,8 @@ class GroupCommitLog:
         if (
             self._try_now is not None
             and self._in_thread == 0
-            and len(records) + len(items) <= _MAX_ROWS_ON_LOOP
+            and sum(len(r.probabilities) for r in records) + 4 * len(items)
+            <= _MAX_PROBABILITIES_ON_LOOP
         ):
             written = self._try_now(records, items, self.rules)
             if written is not None:
