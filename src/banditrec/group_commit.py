@@ -92,13 +92,18 @@ class GroupCommitLog:
         # a group goes to the thread too, after them (every write in the order it came).
         self._in_thread = 0
 
-    async def log_decision(self, record: DecisionRecord) -> DecisionRecord:
+    def log_decision(self, record: DecisionRecord) -> asyncio.Future[DecisionRecord]:
+        """Log `record` in the next group commit: await the future for the logged record
+        (the one logged first, for a repeated event id).
+
+        A future, not a coroutine: a decision waits on it through one frame fewer.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[DecisionRecord] = loop.create_future()
         self._pending.append((record, future))
         if not self._flushing:
             self._start_flushing(loop)
-        return await future
+        return future
 
     async def log_decisions(self, records: list[DecisionRecord]) -> list[DecisionRecord]:
         """Log `records` together, in the next group commit (one `log_decisions` call)."""
