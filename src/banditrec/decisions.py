@@ -57,8 +57,7 @@ class DecisionWork:
         """The seed's decision: `body` is a validated ``RecommendRequest``."""
         context: dict[str, Any] = body.model_dump()
         user_id = context.pop("user_id")
-        record = await engine.rank(context, user_id=user_id)
-        self.metrics.decision(record.action)
+        record = await self._decide(engine, context, user_id=user_id)
         # The α of this decision (a learn event applied since may have changed auto's).
         alpha = self.alpha(engine) if record.alpha is None else record.alpha
         return recommend_body(record, user_id, alpha)
